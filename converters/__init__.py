@@ -1,0 +1,1 @@
+"""Exporters and in-place patchers for deployment formats (GGUF, ONNX)."""

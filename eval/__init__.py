@@ -1,0 +1,1 @@
+"""Evaluation harness: RAG tasks x backends, paired statistics, speed ratios."""

@@ -1,0 +1,80 @@
+"""Calibration = detect suppression heads, then train their coefficients. One settings object
+carries every knob, so the CLI, the Python API and the sweep all run the same code."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from .coefficients import Coefficients
+from .detect import HeadScores, detect
+from .errors import PearError
+from .train import TrainSettings, train_coefficients
+
+
+@dataclass
+class CalibrationSettings:
+    method: str = "exact"
+    lengths: tuple[int, ...] = (15, 25, 50)
+    positions: str = "last"
+    detect_batch: int = 20
+    top_k: int = 8
+    max_per_layer: int | None = None
+    train: TrainSettings = field(default_factory=TrainSettings)
+    seed: int = 0
+
+    @classmethod
+    def from_args(cls, args) -> "CalibrationSettings":
+        base = DEFAULTS
+        get = lambda name, default: getattr(args, name, default)  # noqa: E731
+        seed = get("seed", base.seed)
+        train = TrainSettings(
+            steps=get("steps", base.train.steps), batch=get("batch", base.train.batch), n=get("n", base.train.n),
+            lr=get("lr", base.train.lr), constraint=get("constraint", base.train.constraint), seed=seed,
+            weight_decay=base.train.weight_decay, eval_batches=base.train.eval_batches,
+        )
+        settings = cls(method=get("method", base.method), lengths=tuple(get("lengths", base.lengths)),
+                       positions=get("positions", base.positions), detect_batch=get("detect_batch", base.detect_batch),
+                       top_k=get("top_k", base.top_k), max_per_layer=get("max_per_layer", base.max_per_layer),
+                       train=train, seed=seed)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        for name, value in (("top-k", self.top_k), ("steps", self.train.steps), ("batch", self.train.batch),
+                            ("detect-batch", self.detect_batch), ("n", self.train.n)):
+            if value < 1:
+                raise PearError(f"--{name} must be at least 1 (got {value})")
+        if not self.train.lr > 0:
+            raise PearError(f"--lr must be positive (got {self.train.lr})")
+
+    def as_record(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+DEFAULTS = CalibrationSettings()
+
+
+def detect_heads(loaded, settings: CalibrationSettings | object, progress: bool = True) -> HeadScores:
+    if not isinstance(settings, CalibrationSettings):
+        settings = CalibrationSettings.from_args(settings)
+    return detect(loaded, settings.method, settings.lengths, settings.detect_batch, settings.seed,
+                  settings.positions, progress)
+
+
+def train_from_scores(loaded, scores: HeadScores, settings: CalibrationSettings | object,
+                      progress: bool = True) -> Coefficients:
+    if not isinstance(settings, CalibrationSettings):
+        settings = CalibrationSettings.from_args(settings)
+    heads = scores.top(settings.top_k, settings.max_per_layer)
+    coeffs = train_coefficients(loaded, heads, settings.train, progress)
+    coeffs.calibration = {**settings.as_record(), "detection": scores.settings,
+                          "train_seconds": coeffs.calibration.get("train_seconds"),
+                          "loss_curve": coeffs.calibration.get("loss_curve")}
+    return coeffs
+
+
+def calibrate(loaded, settings: CalibrationSettings | None = None, progress: bool = True) -> Coefficients:
+    """Detect then train: the whole PEAR calibration for one model."""
+    settings = settings or DEFAULTS
+    scores = detect_heads(loaded, settings, progress)
+    return train_from_scores(loaded, scores, settings, progress)

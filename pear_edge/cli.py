@@ -1,0 +1,207 @@
+"""`pear-edge` command line. Every command exits 0 on success, or prints one line
+`pear-edge: error: ...` to stderr and exits 2 on bad input."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import time
+from pathlib import Path
+
+from .errors import PearError
+
+# Modules contributing subcommands through add_commands(subparsers).
+COMMAND_MODULES: list[str] = []
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _add_model(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="default",
+                   help="'default' (SmolLM2-135M-Instruct), 'gemma3-270m', a Hugging Face folder or a .gguf file")
+
+
+def _add_detect_options(p: argparse.ArgumentParser) -> None:
+    from .calibrate import DEFAULTS
+
+    g = p.add_argument_group("detection")
+    g.add_argument("--method", choices=("exact", "attribution"), default=DEFAULTS.method,
+                   help="exact mean-ablation (paper) or one-pass gradient attribution (fast, for large models)")
+    g.add_argument("--lengths", type=_int_list, default=DEFAULTS.lengths,
+                   help="proxy lengths n to average over (default: %(default)s)")
+    g.add_argument("--positions", choices=("last", "copy"), default=DEFAULTS.positions,
+                   help="ablate at the last predicting position (paper) or at every copy position")
+    g.add_argument("--detect-batch", type=int, default=DEFAULTS.detect_batch, help="sequences per length")
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    from .calibrate import DEFAULTS
+
+    g = p.add_argument_group("training")
+    g.add_argument("-k", "--top-k", type=int, default=DEFAULTS.top_k, help="number of heads to train")
+    g.add_argument("--max-per-layer", type=int, default=DEFAULTS.max_per_layer, help="cap on heads per layer")
+    g.add_argument("--steps", type=int, default=DEFAULTS.train.steps)
+    g.add_argument("--batch", type=int, default=DEFAULTS.train.batch, help="sequences per step")
+    g.add_argument("--n", type=int, default=DEFAULTS.train.n, help="proxy length for training")
+    g.add_argument("--lr", type=float, default=DEFAULTS.train.lr)
+    g.add_argument("--constraint", choices=("none", "le1", "unit"), default=DEFAULTS.train.constraint,
+                   help="none = paper; le1 = only weaken; unit = clamp to [0, 1] (default)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pear-edge",
+        description="PEAR for edge LLMs: find the attention heads that suppress copying from context, "
+                    "re-weight them with one scalar each, and fold the scalars into the weights "
+                    "(zero inference cost) for torch, llama.cpp and onnxruntime.",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("detect", help="score every head as a copy suppressor -> heads.json + heatmap PNG")
+    _add_model(p)
+    _add_detect_options(p)
+    p.add_argument("--plot-top", type=int, default=12, help="heads to outline in the heatmap")
+    p.add_argument("-o", "--output", required=True, help="head scores JSON (a .png heatmap is written beside it)")
+    p.set_defaults(func=cmd_detect)
+
+    p = sub.add_parser("train", help="train one scalar per top-K head from heads.json -> coeffs.json")
+    _add_model(p)
+    p.add_argument("--heads", required=True, help="head scores JSON from `pear-edge detect`")
+    _add_train_options(p)
+    p.add_argument("-o", "--output", required=True, help="coefficients JSON")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("calibrate", help="detect + train in one go -> coeffs.json (+ heads JSON/PNG beside it)")
+    _add_model(p)
+    _add_detect_options(p)
+    _add_train_options(p)
+    p.add_argument("-o", "--output", required=True, help="coefficients JSON")
+    p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("fold", help="fold coefficients into o_proj weights -> Hugging Face folder")
+    _add_model(p)
+    p.add_argument("--coefficients", required=True, help="coefficients JSON")
+    p.add_argument("-o", "--output", required=True, help="output folder (safetensors + tokenizer + coefficients)")
+    p.set_defaults(func=cmd_fold)
+
+    p = sub.add_parser("info", help="describe a coefficients/head-scores JSON, a model folder or a GGUF")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_info)
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_commands(sub)
+    return parser
+
+
+def _progress(args) -> bool:
+    return not args.quiet
+
+
+def cmd_detect(args) -> int:
+    from .atomic import check_output_path
+    from .calibrate import detect_heads
+    from .models import load_model, resolve_spec
+
+    check_output_path(args.output, resolve_spec(args.model))
+    loaded = load_model(args.model)
+    scores = detect_heads(loaded, args, progress=_progress(args))
+    written = scores.save(args.output, top_k=args.plot_top)
+    top = ", ".join(f"L{l}H{h} {s:+.3f}" for l, h, s in scores.top(5))
+    print(f"top suppressors: {top}")
+    print("wrote " + ", ".join(map(str, written)))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .atomic import check_output_path
+    from .calibrate import train_from_scores
+    from .detect import HeadScores
+    from .models import load_model, resolve_spec
+
+    check_output_path(args.output, resolve_spec(args.model), args.heads)
+    scores = HeadScores.load(args.heads)
+    loaded = load_model(args.model)
+    scores.model.check_matches(loaded.fingerprint(), what=args.model)
+    coeffs = train_from_scores(loaded, scores, args, progress=_progress(args))
+    coeffs.save(args.output)
+    _print_summary(coeffs)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from .atomic import check_output_path
+    from .calibrate import detect_heads, train_from_scores
+    from .models import load_model, resolve_spec
+
+    start = time.perf_counter()
+    out = check_output_path(args.output, resolve_spec(args.model))
+    loaded = load_model(args.model)
+    scores = detect_heads(loaded, args, progress=_progress(args))
+    heads_path = out.with_name(out.stem + ".heads.json")
+    scores.save(heads_path, top_k=args.top_k)
+    coeffs = train_from_scores(loaded, scores, args, progress=_progress(args))
+    coeffs.calibration["wall_seconds"] = round(time.perf_counter() - start, 1)
+    coeffs.save(out)
+    _print_summary(coeffs)
+    print(f"wrote {out} and {heads_path} (+ .png) in {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+def _print_summary(coeffs) -> None:
+    proxy = coeffs.metrics.get("held_out_proxy", {})
+    b, a = proxy.get("before", {}), proxy.get("after", {})
+    if b and a:
+        print(f"held-out proxy copy loss {b['copy_loss']:.3f} -> {a['copy_loss']:.3f}, "
+              f"copy accuracy {b['copy_accuracy']:.1%} -> {a['copy_accuracy']:.1%}")
+    print("coefficients: " + ", ".join(f"L{h.layer}H{h.head}={h.coefficient:.3f}" for h in coeffs.heads))
+
+
+def cmd_fold(args) -> int:
+    from .coefficients import Coefficients
+    from .fold import check_not_patched, fold_model, save_folded
+    from .models import load_model, resolve_spec
+
+    source = resolve_spec(args.model)
+    from .atomic import check_output_path
+
+    check_output_path(args.output, source, args.coefficients)
+    check_not_patched(source)
+    coeffs = Coefficients.load(args.coefficients)
+    loaded = load_model(args.model)
+    match = fold_model(loaded, coeffs)
+    out = save_folded(loaded, coeffs, args.output)
+    print(f"folded {len(coeffs.heads)} heads ({match} model match) -> {out}")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .info import describe
+
+    print(describe(Path(args.file)))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except PearError as exc:
+        print(f"pear-edge: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("pear-edge: interrupted; no output was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

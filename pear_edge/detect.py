@@ -1,0 +1,231 @@
+"""Suppression-head detection on the proxy task.
+
+exact: the paper's method. For each head, replace its output at the predicting position(s) by its
+    batch mean there and measure the change of (correct-token logit - mean logit). A positive score
+    means the head *suppresses* copying. With positions="last" (the paper's single predicting position)
+    only the last token's stream changes, so each ablation is a one-token forward over a cached prefix.
+attribution: first-order estimate of the same quantity for every head from one backward pass:
+    gradient x (batch mean - actual head output).
+Scores are averaged over several sequence lengths n.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .atomic import atomic_file, write_text_atomic
+from .coefficients import ModelFingerprint
+from .errors import PearError
+from .heads import edit_heads
+from .proxy import ProxyVocab, proxy_batch
+
+METHODS = ("exact", "attribution")
+POSITIONS = ("last", "copy")
+
+
+def _margin(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """correct-token logit minus mean logit; logits (..., V), target (...)."""
+    return logits.gather(-1, target.unsqueeze(-1)).squeeze(-1) - logits.mean(-1)
+
+
+def _predicting_positions(n: int, positions: str) -> slice:
+    """Positions in the (2n-1)-token input whose next token is a copy target."""
+    return slice(2 * n - 2, 2 * n - 1) if positions == "last" else slice(n, 2 * n - 1)
+
+
+@torch.no_grad()
+def _capture_head_outputs(model, adapter, inputs: torch.Tensor, where: slice) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Clean run: per layer the o_proj input at `where` as (B, P, H, d), and the logits."""
+    captured: list[torch.Tensor] = [None] * adapter.num_layers  # type: ignore[list-item]
+
+    def make(layer: int):
+        def edit(x):
+            captured[layer] = x[:, where].clone()
+            return x
+        return edit
+
+    with edit_heads(adapter, {l: make(l) for l in range(adapter.num_layers)}):
+        logits = model(input_ids=inputs).logits
+    return captured, logits
+
+
+def _replace_head(head: int, mean: torch.Tensor, where: slice):
+    def edit(x):
+        x = x.clone()
+        x[:, where, head] = mean[:, head]
+        return x
+    return edit
+
+
+@torch.no_grad()
+def _exact_one_length(model, adapter, tokens: torch.Tensor, positions: str, bar) -> torch.Tensor:
+    n = tokens.shape[1] // 2
+    inputs, where = tokens[:, :-1], _predicting_positions(n, positions)
+    targets = tokens[:, 1:][:, where]
+    captured, logits = _capture_head_outputs(model, adapter, inputs, where)
+    clean = _margin(logits[:, where], targets).mean()
+    means = [c.mean(0) for c in captured]  # (P, H, d) per layer
+    scores = torch.zeros(adapter.num_layers, adapter.num_heads)
+    if positions == "last":
+        prefix = model(input_ids=inputs[:, :-1], use_cache=True).past_key_values
+        prefix_len = inputs.shape[1] - 1
+        last = inputs[:, -1:]
+        for layer in range(adapter.num_layers):
+            for head in range(adapter.num_heads):
+                with edit_heads(adapter, {layer: _replace_head(head, means[layer], slice(-1, None))}):
+                    out = model(input_ids=last, past_key_values=prefix, use_cache=True).logits
+                prefix.crop(prefix_len)
+                scores[layer, head] = _margin(out[:, -1:], targets).mean() - clean
+                bar.update(1)
+    else:
+        for layer in range(adapter.num_layers):
+            for head in range(adapter.num_heads):
+                with edit_heads(adapter, {layer: _replace_head(head, means[layer], where)}):
+                    out = model(input_ids=inputs).logits
+                scores[layer, head] = _margin(out[:, where], targets).mean() - clean
+                bar.update(1)
+    return scores
+
+
+def _attribution_one_length(model, adapter, tokens: torch.Tensor, positions: str) -> torch.Tensor:
+    n = tokens.shape[1] // 2
+    inputs, where = tokens[:, :-1], _predicting_positions(n, positions)
+    targets = tokens[:, 1:][:, where]
+    deltas: list[torch.Tensor] = []
+    seen: list[torch.Tensor] = []
+
+    def make(layer: int):
+        def edit(x):
+            delta = torch.zeros_like(x, requires_grad=True)
+            deltas.append(delta)
+            seen.append(x.detach()[:, where])
+            return x + delta
+        return edit
+
+    with torch.enable_grad(), edit_heads(adapter, {l: make(l) for l in range(adapter.num_layers)}):
+        logits = model(input_ids=inputs).logits
+        metric = _margin(logits[:, where], targets).mean()
+        grads = torch.autograd.grad(metric, deltas)
+    scores = torch.zeros(adapter.num_layers, adapter.num_heads)
+    for layer, (grad, x) in enumerate(zip(grads, seen)):
+        change = x.mean(0, keepdim=True) - x  # (B, P, H, d)
+        scores[layer] = (grad[:, where] * change).sum(-1).sum(1).mean(0)
+    return scores
+
+
+@dataclass
+class HeadScores:
+    """Suppression score per head (layers x heads); higher = stronger suppressor."""
+
+    scores: torch.Tensor
+    model: ModelFingerprint
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def ranking(self) -> list[tuple[int, int, float]]:
+        L, H = self.scores.shape
+        flat = [(l, h, float(self.scores[l, h])) for l in range(L) for h in range(H)]
+        return sorted(flat, key=lambda t: -t[2])
+
+    def top(self, k: int, max_per_layer: int | None = None) -> list[tuple[int, int, float]]:
+        chosen, per_layer = [], {}
+        for l, h, s in self.ranking():
+            if len(chosen) == k:
+                break
+            if max_per_layer is not None and per_layer.get(l, 0) >= max_per_layer:
+                continue
+            per_layer[l] = per_layer.get(l, 0) + 1
+            chosen.append((l, h, s))
+        return chosen
+
+    def to_json(self) -> str:
+        from dataclasses import asdict
+
+        doc = {
+            "format": "pear-edge/head-scores",
+            "version": 1,
+            "model": {**asdict(self.model), "o_proj_norms": list(self.model.o_proj_norms)},
+            "settings": self.settings,
+            "scores": [[round(float(v), 6) for v in row] for row in self.scores],
+            "ranking": [{"layer": l, "head": h, "score": round(s, 6)} for l, h, s in self.ranking()],
+        }
+        return json.dumps(doc, indent=2)
+
+    def save(self, path: str | Path, plot: bool = True, top_k: int = 0) -> list[Path]:
+        path = Path(path)
+        written = [write_text_atomic(path, self.to_json() + "\n")]
+        if plot:
+            written.append(save_heatmap(self, path.with_suffix(".png"), top_k))
+        return written
+
+    @classmethod
+    def load(cls, path: str | Path) -> "HeadScores":
+        from .coefficients import Coefficients
+
+        p = Path(path)
+        try:
+            doc = json.loads(p.read_text())
+            if doc.get("format") != "pear-edge/head-scores":
+                raise ValueError("missing format=pear-edge/head-scores")
+            model = Coefficients.from_json(json.dumps({
+                "format": "pear-edge/coefficients", "version": 1, "model": doc["model"], "heads": []})).model
+            return cls(torch.tensor(doc["scores"], dtype=torch.float32), model, doc.get("settings", {}))
+        except FileNotFoundError:
+            raise PearError(f"head scores file {p} not found") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise PearError(f"{p}: not a pear-edge head-scores file ({exc})") from None
+
+
+def save_heatmap(scores: HeadScores, path: Path, top_k: int = 0) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = scores.scores.numpy()
+    L, H = data.shape
+    bound = float(abs(data).max()) or 1.0
+    fig, ax = plt.subplots(figsize=(max(4, H * 0.45 + 2), max(3, L * 0.22 + 1.5)))
+    im = ax.imshow(data, cmap="RdBu_r", vmin=-bound, vmax=bound, aspect="auto")
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_title(f"suppression score ({scores.settings.get('method', '?')}, {scores.model.name})")
+    fig.colorbar(im, ax=ax, label="Δ(correct − mean logit) when mean-ablated")
+    for l, h, _ in scores.top(top_k):
+        ax.add_patch(plt.Rectangle((h - 0.5, l - 0.5), 1, 1, fill=False, lw=1.5, ec="black"))
+    fig.tight_layout()
+    with atomic_file(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path
+
+
+def detect(loaded, method: str = "exact", lengths: tuple[int, ...] = (15, 25, 50), batch: int = 20,
+           seed: int = 0, positions: str = "last", progress: bool = True) -> HeadScores:
+    """Score every head of `loaded` (a models.LoadedModel) as a copy suppressor."""
+    if method not in METHODS:
+        raise PearError(f"unknown detection method {method!r}; choose one of {', '.join(METHODS)}")
+    if positions not in POSITIONS:
+        raise PearError(f"unknown positions {positions!r}; choose one of {', '.join(POSITIONS)}")
+    if not lengths or min(lengths) < 2:
+        raise PearError("proxy lengths must be at least 2")
+    model, adapter = loaded.model, loaded.adapter
+    vocab = ProxyVocab.from_model(loaded)
+    gen = torch.Generator().manual_seed(seed)
+    total = torch.zeros(adapter.num_layers, adapter.num_heads)
+    per_length = adapter.num_layers * adapter.num_heads if method == "exact" else 1
+    with tqdm(total=per_length * len(lengths), desc=f"detect ({method})", disable=not progress,
+              unit="head" if method == "exact" else "pass") as bar:
+        for n in lengths:
+            tokens = proxy_batch(vocab, n, batch, gen)
+            if method == "exact":
+                total += _exact_one_length(model, adapter, tokens, positions, bar)
+            else:
+                total += _attribution_one_length(model, adapter, tokens, positions)
+                bar.update(1)
+    settings = {"method": method, "lengths": list(lengths), "batch": batch, "seed": seed, "positions": positions}
+    return HeadScores(total / len(lengths), loaded.fingerprint(), settings)

