@@ -16,11 +16,33 @@ from typing import Any, Iterable, Sequence
 from .atomic import write_text_atomic
 from .errors import PearError
 
+import numpy as np
+
 FORMAT = "pear-edge/coefficients"
 VERSION = 1
 # Largest relative difference of any layer's o_proj Frobenius norm accepted as "same model".
 # Measured: Q4_1 vs Q8_0 vs Q4_K_M of SmolLM2-135M differ by < 1 %; distinct models differ by far more.
 NORM_TOLERANCE = 0.03
+# Random bilinear probes u^T W_o v per layer: another quantization of the same weights keeps their
+# direction (cosine > 0.99 for Q4), independently initialised or trained weights do not (cosine ~ 0).
+SKETCH_SIZE = 8
+SKETCH_MIN_COSINE = 0.9
+
+
+def o_proj_sketch(weight_out_in: np.ndarray, layer: int) -> tuple[float, ...]:
+    """SKETCH_SIZE random bilinear probes of one layer's o_proj weight, laid out (out, in)."""
+    w = np.asarray(weight_out_in, dtype=np.float64)
+    rng = np.random.default_rng(layer)
+    u = rng.standard_normal((SKETCH_SIZE, w.shape[0]))
+    v = rng.standard_normal((SKETCH_SIZE, w.shape[1]))
+    return tuple(float(x) for x in ((u @ w) * v).sum(1))
+
+
+def sketch_cosine(a: Sequence[float], b: Sequence[float]) -> float:
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if x.shape != y.shape or not x.size:
+        return 0.0
+    return float(x @ y / max(np.linalg.norm(x) * np.linalg.norm(y), 1e-300))
 
 
 @dataclass(frozen=True)
@@ -33,6 +55,16 @@ class ModelFingerprint:
     weights_sha256: str
     o_proj_norms: tuple[float, ...]
     name: str = ""
+    o_proj_sketch: tuple[float, ...] = ()
+
+    @classmethod
+    def from_o_proj_weights(cls, model_type: str, num_layers: int, num_heads: int, head_dim: int,
+                            hidden_size: int, weights: Sequence[np.ndarray], weights_sha256: str = "",
+                            name: str = "") -> "ModelFingerprint":
+        """Fingerprint from per-layer o_proj weights laid out (out, in) — usable from torch, GGUF or ONNX."""
+        norms = tuple(float(np.linalg.norm(np.asarray(w, dtype=np.float64))) for w in weights)
+        sketch = tuple(x for layer, w in enumerate(weights) for x in o_proj_sketch(w, layer))
+        return cls(model_type, num_layers, num_heads, head_dim, hidden_size, weights_sha256, norms, name, sketch)
 
     def layout(self) -> tuple[int, int, int, int]:
         return (self.num_layers, self.num_heads, self.head_dim, self.hidden_size)
@@ -50,6 +82,12 @@ class ModelFingerprint:
         if self.weights_sha256 and self.weights_sha256 == other.weights_sha256:
             return "exact"
         worst = max_relative_difference(self.o_proj_norms, other.o_proj_norms)
+        cosine = sketch_cosine(self.o_proj_sketch, other.o_proj_sketch) if self.o_proj_sketch and other.o_proj_sketch else 1.0
+        if cosine < SKETCH_MIN_COSINE:
+            raise PearError(
+                f"coefficients were calibrated on other weights ({self.name or self.model_type}): o_proj weight "
+                f"sketches disagree (cosine {cosine:.2f} < {SKETCH_MIN_COSINE}); calibrate for this model"
+            )
         if worst > NORM_TOLERANCE:
             raise PearError(
                 f"coefficients were calibrated on other weights ({self.name or self.model_type}): "
@@ -110,7 +148,7 @@ class Coefficients:
         doc = {
             "format": FORMAT,
             "version": VERSION,
-            "model": {**asdict(self.model), "o_proj_norms": list(self.model.o_proj_norms)},
+            "model": _fingerprint_dict(self.model),
             "heads": [asdict(h) for h in self.heads],
             "calibration": self.calibration,
             "metrics": self.metrics,
@@ -138,6 +176,7 @@ class Coefficients:
                 num_heads=int(m["num_heads"]), head_dim=int(m["head_dim"]),
                 hidden_size=int(m["hidden_size"]), weights_sha256=str(m.get("weights_sha256", "")),
                 o_proj_norms=tuple(float(x) for x in m.get("o_proj_norms", [])), name=str(m.get("name", "")),
+                o_proj_sketch=tuple(float(x) for x in m.get("o_proj_sketch", [])),
             )
             heads = [
                 HeadCoefficient(int(h["layer"]), int(h["head"]), _finite(h["coefficient"], h),
@@ -158,6 +197,10 @@ class Coefficients:
     @classmethod
     def identity(cls, model: ModelFingerprint, heads: Iterable[tuple[int, int]]) -> "Coefficients":
         return cls(model, [HeadCoefficient(l, h, 1.0) for l, h in heads])
+
+
+def _fingerprint_dict(model: ModelFingerprint) -> dict[str, Any]:
+    return {**asdict(model), "o_proj_norms": list(model.o_proj_norms), "o_proj_sketch": list(model.o_proj_sketch)}
 
 
 def _reject_constant(name: str) -> float:

@@ -54,6 +54,17 @@ def _capture_head_outputs(model, adapter, inputs: torch.Tensor, where: slice) ->
     return captured, logits
 
 
+def _replace_each_head(mean: torch.Tensor, heads: int):
+    """For a batch laid out as (sequence, copy j): set head j of copy j to its batch mean (H, d)."""
+    def edit(x):
+        x = x.clone()
+        grid = x.view(-1, heads, *x.shape[1:])  # (B, copy, T, H, d)
+        index = torch.arange(heads)
+        grid[:, index, -1, index] = mean
+        return x
+    return edit
+
+
 def _replace_head(head: int, mean: torch.Tensor, where: slice):
     def edit(x):
         x = x.clone()
@@ -72,16 +83,19 @@ def _exact_one_length(model, adapter, tokens: torch.Tensor, positions: str, bar)
     means = [c.mean(0) for c in captured]  # (P, H, d) per layer
     scores = torch.zeros(adapter.num_layers, adapter.num_heads)
     if positions == "last":
+        # One pass per layer ablates all its heads at once: copy j of each sequence ablates head j.
+        heads = adapter.num_heads
         prefix = model(input_ids=inputs[:, :-1], use_cache=True).past_key_values
+        prefix.batch_repeat_interleave(heads)
         prefix_len = inputs.shape[1] - 1
-        last = inputs[:, -1:]
+        last = inputs[:, -1:].repeat_interleave(heads, dim=0)
         for layer in range(adapter.num_layers):
-            for head in range(adapter.num_heads):
-                with edit_heads(adapter, {layer: _replace_head(head, means[layer], slice(-1, None))}):
-                    out = model(input_ids=last, past_key_values=prefix, use_cache=True).logits
-                prefix.crop(prefix_len)
-                scores[layer, head] = _margin(out[:, -1:], targets).mean() - clean
-                bar.update(1)
+            with edit_heads(adapter, {layer: _replace_each_head(means[layer][-1], heads)}):
+                out = model(input_ids=last, past_key_values=prefix, use_cache=True).logits[:, -1]
+            prefix.crop(prefix_len)
+            margins = _margin(out, targets[:, -1].repeat_interleave(heads)).view(-1, heads)
+            scores[layer] = margins.mean(0) - clean
+            bar.update(heads)
     else:
         for layer in range(adapter.num_layers):
             for head in range(adapter.num_heads):
@@ -143,12 +157,12 @@ class HeadScores:
         return chosen
 
     def to_json(self) -> str:
-        from dataclasses import asdict
+        from .coefficients import _fingerprint_dict
 
         doc = {
             "format": "pear-edge/head-scores",
             "version": 1,
-            "model": {**asdict(self.model), "o_proj_norms": list(self.model.o_proj_norms)},
+            "model": _fingerprint_dict(self.model),
             "settings": self.settings,
             "scores": [[round(float(v), 6) for v in row] for row in self.scores],
             "ranking": [{"layer": l, "head": h, "score": round(s, 6)} for l, h, s in self.ranking()],

@@ -179,10 +179,13 @@ def fingerprint(model: torch.nn.Module, adapter: ArchAdapter, name: str = "") ->
     for key, tensor in sorted(model.state_dict().items()):
         digest.update(key.encode())
         digest.update(tensor.detach().to(torch.float32).contiguous().numpy().tobytes())
-    norms = tuple(float(adapter.o_proj_weight(i).detach().double().norm()) for i in range(adapter.num_layers))
+    weights = []
+    for layer in range(adapter.num_layers):
+        w = adapter.o_proj_weight(layer).detach().to(torch.float32)
+        weights.append((w if adapter.spec.in_features_dim == 1 else w.T).numpy())
     lay = adapter.layout
-    return ModelFingerprint(adapter.model_type, lay.num_layers, lay.num_heads, lay.head_dim, lay.hidden_size,
-                            digest.hexdigest(), norms, name)
+    return ModelFingerprint.from_o_proj_weights(adapter.model_type, lay.num_layers, lay.num_heads, lay.head_dim,
+                                                lay.hidden_size, weights, digest.hexdigest(), name)
 
 
 def wrap_model(model: torch.nn.Module, tokenizer, name: str = "in-memory", source: Path | None = None) -> LoadedModel:

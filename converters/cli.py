@@ -1,0 +1,45 @@
+"""CLI wiring for the converters: `export gguf|onnx`, `patch-gguf`, `patch-onnx`, `verify`.
+
+Each format module contributes:
+    add_export_parser(export_subparsers)   -> `pear-edge export <format> ...`
+    add_commands(subparsers)               -> its patch-* command
+    verify(args) -> int                    -> `pear-edge verify` for files of that format
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from pear_edge.errors import PearError
+
+FORMAT_MODULES = {"gguf": "pear_edge.converters.gguf_cli", "onnx": "pear_edge.converters.onnx_cli"}
+
+
+def _format_of(path: Path) -> str:
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        return "gguf"
+    if path.is_dir() and any(path.glob("*.onnx")):
+        return "onnx"
+    raise PearError(f"{path} is neither a .gguf file nor a folder with an ONNX model")
+
+
+def cmd_verify(args) -> int:
+    fmt = _format_of(Path(args.patched))
+    return importlib.import_module(FORMAT_MODULES[fmt]).verify(args)
+
+
+def add_commands(sub) -> None:
+    modules = [importlib.import_module(m) for m in FORMAT_MODULES.values()]
+    export = sub.add_parser("export", help="fold coefficients and export to GGUF (llama.cpp) or ONNX (onnxruntime)")
+    export_sub = export.add_subparsers(dest="format", metavar="FORMAT", required=True)
+    for module in modules:
+        module.add_export_parser(export_sub)
+        module.add_commands(sub)
+    p = sub.add_parser("verify", help="compare a patched GGUF/ONNX model with torch running the folded model")
+    p.add_argument("patched", help="patched .gguf file or ONNX folder")
+    p.add_argument("--model", default="default", help="SPEC of the base model (see `calibrate --model`)")
+    p.add_argument("--coefficients", help="coefficients JSON (default: read from the patched file)")
+    p.add_argument("--base", help="unpatched .gguf/ONNX folder, to show what the patch changed")
+    p.add_argument("--prompts", help="text file, one prompt per line (default: built-in prompts)")
+    p.add_argument("-o", "--output", help="write the report as JSON here")
+    p.set_defaults(func=cmd_verify)

@@ -1,0 +1,36 @@
+"""Opening GGUF files in llama.cpp (llama-cpp-python) with settings every caller shares."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator
+
+from .errors import PearError
+
+
+def open_gguf(path: str | Path, n_ctx: int = 4096, logits_all: bool = False, n_threads: int | None = None):
+    """Load a GGUF into llama.cpp; one-line PearError if llama.cpp refuses it."""
+    import llama_cpp
+
+    p = Path(path)
+    if not p.is_file():
+        raise PearError(f"GGUF file {p} not found")
+    threads = n_threads or max(1, os.cpu_count() or 1)
+    try:
+        return llama_cpp.Llama(str(p), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
+                               logits_all=logits_all, verbose=False, seed=0)
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise PearError(f"llama.cpp cannot load {p}: {exc}") from None
+
+
+def chat_stream(llm, messages: list[dict[str, str]], max_tokens: int = 64) -> Iterator[str]:
+    """Greedy chat completion with the GGUF's own chat template, streamed piece by piece."""
+    for chunk in llm.create_chat_completion(messages=messages, max_tokens=max_tokens, temperature=0.0,
+                                            top_k=1, stream=True):
+        piece = chunk["choices"][0]["delta"].get("content")
+        if piece:
+            yield piece
+
+
+def chat(llm, messages: list[dict[str, str]], max_tokens: int = 64) -> str:
+    return "".join(chat_stream(llm, messages, max_tokens))

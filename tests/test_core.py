@@ -1,0 +1,208 @@
+"""Calibration core on tiny config-built models of every registry architecture."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from tiny import TINY_CONFIGS, VOCAB, tiny_model
+
+from pear_edge.calibrate import CalibrationSettings, calibrate
+from pear_edge.coefficients import Coefficients, HeadCoefficient
+from pear_edge.detect import HeadScores, _capture_head_outputs, _margin, _replace_head, detect
+from pear_edge.errors import PearError
+from pear_edge.fold import fold_coefficients
+from pear_edge.heads import edit_heads, scale_heads
+from pear_edge.proxy import ProxyVocab, copy_logits_targets, proxy_batch
+from pear_edge.registry import REGISTRY, spec_for, supported_model_types
+from pear_edge.train import TrainSettings, train_coefficients
+
+ARCHS = sorted(TINY_CONFIGS)
+
+
+def test_registry_covers_rope_learned_and_alibi():
+    kinds = {spec.position_embedding for spec in REGISTRY}
+    assert {"rope", "learned", "alibi"} <= kinds
+    for required in ("llama", "mistral", "qwen2", "gemma3_text", "phi3", "gpt2", "opt", "bloom", "gpt_neox"):
+        assert required in supported_model_types()
+
+
+def test_unsupported_model_type_lists_supported():
+    with pytest.raises(PearError, match="supported: .*llama"):
+        spec_for("mamba")
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_adapter_layout(arch):
+    lm = tiny_model(arch)
+    assert (lm.adapter.num_heads, lm.adapter.head_dim) == (4, 8)
+    assert lm.adapter.num_layers == TINY_CONFIGS[arch].get("num_hidden_layers", TINY_CONFIGS[arch].get("n_layer"))
+
+
+def _random_coefficients(lm, seed=1) -> Coefficients:
+    gen = torch.Generator().manual_seed(seed)
+    heads = [(0, 1), (0, 3), (lm.adapter.num_layers - 1, 2)]
+    values = (torch.rand(len(heads), generator=gen) * 1.5 - 0.25).tolist()
+    return Coefficients(lm.fingerprint(), [HeadCoefficient(l, h, c) for (l, h), c in zip(heads, values)])
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_fold_matches_hooked_and_touches_only_selected_columns(arch):
+    lm = tiny_model(arch)
+    coeffs = _random_coefficients(lm)
+    tokens = torch.randint(3, VOCAB, (2, 24), generator=torch.Generator().manual_seed(0))
+    before = {k: v.clone() for k, v in lm.model.state_dict().items()}
+    with scale_heads(lm.adapter, coeffs.as_dict()):
+        hooked = lm.model(input_ids=tokens).logits
+    plain = lm.model(input_ids=tokens).logits
+    fold_coefficients(lm.model, lm.adapter, coeffs)
+    folded = lm.model(input_ids=tokens).logits
+    assert (hooked - folded).abs().max() <= 1e-5
+    assert (hooked - plain).abs().max() > 1e-4  # the coefficients did something
+
+    after = lm.model.state_dict()
+    o_proj_names = {n + ".weight" for n, m in lm.model.named_modules() if any(m is o for o in lm.adapter.o_projs)}
+    for name, tensor in after.items():
+        if name not in o_proj_names:
+            assert torch.equal(tensor, before[name]), f"{name} changed"
+    selected = coeffs.as_dict()
+    for layer, o_proj in enumerate(lm.adapter.o_projs):
+        name = next(n for n in o_proj_names if lm.model.get_parameter(n) is o_proj.weight)
+        for head in range(lm.adapter.num_heads):
+            old = lm.adapter.head_columns(before[name], head)
+            new = lm.adapter.head_columns(o_proj.weight, head)
+            if (layer, head) in selected:
+                assert torch.allclose(new, old * selected[(layer, head)], atol=0, rtol=1e-6)
+            else:
+                assert torch.equal(new, old)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_hooks_leave_model_untouched(arch):
+    lm = tiny_model(arch)
+    tokens = torch.randint(3, VOCAB, (1, 10))
+    ref = lm.model(input_ids=tokens).logits
+    with pytest.raises(RuntimeError):
+        with scale_heads(lm.adapter, {(0, 0): 0.0}):
+            raise RuntimeError("boom")
+    assert all(not o._forward_pre_hooks for o in lm.adapter.o_projs)
+    assert torch.equal(lm.model(input_ids=tokens).logits, ref)
+    with scale_heads(lm.adapter, {(0, 0): 1.0, (1, 2): 1.0}):
+        assert torch.allclose(lm.model(input_ids=tokens).logits, ref, atol=1e-6)
+
+
+def test_proxy_batch_repeats_and_excludes_special_tokens():
+    lm = tiny_model("llama")
+    vocab = ProxyVocab.from_model(lm)
+    assert not set(vocab.ids.tolist()) & {0, 1, 2}
+    tokens = proxy_batch(vocab, 30, 64, torch.Generator().manual_seed(0))
+    assert tokens.shape == (64, 60)
+    assert torch.equal(tokens[:, :30], tokens[:, 30:])
+    assert tokens.min() >= 3
+    again = proxy_batch(vocab, 30, 64, torch.Generator().manual_seed(0))
+    assert torch.equal(tokens, again)
+    logits = torch.zeros(64, 60, VOCAB)
+    pred, target = copy_logits_targets(logits, tokens)
+    assert pred.shape[1] == target.shape[1] == 29  # copy targets n+1 .. 2n-1
+    assert torch.equal(target, tokens[:, 31:])
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_exact_detection_equals_brute_force_mean_ablation(arch):
+    """The cached, head-batched implementation equals one full forward per ablated head."""
+    lm = tiny_model(arch)
+    scores = detect(lm, "exact", (6,), batch=4, progress=False)
+    tokens = proxy_batch(ProxyVocab.from_model(lm), 6, 4, torch.Generator().manual_seed(0))
+    inputs, where = tokens[:, :-1], slice(-1, None)
+    targets = tokens[:, 1:][:, where]
+    captured, logits = _capture_head_outputs(lm.model, lm.adapter, inputs, where)
+    clean = _margin(logits[:, where], targets).mean()
+    for layer in range(lm.adapter.num_layers):
+        for head in range(lm.adapter.num_heads):
+            with edit_heads(lm.adapter, {layer: _replace_head(head, captured[layer].mean(0), where)}):
+                out = lm.model(input_ids=inputs).logits
+            expected = _margin(out[:, where], targets).mean() - clean
+            assert abs(float(expected) - float(scores.scores[layer, head])) < 1e-6
+
+
+@pytest.mark.parametrize("positions", ["last", "copy"])
+def test_attribution_tracks_exact_scores(positions):
+    lm = tiny_model("llama")
+    exact = detect(lm, "exact", (8, 12), batch=8, positions=positions, progress=False).scores.flatten()
+    approx = detect(lm, "attribution", (8, 12), batch=8, positions=positions, progress=False).scores.flatten()
+    assert torch.corrcoef(torch.stack([exact, approx]))[0, 1] > 0.9
+
+
+def test_head_scores_roundtrip_and_heatmap(tmp_path):
+    lm = tiny_model("llama")
+    scores = detect(lm, "attribution", (6,), batch=4, progress=False)
+    written = scores.save(tmp_path / "heads.json", top_k=3)
+    assert written[1].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    loaded = HeadScores.load(tmp_path / "heads.json")
+    assert torch.allclose(loaded.scores, scores.scores, atol=1e-6)
+    assert loaded.top(3) == [(l, h, pytest.approx(s, abs=1e-6)) for l, h, s in scores.top(3)]
+    assert len({l for l, _, _ in scores.top(4, max_per_layer=2)}) >= 2
+
+
+def test_training_is_deterministic_constrained_and_lowers_loss():
+    lm = tiny_model("llama")
+    heads = detect(lm, "exact", (8,), batch=8, progress=False).top(4)
+    settings = TrainSettings(steps=25, batch=8, n=8, lr=0.05, constraint="unit")
+    a = train_coefficients(lm, heads, settings, progress=False)
+    b = train_coefficients(lm, heads, settings, progress=False)
+    assert [h.coefficient for h in a.heads] == [h.coefficient for h in b.heads]
+    assert all(0.0 <= h.coefficient <= 1.0 for h in a.heads)
+    proxy = a.metrics["held_out_proxy"]
+    assert proxy["after"]["copy_loss"] <= proxy["before"]["copy_loss"]
+    free = train_coefficients(lm, heads, TrainSettings(steps=25, batch=8, n=8, lr=0.05, constraint="none"),
+                              progress=False)
+    assert any(h.coefficient > 1.0 or h.coefficient < 0 for h in free.heads) or free.heads != a.heads
+
+
+def test_coefficients_roundtrip_and_validation(tmp_path):
+    lm = tiny_model("llama")
+    coeffs = _random_coefficients(lm)
+    coeffs.calibration = {"steps": 3}
+    path = coeffs.save(tmp_path / "c.json")
+    again = Coefficients.load(path)
+    assert again.as_dict() == coeffs.as_dict() and again.model == coeffs.model
+    doc = json.loads(path.read_text())
+    doc["heads"][0]["coefficient"] = float("nan")
+    with pytest.raises(PearError, match="NaN"):
+        Coefficients.from_json(json.dumps(doc))
+    doc["heads"][0]["coefficient"] = 0.5
+    doc["heads"][0]["layer"] = 99
+    with pytest.raises(PearError, match="outside"):
+        Coefficients.from_json(json.dumps(doc))
+    with pytest.raises(PearError, match="version"):
+        Coefficients.from_json(json.dumps({**doc, "version": 99}))
+    with pytest.raises(PearError):
+        Coefficients.from_json("{not json")
+
+
+def test_fingerprint_refuses_other_models_and_accepts_requantized_weights():
+    a, b = tiny_model("llama", seed=0), tiny_model("llama", seed=1)
+    fa = a.fingerprint()
+    assert fa.check_matches(a.fingerprint()) == "exact"
+    with pytest.raises(PearError, match="other weights"):
+        fa.check_matches(b.fingerprint())
+    with pytest.raises(PearError, match="layers/heads"):
+        fa.check_matches(tiny_model("gpt2").fingerprint())
+    # Same weights plus quantization-sized noise: accepted as the same model.
+    with torch.no_grad():
+        for p in a.model.parameters():
+            p.add_(torch.randn_like(p) * p.abs().mean() * 0.05)
+    from pear_edge.models import fingerprint
+
+    assert fa.check_matches(fingerprint(a.model, a.adapter)) == "compatible"
+
+
+def test_calibrate_api_on_tiny_model():
+    lm = tiny_model("qwen2")
+    settings = CalibrationSettings(lengths=(6, 8), detect_batch=4, top_k=3,
+                                   train=TrainSettings(steps=3, batch=4, n=8))
+    coeffs = calibrate(lm, settings, progress=False)
+    assert len(coeffs.heads) == 3
+    assert all(math.isfinite(h.coefficient) for h in coeffs.heads)
+    assert coeffs.calibration["top_k"] == 3 and coeffs.calibration["detection"]["method"] == "exact"
