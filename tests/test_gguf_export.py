@@ -1,0 +1,70 @@
+"""`pear-edge export gguf` on a tiny llama (real SmolLM2 tokenizer, random weights): llama.cpp's own
+converter + quantizer produce files llama.cpp loads, stamped with pear.* metadata, whose logits match
+torch running the folded model."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from pear_edge.cli import main
+from pear_edge.coefficients import Coefficients, HeadCoefficient
+from pear_edge.converters.gguf_layout import pear_metadata, read_gguf
+from pear_edge.converters.gguf_verify import compare, gguf_logits, torch_logits
+from pear_edge.fold import fold_model
+from pear_edge.models import _gguf_cache_folder, default_gguf_path, load_model
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+@pytest.fixture(scope="module")
+def tiny_hf(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    cache = _gguf_cache_folder(default_gguf_path())
+    if not (cache / "tokenizer.json").is_file():
+        load_model("default")                      # builds the cache folder once
+    for name in TOKENIZER_FILES:
+        shutil.copy(cache / name, folder / name)
+    torch.manual_seed(0)
+    config = AutoConfig.for_model("llama", vocab_size=49152, hidden_size=64, intermediate_size=128,
+                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                  initializer_range=0.2, tie_word_embeddings=True,
+                                  bos_token_id=1, eos_token_id=2)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    return folder
+
+
+def test_export_f16_q8_0_loads_and_matches_torch(tmp_path, tiny_hf, capsys):
+    loaded = load_model(str(tiny_hf))
+    coeffs = Coefficients(loaded.fingerprint(), [HeadCoefficient(0, 1, 0.25), HeadCoefficient(1, 3, -0.5)])
+    coeffs.save(tmp_path / "c.json")
+    out = tmp_path / "gguf"
+    assert main(["-q", "export", "gguf", "--model", str(tiny_hf), "--coefficients", str(tmp_path / "c.json"),
+                 "--quant", "f16,q8_0", "-o", str(out)]) == 0
+    files = sorted(out.iterdir())
+    assert [f.name for f in files] == ["tiny-llama0-pear-F16.gguf", "tiny-llama0-pear-Q8_0.gguf"]
+
+    tokens = [loaded.tokenizer(t)["input_ids"] for t in ("The capital of France is", "one two three four")]
+    unpatched = torch_logits(loaded.model, tokens)
+    fold_model(loaded, coeffs)
+    folded = torch_logits(loaded.model, tokens)
+    for f, tol in zip(files, (0.02, 0.1)):
+        meta = pear_metadata(read_gguf(f))
+        assert Coefficients.from_json(meta["pear.coefficients"]).as_dict() == coeffs.as_dict()
+        got = gguf_logits(f, tokens)
+        scale = np.abs(np.concatenate(folded)).max()
+        assert compare(got, folded)["max_abs_logit_diff"] < tol * scale, f.name
+        assert compare(got, folded)["top1_agreement"] >= 0.9
+        # the folded heads matter: the file is closer to folded than to unpatched torch
+        assert compare(got, folded)["mean_abs_logit_diff"] < compare(got, unpatched)["mean_abs_logit_diff"]
+
+
+def test_export_unknown_quant_leaves_nothing(tmp_path, tiny_hf, capsys):
+    out = tmp_path / "gguf"
+    assert main(["export", "gguf", "--model", str(tiny_hf), "--coefficients", "x.json", "--quant", "q9_9",
+                 "-o", str(out)]) == 2
+    assert "unknown quantization q9_9" in capsys.readouterr().err
+    assert not out.exists()
