@@ -104,13 +104,13 @@ def tensor_bytes(tensor) -> np.ndarray:
 
 
 def gguf_fingerprint(reader: GGUFReader, name: str) -> ModelFingerprint:
-    """Head layout + per-layer attn_output Frobenius norms, comparable with pear_edge.models.fingerprint."""
+    """Head layout + per-layer attn_output norms and sketches, comparable with pear_edge.models.fingerprint."""
     heads = head_layout(reader, name)
     tensors = attn_output_tensors(reader, heads, name)
-    norms = tuple(float(np.linalg.norm(dequantize(tensors[i].data, tensors[i].tensor_type).astype(np.float64)))
-                  for i in range(heads.num_layers))
-    return ModelFingerprint(heads.model_type, heads.num_layers, heads.num_heads, heads.head_dim, heads.hidden_size,
-                            "", norms, name)
+    # attn_output dequantizes to (n_embd, n_head * head_dim): the (out, in) layout fingerprints use.
+    weights = [dequantize(tensors[i].data, tensors[i].tensor_type) for i in range(heads.num_layers)]
+    return ModelFingerprint.from_o_proj_weights(heads.model_type, heads.num_layers, heads.num_heads, heads.head_dim,
+                                                heads.hidden_size, weights, name=name)
 
 
 def _encode_kv(key: str, value: str | int) -> bytes:

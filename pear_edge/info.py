@@ -15,10 +15,20 @@ def describe_coefficients(doc: dict) -> str:
     for h in doc["heads"]:
         score = "" if h.get("score") is None else f"  score {h['score']:+.4f}"
         lines.append(f"  L{h['layer']:>2}H{h['head']:<2} coefficient {h['coefficient']:.4f}{score}")
-    proxy = doc.get("metrics", {}).get("held_out_proxy")
-    if proxy:
-        lines.append(f"held-out proxy copy loss {proxy['before']['copy_loss']:.3f} -> {proxy['after']['copy_loss']:.3f}")
+    summary = proxy_summary(doc.get("metrics", {}))
+    if summary:
+        lines.append(summary)
     return "\n".join(lines)
+
+
+def proxy_summary(metrics: dict) -> str:
+    """'held-out copy proxy: copy_loss 4.12 -> 3.80, copy_accuracy 31.0% -> 35.2%' (empty if absent)."""
+    proxy = metrics.get("held_out_proxy")
+    if not proxy:
+        return ""
+    before, after = proxy["before"], proxy["after"]
+    parts = [f"{k} {before[k]:.3f} -> {after[k]:.3f}" for k in before if k in after]
+    return f"held-out {proxy.get('proxy', 'copy')} proxy: " + ", ".join(parts)
 
 
 def describe_head_scores(doc: dict) -> str:
@@ -39,6 +49,10 @@ def describe(path: Path) -> str:
             raise PearError(f"{path} is not a model folder (no config.json)")
         config = json.loads((path / "config.json").read_text())
         text = f"Hugging Face model folder: {config.get('model_type')} ({', '.join(config.get('architectures', []))})"
+        if (path / "model.onnx").is_file():
+            from .converters.onnx_graph import describe_export
+
+            text = describe_export(path)
         coeffs = path / COEFFICIENTS_FILENAME
         if coeffs.is_file():
             text += "\nPEAR-patched with:\n" + describe_coefficients(json.loads(coeffs.read_text()))
@@ -56,4 +70,8 @@ def describe(path: Path) -> str:
         if kind == "pear-edge/head-scores":
             return describe_head_scores(doc)
         raise PearError(f"{path}: not a pear-edge JSON file")
+    if path.suffix.lower() == ".gguf":
+        from .converters.gguf_layout import describe_gguf
+
+        return describe_gguf(path, describe_coefficients)
     raise PearError(f"{path}: unknown file type (expected .json, a model folder, or .gguf)")
