@@ -1,0 +1,73 @@
+"""`pear-edge rag ...`: index a folder, ask questions (base vs PEAR side by side), serve a local web page."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_commands(subparsers) -> None:
+    rag = subparsers.add_parser("rag", help="local RAG demo: index text files, answer with base vs PEAR GGUFs")
+    sub = rag.add_subparsers(dest="rag_command", metavar="RAG_COMMAND", required=True)
+
+    p = sub.add_parser("index", help="index (or incrementally update) a folder of .txt/.md files")
+    p.add_argument("docs_dir", help="folder of .txt/.md files (searched recursively; hidden folders ignored)")
+    p.add_argument("--db", required=True, help="index file (SQLite + sqlite-vec); created if missing")
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("ask", help="answer a question from the index, streaming; --compare adds a second model")
+    p.add_argument("question")
+    _add_answer_options(p)
+    p.set_defaults(func=cmd_ask)
+
+    p = sub.add_parser("serve", help="local web page with the same ask / compare flow (127.0.0.1 only)")
+    _add_answer_options(p)
+    p.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (default: %(default)s; 0 = any free)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("pydoc-corpus", help="write Python's bundled docs as one .txt per topic/module (demo corpus)")
+    p.add_argument("output", help="new folder to create")
+    p.set_defaults(func=cmd_pydoc_corpus)
+
+
+def _add_answer_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", required=True, help="index file built by `pear-edge rag index`")
+    p.add_argument("--model", default=None, help="GGUF to answer with, e.g. a PEAR-patched one "
+                                                 "(default: the packaged SmolLM2-135M-Instruct GGUF)")
+    p.add_argument("--compare", default=None, metavar="BASE_GGUF",
+                   help="also answer with this GGUF (e.g. the unpatched one) and show both side by side")
+    p.add_argument("-k", type=int, default=5, help="chunks to retrieve (default: %(default)s)")
+    p.add_argument("--max-tokens", type=int, default=96, help="answer length cap (default: %(default)s)")
+    p.add_argument("--n-ctx", type=int, default=4096, help="llama.cpp context size (default: %(default)s)")
+
+
+def cmd_index(args) -> int:
+    from ..atomic import check_output_path
+    from .embed import Embedder
+    from .index import update_index
+
+    check_output_path(args.db, args.docs_dir)
+    report = update_index(args.docs_dir, args.db, Embedder(), progress=not args.quiet)
+    for note in report.skipped:
+        print(f"skipped {note}")
+    print(f"{args.db}: {report.summary()}")
+    return 0
+
+
+def cmd_ask(args) -> int:
+    from .answer import ask_cli
+
+    return ask_cli(args)
+
+
+def cmd_serve(args) -> int:
+    from .server import serve_forever
+
+    return serve_forever(args)
+
+
+def cmd_pydoc_corpus(args) -> int:
+    from .pydoc_corpus import write_pydoc_corpus
+
+    count = write_pydoc_corpus(args.output)
+    print(f"wrote {count} files to {Path(args.output)}")
+    return 0
