@@ -12,7 +12,7 @@ from pathlib import Path
 from .errors import PearError
 
 # Modules contributing subcommands through add_commands(subparsers).
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["pear_edge.converters.cli", "pear_edge.rag.cli", "pear_edge.eval.cli"]
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -27,12 +27,23 @@ def _add_model(p: argparse.ArgumentParser) -> None:
                    help="'default' (SmolLM2-135M-Instruct), 'gemma3-270m', a Hugging Face folder or a .gguf file")
 
 
+def _add_proxy_option(p: argparse.ArgumentParser) -> None:
+    from .calibrate import DEFAULTS
+
+    p.add_argument("--proxy", choices=("copy", "mdqa"), default=DEFAULTS.train.proxy,
+                   help="proxy task: copy = random tokens repeated (paper); mdqa = multi-document QA about "
+                        "invented facts, loss on the answer (used by --method gradient and by training)")
+
+
 def _add_detect_options(p: argparse.ArgumentParser) -> None:
     from .calibrate import DEFAULTS
 
     g = p.add_argument_group("detection")
-    g.add_argument("--method", choices=("exact", "attribution"), default=DEFAULTS.method,
-                   help="exact mean-ablation (paper) or one-pass gradient attribution (fast, for large models)")
+    g.add_argument("--method", choices=("exact", "attribution", "gradient"), default=DEFAULTS.method,
+                   help="exact mean-ablation (paper), one-pass attribution of it (fast, for large models), or "
+                        "the gradient of the proxy loss with respect to each head's scale")
+    g.add_argument("--gradient-batches", type=int, default=DEFAULTS.gradient_batches,
+                   help="proxy batches averaged by --method gradient")
     g.add_argument("--lengths", type=_int_list, default=DEFAULTS.lengths,
                    help="proxy lengths n to average over (default: %(default)s)")
     g.add_argument("--positions", choices=("last", "copy"), default=DEFAULTS.positions,
@@ -51,7 +62,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--n", type=int, default=DEFAULTS.train.n, help="proxy length for training")
     g.add_argument("--lr", type=float, default=DEFAULTS.train.lr)
     g.add_argument("--constraint", choices=("none", "le1", "unit"), default=DEFAULTS.train.constraint,
-                   help="none = paper; le1 = only weaken; unit = clamp to [0, 1] (default)")
+                   help="none = paper; le1 = only weaken; unit = clamp to [0, 1]")
+    g.add_argument("--pull", type=float, default=DEFAULTS.train.pull,
+                   help="L2 pull of the coefficients towards 1 (0 = off)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("detect", help="score every head as a copy suppressor -> heads.json + heatmap PNG")
     _add_model(p)
+    _add_proxy_option(p)
     _add_detect_options(p)
     p.add_argument("--plot-top", type=int, default=12, help="heads to outline in the heatmap")
     p.add_argument("-o", "--output", required=True, help="head scores JSON (a .png heatmap is written beside it)")
@@ -75,12 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train one scalar per top-K head from heads.json -> coeffs.json")
     _add_model(p)
     p.add_argument("--heads", required=True, help="head scores JSON from `pear-edge detect`")
+    _add_proxy_option(p)
     _add_train_options(p)
     p.add_argument("-o", "--output", required=True, help="coefficients JSON")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("calibrate", help="detect + train in one go -> coeffs.json (+ heads JSON/PNG beside it)")
     _add_model(p)
+    _add_proxy_option(p)
     _add_detect_options(p)
     _add_train_options(p)
     p.add_argument("-o", "--output", required=True, help="coefficients JSON")
@@ -157,11 +173,11 @@ def cmd_calibrate(args) -> int:
 
 
 def _print_summary(coeffs) -> None:
-    proxy = coeffs.metrics.get("held_out_proxy", {})
-    b, a = proxy.get("before", {}), proxy.get("after", {})
-    if b and a:
-        print(f"held-out proxy copy loss {b['copy_loss']:.3f} -> {a['copy_loss']:.3f}, "
-              f"copy accuracy {b['copy_accuracy']:.1%} -> {a['copy_accuracy']:.1%}")
+    from .info import proxy_summary
+
+    summary = proxy_summary(coeffs.metrics)
+    if summary:
+        print(summary)
     print("coefficients: " + ", ".join(f"L{h.layer}H{h.head}={h.coefficient:.3f}" for h in coeffs.heads))
 
 

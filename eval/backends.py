@@ -1,0 +1,269 @@
+"""Backends with one interface, so the same prompts run on torch, llama.cpp and onnxruntime:
+
+    generate(messages, max_tokens) -> str      greedy, with the model's own chat template
+    nll(text) -> (summed NLL, predicted tokens)  / perplexity(text)
+    last_timing                                 tokens and seconds of the latest generate()
+
+torch runs an HF model as is, hooked with `scale_heads` (coefficients), or folded in place.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pear_edge.errors import PearError
+
+KINDS = ("torch", "llamacpp", "onnx")
+
+
+@dataclass(frozen=True)
+class Timing:
+    prompt_tokens: int
+    output_tokens: int
+    seconds: float
+    first_token_s: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Backend:
+    kind = "?"
+
+    def __init__(self, name: str, source: str):
+        self.name, self.source = name, source
+        self.last_timing: Timing | None = None
+
+    def generate(self, messages: list[dict[str, str]], max_tokens: int = 32) -> str:
+        raise NotImplementedError
+
+    def nll(self, text: str) -> tuple[float, int]:
+        raise NotImplementedError
+
+    def perplexity(self, text: str) -> float:
+        total, count = self.nll(text)
+        return math.exp(total / count)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "name": self.name, "source": self.source}
+
+    def close(self) -> None:
+        pass
+
+
+def _nll_from_logits(logits: np.ndarray, ids: list[int]) -> tuple[float, int]:
+    """Summed NLL of ids[1:] given logits rows 0..n-2 (row i predicts token i+1)."""
+    x = logits[: len(ids) - 1].astype(np.float64)
+    x -= x.max(axis=1, keepdims=True)
+    logz = np.log(np.exp(x).sum(axis=1))
+    picked = x[np.arange(len(ids) - 1), ids[1:]]
+    return float((logz - picked).sum()), len(ids) - 1
+
+
+def _text_ids(tokenize, text: str, limit: int) -> list[int]:
+    ids = list(tokenize(text))
+    if len(ids) < 2:
+        raise PearError("perplexity needs a passage of at least two tokens")
+    if len(ids) > limit:
+        raise PearError(f"passage has {len(ids)} tokens, more than the {limit}-token window; use shorter passages")
+    return ids
+
+
+class _HFGenerating(Backend):
+    """Shared by torch and onnxruntime: transformers' generate() with a clock on every decoding step."""
+
+    def __init__(self, model, tokenizer, name: str, source: str):
+        super().__init__(name, source)
+        self.model, self.tokenizer = model, tokenizer
+        self.stop_ids = _stop_ids(model, tokenizer)
+
+    def _forward_context(self):
+        import contextlib
+        return contextlib.nullcontext()
+
+    def generate(self, messages, max_tokens=32):
+        import torch
+        from transformers import LogitsProcessor, LogitsProcessorList
+
+        clock: list[float] = []
+
+        class StepClock(LogitsProcessor):
+            def __call__(self, input_ids, scores):
+                clock.append(time.perf_counter())
+                return scores
+
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                                 return_dict=True)
+        start = time.perf_counter()
+        with torch.inference_mode(), self._forward_context():
+            out = self.model.generate(**ids, max_new_tokens=max_tokens, do_sample=False, num_beams=1,
+                                      eos_token_id=self.stop_ids, pad_token_id=self.stop_ids[0],
+                                      logits_processor=LogitsProcessorList([StepClock()]))
+        end = time.perf_counter()
+        new = out[0, ids["input_ids"].shape[1]:].tolist()
+        while new and new[-1] in self.stop_ids:
+            new.pop()
+        self.last_timing = Timing(ids["input_ids"].shape[1], len(new), end - start,
+                                  (clock[0] if clock else end) - start)
+        return self.tokenizer.decode(new, skip_special_tokens=True).strip()
+
+    def nll(self, text):
+        import torch
+
+        ids = _text_ids(lambda t: self.tokenizer(t, add_special_tokens=False)["input_ids"], text, 4096)
+        with torch.inference_mode(), self._forward_context():
+            input_ids = torch.tensor([ids])
+            logits = self.model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids)).logits[0]
+        return _nll_from_logits(logits.float().numpy(), ids)
+
+
+def _stop_ids(model, tokenizer) -> list[int]:
+    ids: list[int] = []
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids += eos if isinstance(eos, list) else [eos] if eos is not None else []
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    end_turn = tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tokenizer.get_vocab() else None
+    if end_turn is not None:
+        ids.append(end_turn)
+    if not ids:
+        raise PearError("the tokenizer defines no end-of-sequence token; cannot tell when an answer ends")
+    return list(dict.fromkeys(ids))
+
+
+class TorchBackend(_HFGenerating):
+    """An HF model in torch: as is, hooked with coefficients (`scale_heads`), or folded in place."""
+
+    kind = "torch"
+
+    def __init__(self, loaded, coefficients=None, fold: bool = False):
+        super().__init__(loaded.model, loaded.tokenizer, loaded.name, str(loaded.source))
+        self.loaded, self.coefficients, self.mode = loaded, coefficients, "plain"
+        if coefficients is not None:
+            if fold:
+                from pear_edge.fold import fold_model
+                fold_model(loaded, coefficients)
+                self.mode = "folded"
+            else:
+                coefficients.model.check_matches(loaded.fingerprint(), what=str(loaded.source))
+                self.mode = "hooked"
+
+    def _forward_context(self):
+        if self.mode != "hooked":
+            return super()._forward_context()
+        from pear_edge.heads import scale_heads
+        return scale_heads(self.loaded.adapter, self.coefficients.as_dict())
+
+    def describe(self):
+        info = {**super().describe(), "mode": self.mode}
+        if self.coefficients is not None:
+            info["heads"] = len(self.coefficients.heads)
+        return info
+
+
+class OnnxBackend(_HFGenerating):
+    """An exported ONNX folder through optimum's ORTModelForCausalLM (onnxruntime, CPU)."""
+
+    kind = "onnx"
+
+    def __init__(self, folder: str | Path):
+        from optimum.onnxruntime import ORTModelForCausalLM
+        from transformers import AutoTokenizer
+
+        path = Path(folder)
+        if not path.is_dir() or not any(path.glob("*.onnx")):
+            raise PearError(f"{path} is not a folder with an exported ONNX model (*.onnx)")
+        try:
+            model = ORTModelForCausalLM.from_pretrained(path, provider="CPUExecutionProvider")
+            tokenizer = AutoTokenizer.from_pretrained(path)
+        except Exception as exc:  # onnxruntime and optimum raise many types on broken folders
+            raise PearError(f"onnxruntime cannot load {path}: {str(exc).splitlines()[0]}") from None
+        super().__init__(model, tokenizer, path.name, str(path))
+
+
+class LlamaCppBackend(Backend):
+    """A GGUF in llama.cpp, through the same chat path as the RAG demo (`pear_edge.llamacpp.chat`)."""
+
+    kind = "llamacpp"
+    PPL_CONTEXT = 1024
+
+    def __init__(self, path: str | Path, n_ctx: int = 4096, n_threads: int | None = None):
+        from pear_edge.llamacpp import open_gguf
+
+        self.path = Path(path)
+        super().__init__(self.path.name, str(self.path))
+        self.n_threads = n_threads
+        self.llm = open_gguf(self.path, n_ctx=n_ctx, n_threads=n_threads)
+        self._scorer = None
+
+    def generate(self, messages, max_tokens=32):
+        from pear_edge.llamacpp import chat_stream
+
+        pieces, first = [], None
+        start = time.perf_counter()
+        for piece in chat_stream(self.llm, messages, max_tokens):
+            first = first or time.perf_counter()
+            pieces.append(piece)
+        end = time.perf_counter()
+        text = "".join(pieces)
+        out_tokens = len(self.llm.tokenize(text.encode(), add_bos=False, special=False)) if text else 0
+        self.last_timing = Timing(max(0, self.llm.n_tokens - out_tokens), out_tokens, end - start,
+                                  (first or end) - start)
+        return text.strip()
+
+    def nll(self, text):
+        from pear_edge.llamacpp import open_gguf
+
+        if self._scorer is None:  # a second context that keeps logits for every position
+            self._scorer = open_gguf(self.path, n_ctx=self.PPL_CONTEXT, logits_all=True, n_threads=self.n_threads)
+        llm = self._scorer
+        ids = _text_ids(lambda t: llm.tokenize(t.encode(), add_bos=False, special=False), text, self.PPL_CONTEXT)
+        llm.reset()
+        llm.eval(ids)
+        return _nll_from_logits(np.asarray(llm.scores[: len(ids)]), ids)
+
+    def close(self):
+        for llm in (self.llm, self._scorer):
+            if llm is not None:
+                llm.close()
+
+
+def infer_kind(spec: str) -> str:
+    path = Path(spec)
+    if path.suffix.lower() == ".gguf":
+        return "llamacpp"
+    if path.is_dir() and any(path.glob("*.onnx")):
+        return "onnx"
+    return "torch"
+
+
+def open_backend(spec: str, kind: str | None = None, coefficients=None, fold: bool = False,
+                 n_ctx: int = 4096, threads: int | None = None) -> Backend:
+    """Open SPEC (a .gguf, an ONNX folder, an HF folder or a packaged model name) on a backend.
+
+    `coefficients` (a Coefficients) apply PEAR on the fly and exist only for torch; GGUF and ONNX
+    models are patched ahead of time with `pear-edge patch-gguf` / `pear-edge export onnx`.
+    `threads`: llama.cpp threads (on a machine shared with other jobs, 1 avoids spinning threads)."""
+    kind = kind or infer_kind(spec)
+    if kind not in KINDS:
+        raise PearError(f"backend must be one of {', '.join(KINDS)}, not {kind!r}")
+    if coefficients is not None and kind != "torch":
+        raise PearError(f"--coefficients only applies to the torch backend; for {kind}, patch the model first "
+                        "(`pear-edge patch-gguf` / `pear-edge export onnx`) and pass the patched file")
+    if kind == "llamacpp":
+        from pear_edge.models import resolve_spec
+
+        path = resolve_spec(spec)
+        if path.suffix.lower() != ".gguf":
+            raise PearError(f"the llama.cpp backend needs a .gguf file, not {path}")
+        return LlamaCppBackend(path, n_ctx=n_ctx, n_threads=threads)
+    if kind == "onnx":
+        return OnnxBackend(spec)
+    from pear_edge.models import load_model
+
+    return TorchBackend(load_model(spec), coefficients, fold=fold)

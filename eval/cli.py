@@ -1,0 +1,209 @@
+"""`pear-edge eval`: base vs PEAR on a task -> results.json, report.md, accuracy_by_position.png;
+`pear-edge eval make-data` writes the built-in data sets as JSONL; `pear-edge eval speed` measures
+patched/base speed and memory ratios (interleaved runs, one process per measurement)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pear_edge.errors import PearError
+
+TASKS = ("mdqa", "counterfactual", "kv", "perplexity")
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate base vs PEAR (accuracy by gold position, Δ with CI and p-value)",
+                       description="Run base and PEAR models on a task and compare them on the same examples. "
+                                   "Subcommands: make-data, speed.")
+    p.add_argument("--task", choices=TASKS, help="mdqa (your NQ-open JSONL), counterfactual, kv, perplexity")
+    p.add_argument("--data", help="JSONL in the lost-in-the-middle format (required for mdqa; optional for "
+                                  "counterfactual/kv, which are generated when omitted)")
+    p.add_argument("--base", action="append", default=[], help="base model: .gguf, ONNX folder, HF folder or SPEC "
+                                                                 "(repeat --base/--pear for several backends)")
+    p.add_argument("--pear", action="append", default=[], help="PEAR-patched counterpart of the matching --base")
+    p.add_argument("--model", help="torch: SPEC of the base model, run plain and hooked with --coefficients")
+    p.add_argument("--coefficients", help="torch: coefficients JSON applied to --model")
+    p.add_argument("--fold", action="store_true", help="torch: fold coefficients into a copy instead of hooking")
+    p.add_argument("--backend", choices=("torch", "llamacpp", "onnx"),
+                   help="force the backend (default: from each path: .gguf -> llamacpp, ONNX folder -> onnx)")
+    p.add_argument("--num-docs", type=int, default=10, help="documents per MDQA prompt (default: %(default)s)")
+    p.add_argument("--positions", type=_ints, help="gold positions, 0-based (default: first, middle, last)")
+    p.add_argument("--distractors", choices=("own", "others"), default="own",
+                   help="MDQA distractors: the record's own non-gold ctxs, or other records' gold passages")
+    p.add_argument("--num-pairs", type=int, help="kv: pairs per prompt (default: all in the file / 12 generated)")
+    p.add_argument("--count", type=int, default=50, help="generated examples when --data is omitted")
+    p.add_argument("--split", default="test", help="counterfactual split when generating (train/validation/test)")
+    p.add_argument("--passages", type=int, default=16, help="perplexity: pydoc passages (default: %(default)s)")
+    p.add_argument("--limit", type=int, help="use only the first N records")
+    p.add_argument("--max-tokens", type=int, default=32, help="new tokens per answer (default: %(default)s)")
+    p.add_argument("--threads", type=int, help="llama.cpp threads (default: all cores)")
+    p.add_argument("-o", "--output", help="output folder")
+    p.set_defaults(func=cmd_eval)
+    eval_sub = p.add_subparsers(dest="eval_command", metavar="SUBCOMMAND")
+
+    d = eval_sub.add_parser("make-data", help="write the built-in counterfactual or KV data set as JSONL")
+    d.add_argument("--task", choices=("counterfactual", "kv"), required=True)
+    d.add_argument("--count", type=int, default=200, help="records (default: %(default)s)")
+    d.add_argument("--split", default="test", help="counterfactual: train, validation or test (disjoint entities)")
+    d.add_argument("--num-distractors", type=int, default=9, help="counterfactual: distractor documents per record")
+    d.add_argument("--num-pairs", type=int, default=12, help="kv: pairs per record (default: %(default)s)")
+    d.add_argument("--key-style", choices=("hex", "word"), default="hex", help="kv: hex strings or invented words")
+    d.add_argument("--key-length", type=int, default=6, help="kv: characters per hex key (default: %(default)s)")
+    d.add_argument("--value-length", type=int, default=6, help="kv: characters per hex value (default: %(default)s)")
+    d.add_argument("-o", "--output", required=True, help="output .jsonl")
+    d.set_defaults(func=cmd_make_data)
+
+    s = eval_sub.add_parser("speed", help="patched/base prefill, decode and peak-RSS ratios (interleaved runs)")
+    s.add_argument("--base", action="append", default=[], help="base .gguf or ONNX folder (repeatable)")
+    s.add_argument("--pear", action="append", default=[], help="patched counterpart of the matching --base")
+    s.add_argument("--rounds", type=int, default=6, help="base/patched rounds (default: %(default)s)")
+    s.add_argument("--prompt-tokens", type=int, default=256)
+    s.add_argument("--gen-tokens", type=int, default=64)
+    s.add_argument("--threads", type=int, help="llama.cpp threads (default: all cores)")
+    s.add_argument("-o", "--output", required=True, help="output folder (speed.json, speed.md, speed.png)")
+    s.set_defaults(func=cmd_speed)
+
+
+def _pairs(args) -> list[tuple[str, str]]:
+    if len(args.base) != len(args.pear):
+        raise PearError(f"give one --pear per --base (got {len(args.base)} --base and {len(args.pear)} --pear)")
+    return list(zip(args.base, args.pear))
+
+
+def build_examples(args):
+    from . import tasks
+    from .counterfactual import generate_counterfactual
+    from .kv import generate_kv
+    from .tasks import parse_kv, parse_mdqa
+
+    if args.task == "perplexity":
+        return tasks.pydoc_passages(args.passages, seed=args.seed)
+    if args.task == "kv":
+        if args.data:
+            records = tasks.load_kv(args.data)
+        else:
+            records = [parse_kv(r) for r in generate_kv(args.count, args.num_pairs or 12, seed=args.seed)]
+        slots = args.num_pairs or len(records[0].pairs)
+        return tasks.kv_examples(records, args.positions or _default_positions(slots), args.num_pairs, args.limit)
+    if args.data:
+        records = tasks.load_mdqa(args.data)
+    elif args.task == "counterfactual":
+        records = [parse_mdqa(r) for r in generate_counterfactual(args.count, args.split, args.seed,
+                                                                  max(args.num_docs - 1, 0))]
+    else:
+        raise PearError("--task mdqa needs --data FILE.jsonl (NQ-open / lost-in-the-middle format)")
+    return tasks.mdqa_examples(records, args.num_docs, args.positions or _default_positions(args.num_docs),
+                               args.seed, args.distractors, args.limit)
+
+
+def _default_positions(slots: int) -> tuple[int, ...]:
+    return tuple(dict.fromkeys((0, (slots - 1) // 2, slots - 1)))
+
+
+def cmd_eval(args) -> int:
+    from pear_edge.atomic import check_output_path
+    from pear_edge.coefficients import Coefficients
+
+    from .backends import TorchBackend, infer_kind, open_backend
+    from .harness import evaluate, paired_compare
+    from .report import Run, write_report
+
+    if not args.task or not args.output:
+        raise PearError("pear-edge eval needs --task and -o OUTDIR (or a subcommand: make-data, speed)")
+    pairs = _pairs(args)
+    if bool(args.model) != bool(args.coefficients):
+        raise PearError("--model and --coefficients go together (torch, hooked PEAR)")
+    if not pairs and not args.model:
+        raise PearError("give --base BASE --pear PATCHED, or --model SPEC --coefficients C")
+    inputs = [x for pair in pairs for x in pair] + [args.data, args.coefficients]
+    check_output_path(args.output, *inputs)
+    examples = build_examples(args)
+    settings = {"task": args.task, "data": args.data, "num_docs": args.num_docs, "seed": args.seed,
+                "distractors": args.distractors, "limit": args.limit, "examples": len(examples)}
+    progress = not args.quiet
+    runs = []
+
+    def run(label, open_base, open_pear):
+        results = []
+        for opener in (open_base, open_pear):
+            backend = opener()
+            try:
+                results.append(evaluate(backend, examples, args.task, args.max_tokens, progress, settings))
+            finally:
+                backend.close()
+        comparison = paired_compare(*results, seed=args.seed)
+        runs.append(Run(label, results[0], results[1], comparison))
+        _print_comparison(label, comparison)
+
+    if args.model:
+        from pear_edge.models import load_model
+
+        coeffs = Coefficients.load(args.coefficients)
+        loaded = load_model(args.model)
+        label = f"torch:{loaded.name}" + (" folded" if args.fold else " hooked")
+        pear_loaded = load_model(args.model) if args.fold else loaded
+        run(label, lambda: TorchBackend(loaded), lambda: TorchBackend(pear_loaded, coeffs, fold=args.fold))
+    for base, pear in pairs:
+        kind = args.backend
+        run(f"{kind or infer_kind(base)}:{Path(base).name}",
+            lambda: open_backend(base, kind, threads=args.threads),
+            lambda: open_backend(pear, kind, threads=args.threads))
+    written = write_report(args.output, runs, {"settings": settings})
+    print("wrote " + ", ".join(map(str, written)))
+    return 0
+
+
+def _print_comparison(label: str, cmp) -> None:
+    o = cmp.overall
+    if o.metric == "perplexity":
+        print(f"{label}: perplexity base {o.base:.3f}, PEAR {o.pear:.3f}, Δ {o.delta:+.3f} "
+              f"[{o.ci_low:+.3f}, {o.ci_high:+.3f}], sign test p={o.p_value:.3g} (n={o.n})")
+        return
+    print(f"{label}: accuracy base {o.base:.1%}, PEAR {o.pear:.1%}, Δ {100 * o.delta:+.1f} pt "
+          f"[{100 * o.ci_low:+.1f}, {100 * o.ci_high:+.1f}], McNemar p={o.p_value:.3g} (n={o.n})")
+    for pos, r in cmp.by_position.items():
+        print(f"  gold @{pos}: base {r.base:.1%}  PEAR {r.pear:.1%}  Δ {100 * r.delta:+.1f} pt  p={r.p_value:.3g}")
+
+
+def cmd_make_data(args) -> int:
+    from pear_edge.atomic import check_output_path
+
+    from .counterfactual import generate_counterfactual
+    from .jsonl import write_jsonl
+    from .kv import generate_kv
+
+    out = check_output_path(args.output)
+    if args.task == "counterfactual":
+        records = generate_counterfactual(args.count, args.split, args.seed, args.num_distractors)
+    else:
+        records = generate_kv(args.count, args.num_pairs, args.key_style, args.key_length, args.value_length,
+                              args.seed)
+    write_jsonl(out, list(records))
+    print(f"wrote {args.count} {args.task} records to {out}")
+    return 0
+
+
+def cmd_speed(args) -> int:
+    from .backends import infer_kind
+    from .speed import Pair, measure_pairs, speed_markdown, write_speed_report
+
+    pairs = _pairs(args)
+    if not pairs:
+        raise PearError("give --base BASE --pear PATCHED (a .gguf file or ONNX folder each)")
+    specs = []
+    for base, pear in pairs:
+        kind = infer_kind(base)
+        if kind == "torch":
+            raise PearError(f"{base}: speed runs compare .gguf files or ONNX folders")
+        specs.append(Pair(f"{kind}:{Path(base).name}", kind, base, pear))
+    report = measure_pairs(specs, args.rounds, args.prompt_tokens, args.gen_tokens, args.threads, not args.quiet)
+    print(speed_markdown(report))
+    print("wrote " + ", ".join(map(str, write_speed_report(report, args.output))))
+    return 0

@@ -1,0 +1,95 @@
+"""Reports people compare: results JSON, a Markdown table and PNG plots, each written atomically."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from pear_edge.atomic import atomic_file, write_text_atomic
+
+from .harness import Comparison, EvalResults, PairedResult
+
+
+@dataclass
+class Run:
+    """Base and PEAR results for one backend/quantization, with their paired comparison."""
+    label: str
+    base: EvalResults
+    pear: EvalResults
+    comparison: Comparison
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "comparison": self.comparison.as_dict(), "base": self.base.as_dict(),
+                "pear": self.pear.as_dict()}
+
+
+def _fmt(x: float, metric: str) -> str:
+    return f"{x:.2f}" if metric == "perplexity" else f"{x:.1%}"
+
+
+def _delta(x: float, metric: str) -> str:
+    return f"{x:+.2f}" if metric == "perplexity" else f"{100 * x:+.1f} pt"
+
+
+def _row(label: str, r: PairedResult) -> str:
+    return (f"| {label} | {r.n} | {_fmt(r.base, r.metric)} | {_fmt(r.pear, r.metric)} | {_delta(r.delta, r.metric)} "
+            f"| [{_delta(r.ci_low, r.metric)}, {_delta(r.ci_high, r.metric)}] | {r.base_only} / {r.pear_only} "
+            f"| {r.p_value:.3g} |")
+
+
+def markdown(runs: Sequence[Run]) -> str:
+    lines = []
+    for run in runs:
+        metric = run.comparison.overall.metric
+        wins = "passages base better / PEAR better" if metric == "perplexity" else "only base / only PEAR right"
+        test = "sign test p" if metric == "perplexity" else "McNemar p"
+        lines += [f"### {run.label} — {run.comparison.task} ({metric})", "",
+                  f"base: `{run.base.backend.get('source')}`  ", f"PEAR: `{run.pear.backend.get('source')}`", "",
+                  f"| gold position | n | base | PEAR | Δ | 95% CI | {wins} | {test} |",
+                  "|---|---|---|---|---|---|---|---|",
+                  _row("all", run.comparison.overall)]
+        lines += [_row(str(pos), r) for pos, r in run.comparison.by_position.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot_positions(runs: Sequence[Run], path: Path) -> Path | None:
+    """Accuracy vs gold position: base dashed, PEAR solid, one colour per backend/quantization."""
+    runs = [r for r in runs if r.comparison.by_position]
+    if not runs:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for i, run in enumerate(runs):
+        colour = f"C{i}"
+        pos = list(run.comparison.by_position)
+        ax.plot(pos, [run.comparison.by_position[p].base for p in pos], "--o", color=colour, label=f"{run.label} base")
+        ax.plot(pos, [run.comparison.by_position[p].pear for p in pos], "-s", color=colour, label=f"{run.label} PEAR")
+    ax.set_xticks(sorted({p for run in runs for p in run.comparison.by_position}))
+    ax.set_xlabel("gold position (0 = first)")
+    ax.set_ylabel("accuracy (best-subspan EM)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(f"{runs[0].comparison.task}: accuracy by gold position")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_file(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_report(outdir: str | Path, runs: Sequence[Run], extra: dict[str, Any] | None = None) -> list[Path]:
+    """results.json + report.md + accuracy_by_position.png (when there are positions)."""
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    doc = {"format": "pear-edge/eval", "version": 1, **(extra or {}), "runs": [r.as_dict() for r in runs]}
+    written = [write_text_atomic(out / "results.json", json.dumps(doc, indent=2, allow_nan=False) + "\n"),
+               write_text_atomic(out / "report.md", markdown(runs))]
+    plot = plot_positions(runs, out / "accuracy_by_position.png")
+    return written + ([plot] if plot else [])
