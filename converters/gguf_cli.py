@@ -33,7 +33,8 @@ def cmd_patch(args) -> int:
 def add_export_parser(export_sub) -> None:
     p = export_sub.add_parser("gguf", help="fold, convert with llama.cpp's converter, quantize -> GGUF files")
     p.add_argument("--model", default="default", help="SPEC of the base model (see `calibrate --model`)")
-    p.add_argument("--coefficients", required=True, help="coefficients JSON")
+    p.add_argument("--coefficients", help="coefficients JSON (omit to export the unpatched base model, "
+                                           "the fair baseline for each quantization type)")
     p.add_argument("--quant", default="f16,q8_0,q4_k_m",
                    help="comma-separated llama.cpp types: f32,f16,bf16,q8_0,q4_0,q4_1,q5_0,q5_1,q2_k,"
                         "q3_k_s/m/l,q4_k_s/m,q5_k_s/m,q6_k (default: %(default)s)")

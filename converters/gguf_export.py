@@ -73,28 +73,33 @@ def quantize(f32_gguf: Path, outfile: Path, quant: str) -> None:
         raise PearError(f"llama_model_quantize to {quant} failed (code {rc})")
 
 
-def output_name(source: Path, quant: str) -> str:
+def output_name(source: Path, quant: str, patched: bool = True) -> str:
     base = source.stem.split(".")[0] if source.is_file() else source.name
-    return f"{base}-pear-{quant.upper()}.gguf"
+    return f"{base}-{'pear-' if patched else ''}{quant.upper()}.gguf"
 
 
-def export_gguf(model: str, coefficients_path: str, quants: list[str], output: str | Path,
+def export_gguf(model: str, coefficients_path: str | None, quants: list[str], output: str | Path,
                 progress: bool = True) -> list[Path]:
-    """Write one pear-stamped GGUF per quantization into the folder `output` (replaced atomically)."""
+    """Write one pear-stamped GGUF per quantization into the folder `output` (replaced atomically).
+    Without coefficients, export the base model the same way (the fair baseline for each quant type)."""
     source = resolve_spec(model)
     out = check_output_path(output, source, coefficients_path)
     check_not_patched(source)
-    coeffs = Coefficients.load(coefficients_path)
+    coeffs = Coefficients.load(coefficients_path) if coefficients_path else None
     ensure_converter(progress)
     steps = tqdm(total=3 + len(quants), desc="export gguf", unit="step", disable=not progress)
     steps.set_postfix_str("fold")
     loaded = load_model(model)
-    match = fold_model(loaded, coeffs)
+    match = fold_model(loaded, coeffs) if coeffs else "base"
     source_sha = file_sha256(source) if source.is_file() else ""
     written = []
     with tempfile.TemporaryDirectory(prefix="pear-export-") as work, atomic_dir(out) as final:
         work = Path(work)
-        save_folded(loaded, coeffs, work / "hf")
+        if coeffs:
+            save_folded(loaded, coeffs, work / "hf")
+        else:
+            loaded.model.save_pretrained(work / "hf", safe_serialization=True)
+            loaded.tokenizer.save_pretrained(work / "hf")
         _drop_foreign_tokenizer_model(work / "hf")
         del loaded
         steps.update()
@@ -106,11 +111,14 @@ def export_gguf(model: str, coefficients_path: str, quants: list[str], output: s
             steps.set_postfix_str(f"quantize {quant}")
             plain = work / f"{quant}.gguf"
             quantize(f32, plain, quant)
-            name = output_name(source, quant)
-            add_pear_metadata(plain, final / name, coeffs, source_sha, f"export gguf {quant}",
-                              {"match": match, "method": "fold in torch + convert_hf_to_gguf + llama_model_quantize",
-                               "quant": quant})
-            plain.unlink()
+            name = output_name(source, quant, patched=coeffs is not None)
+            if coeffs:
+                add_pear_metadata(plain, final / name, coeffs, source_sha, f"export gguf {quant}",
+                                  {"match": match, "quant": quant,
+                                   "method": "fold in torch + convert_hf_to_gguf + llama_model_quantize"})
+                plain.unlink()
+            else:
+                plain.replace(final / name)
             written.append(out / name)
             steps.update()
         steps.set_postfix_str("done")

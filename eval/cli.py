@@ -70,6 +70,27 @@ def add_commands(sub) -> None:
     s.add_argument("-o", "--output", required=True, help="output folder (speed.json, speed.md, speed.png)")
     s.set_defaults(func=cmd_speed)
 
+    from .demo import add_demo_command
+
+    add_demo_command(sub)
+
+    w = sub.add_parser("sweep", help="calibrate variants and score each on validation RAG data in llama.cpp",
+                       description="For each variant: calibrate, patch the model's GGUF, and compare it with the "
+                                   "unpatched GGUF on counterfactual MDQA + KV retrieval (validation split) and "
+                                   "perplexity on shipped text. Resumes an interrupted sweep.")
+    w.add_argument("--model", default="default", help="'default', 'gemma3-270m' or a .gguf file")
+    w.add_argument("--variants", help="JSON file {name: {setting: value}} (default: the built-in variants)")
+    w.add_argument("--only", help="comma-separated variant names to run")
+    w.add_argument("--records", type=int, default=24, help="validation MDQA records (default: %(default)s)")
+    w.add_argument("--num-docs", type=int, default=10)
+    w.add_argument("--positions", type=_ints, default=(0, 4, 9))
+    w.add_argument("--kv-records", type=int, default=12)
+    w.add_argument("--kv-pairs", type=int, default=8)
+    w.add_argument("--passages", type=int, default=8, help="pydoc passages for the perplexity guard")
+    w.add_argument("--threads", type=int, help="llama.cpp threads (default: all cores)")
+    w.add_argument("-o", "--output", required=True, help="output folder (sweep.json/.md/.png, one folder per variant)")
+    w.set_defaults(func=cmd_sweep)
+
 
 def _pairs(args) -> list[tuple[str, str]]:
     if len(args.base) != len(args.pear):
@@ -206,4 +227,36 @@ def cmd_speed(args) -> int:
     report = measure_pairs(specs, args.rounds, args.prompt_tokens, args.gen_tokens, args.threads, not args.quiet)
     print(speed_markdown(report))
     print("wrote " + ", ".join(map(str, write_speed_report(report, args.output))))
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    import json
+    from pathlib import Path
+
+    from pear_edge.models import resolve_spec
+
+    from .sweep import BUILTIN_VARIANTS, run_sweep, validation_sets
+
+    base = resolve_spec(args.model)
+    if base.suffix.lower() != ".gguf":
+        raise PearError("sweep patches the model's GGUF: give 'default', 'gemma3-270m' or a .gguf file "
+                        "(export an HF folder with `pear-edge export gguf` first)")
+    variants = BUILTIN_VARIANTS
+    if args.variants:
+        try:
+            variants = json.loads(Path(args.variants).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise PearError(f"cannot read variants file {args.variants}: {exc}") from None
+    if args.only:
+        names = [n.strip() for n in args.only.split(",") if n.strip()]
+        missing = [n for n in names if n not in variants]
+        if missing:
+            raise PearError(f"unknown variants {missing}; known: {', '.join(variants)}")
+        variants = {n: variants[n] for n in names}
+    sets = validation_sets(args.records, args.num_docs, tuple(args.positions), args.kv_records, args.kv_pairs,
+                           args.passages, seed=args.seed)
+    rows = run_sweep(args.model, base, variants, Path(args.output), sets, seed=args.seed, threads=args.threads,
+                     progress=not args.quiet)
+    print(f"wrote {Path(args.output) / 'sweep.md'} ({len(rows)} variants)")
     return 0

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from .coefficients import Coefficients
 from .detect import HeadScores, detect
 from .errors import PearError
-from .train import TrainSettings, train_coefficients
+from .train import TrainSettings, make_proxy, train_coefficients
 
 
 @dataclass
@@ -17,6 +17,7 @@ class CalibrationSettings:
     lengths: tuple[int, ...] = (15, 25, 50)
     positions: str = "last"
     detect_batch: int = 20
+    gradient_batches: int = 8
     top_k: int = 8
     max_per_layer: int | None = None
     train: TrainSettings = field(default_factory=TrainSettings)
@@ -30,10 +31,12 @@ class CalibrationSettings:
         train = TrainSettings(
             steps=get("steps", base.train.steps), batch=get("batch", base.train.batch), n=get("n", base.train.n),
             lr=get("lr", base.train.lr), constraint=get("constraint", base.train.constraint), seed=seed,
+            pull=get("pull", base.train.pull), proxy=get("proxy", base.train.proxy),
             weight_decay=base.train.weight_decay, eval_batches=base.train.eval_batches,
         )
         settings = cls(method=get("method", base.method), lengths=tuple(get("lengths", base.lengths)),
                        positions=get("positions", base.positions), detect_batch=get("detect_batch", base.detect_batch),
+                       gradient_batches=get("gradient_batches", base.gradient_batches),
                        top_k=get("top_k", base.top_k), max_per_layer=get("max_per_layer", base.max_per_layer),
                        train=train, seed=seed)
         settings.check()
@@ -54,19 +57,23 @@ class CalibrationSettings:
 DEFAULTS = CalibrationSettings()
 
 
-def detect_heads(loaded, settings: CalibrationSettings | object, progress: bool = True) -> HeadScores:
-    if not isinstance(settings, CalibrationSettings):
-        settings = CalibrationSettings.from_args(settings)
+def _settings(settings) -> CalibrationSettings:
+    return settings if isinstance(settings, CalibrationSettings) else CalibrationSettings.from_args(settings)
+
+
+def detect_heads(loaded, settings: CalibrationSettings | object, progress: bool = True, proxy=None) -> HeadScores:
+    settings = _settings(settings)
+    if settings.method == "gradient" and proxy is None:
+        proxy = make_proxy(loaded, settings.train)
     return detect(loaded, settings.method, settings.lengths, settings.detect_batch, settings.seed,
-                  settings.positions, progress)
+                  settings.positions, progress, proxy=proxy, gradient_batches=settings.gradient_batches)
 
 
 def train_from_scores(loaded, scores: HeadScores, settings: CalibrationSettings | object,
-                      progress: bool = True) -> Coefficients:
-    if not isinstance(settings, CalibrationSettings):
-        settings = CalibrationSettings.from_args(settings)
+                      progress: bool = True, proxy=None) -> Coefficients:
+    settings = _settings(settings)
     heads = scores.top(settings.top_k, settings.max_per_layer)
-    coeffs = train_coefficients(loaded, heads, settings.train, progress)
+    coeffs = train_coefficients(loaded, heads, settings.train, progress, proxy=proxy)
     coeffs.calibration = {**settings.as_record(), "detection": scores.settings,
                           "train_seconds": coeffs.calibration.get("train_seconds"),
                           "loss_curve": coeffs.calibration.get("loss_curve")}
@@ -76,5 +83,6 @@ def train_from_scores(loaded, scores: HeadScores, settings: CalibrationSettings 
 def calibrate(loaded, settings: CalibrationSettings | None = None, progress: bool = True) -> Coefficients:
     """Detect then train: the whole PEAR calibration for one model."""
     settings = settings or DEFAULTS
-    scores = detect_heads(loaded, settings, progress)
-    return train_from_scores(loaded, scores, settings, progress)
+    proxy = make_proxy(loaded, settings.train)
+    scores = detect_heads(loaded, settings, progress, proxy=proxy)
+    return train_from_scores(loaded, scores, settings, progress, proxy=proxy)

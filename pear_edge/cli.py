@@ -178,6 +178,9 @@ def _print_summary(coeffs) -> None:
     summary = proxy_summary(coeffs.metrics)
     if summary:
         print(summary)
+    if coeffs.metrics.get("held_out_proxy", {}).get("improved") is False:
+        print("pear-edge: warning: these coefficients made the held-out proxy loss WORSE; they are likely to hurt "
+              "RAG accuracy (the file records this as metrics.held_out_proxy.improved = false)", file=sys.stderr)
     print("coefficients: " + ", ".join(f"L{h.layer}H{h.head}={h.coefficient:.3f}" for h in coeffs.heads))
 
 

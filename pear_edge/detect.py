@@ -6,7 +6,9 @@ exact: the paper's method. For each head, replace its output at the predicting p
     only the last token's stream changes, so each ablation is a one-token forward over a cached prefix.
 attribution: first-order estimate of the same quantity for every head from one backward pass:
     gradient x (batch mean - actual head output).
-Scores are averaged over several sequence lengths n.
+gradient: d(proxy loss)/d(head scale) at scale 1, for any proxy (copy or mdqa): positive means
+    shrinking the head lowers the loss, i.e. the head works against the task.
+exact and attribution scores are averaged over several sequence lengths n.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from .errors import PearError
 from .heads import edit_heads
 from .proxy import ProxyVocab, proxy_batch
 
-METHODS = ("exact", "attribution")
+METHODS = ("exact", "attribution", "gradient")
 POSITIONS = ("last", "copy")
 
 
@@ -218,9 +220,32 @@ def save_heatmap(scores: HeadScores, path: Path, top_k: int = 0) -> Path:
     return path
 
 
+def scale_gradient_scores(loaded, proxy, batches: int, seed: int = 0, progress: bool = True) -> torch.Tensor:
+    """d(loss)/d(scale) of every head at scale 1, averaged over `batches` proxy batches."""
+    from .heads import scale_heads
+
+    adapter = loaded.adapter
+    heads = [(l, h) for l in range(adapter.num_layers) for h in range(adapter.num_heads)]
+    values = torch.ones(len(heads), requires_grad=True)
+    gen = torch.Generator().manual_seed(seed + 20_000)
+    with scale_heads(adapter, heads=heads, values=values), torch.enable_grad():
+        for _ in tqdm(range(batches), desc=f"detect (gradient, {proxy.name} proxy)", disable=not progress):
+            (proxy.loss(loaded.model, proxy.sample(gen)) / batches).backward()
+    return values.grad.detach().view(adapter.num_layers, adapter.num_heads)
+
+
 def detect(loaded, method: str = "exact", lengths: tuple[int, ...] = (15, 25, 50), batch: int = 20,
-           seed: int = 0, positions: str = "last", progress: bool = True) -> HeadScores:
-    """Score every head of `loaded` (a models.LoadedModel) as a copy suppressor."""
+           seed: int = 0, positions: str = "last", progress: bool = True, proxy=None,
+           gradient_batches: int = 8) -> HeadScores:
+    """Score every head of `loaded` (a models.LoadedModel) as a suppressor; `proxy` is used by
+    method="gradient" (default: the copy proxy with n = max(lengths))."""
+    if method == "gradient":
+        from .proxy import CopyProxy
+
+        proxy = proxy or CopyProxy(loaded, max(lengths), batch)
+        scores = scale_gradient_scores(loaded, proxy, gradient_batches, seed, progress)
+        settings = {"method": method, **proxy.describe(), "batches": gradient_batches, "seed": seed}
+        return HeadScores(scores, loaded.fingerprint(), settings)
     if method not in METHODS:
         raise PearError(f"unknown detection method {method!r}; choose one of {', '.join(METHODS)}")
     if positions not in POSITIONS:

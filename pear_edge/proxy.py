@@ -1,10 +1,13 @@
-"""The PEAR proxy task: n random token ids repeated once; the model must copy the second half.
+"""Proxy tasks that calibration trains on. Each proxy samples batches, scores a loss, and evaluates
+fixed held-out batches; detection and training work with any of them.
 
-No BOS and no prompt. Loss is cross-entropy on the copy: the targets are tokens n+1 .. 2n-1 of the
-sequence (token n, the first repeated one, cannot be predicted since nothing says a copy starts).
+copy (the paper): n random token ids repeated once, no BOS and no prompt. Loss is cross-entropy on the
+copy: the targets are tokens n+1 .. 2n-1 (token n, the first repeated one, cannot be predicted since
+nothing says a copy starts). The RAG-shaped proxy lives in rag_proxy.py.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +20,14 @@ def special_token_ids(tokenizer) -> set[int]:
         if getattr(tok, "special", False):
             ids.add(int(idx))
     return ids
+
+
+def tail_logits(model: torch.nn.Module, input_ids: torch.Tensor, keep: int, **kwargs) -> torch.Tensor:
+    """Logits of the last `keep` positions only: the LM head over a 49k vocabulary at every position
+    is ~40 % of a small model's forward pass, and proxy losses only need the tail."""
+    if "logits_to_keep" in inspect.signature(model.forward).parameters:
+        return model(input_ids=input_ids, logits_to_keep=keep, **kwargs).logits
+    return model(input_ids=input_ids, **kwargs).logits[:, -keep:]
 
 
 @dataclass(frozen=True)
@@ -73,3 +84,30 @@ def evaluate_copy(model: torch.nn.Module, batches: list[torch.Tensor]) -> dict[s
 def held_out_batches(vocab: ProxyVocab, n: int, batch: int, count: int, seed: int) -> list[torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     return [proxy_batch(vocab, n, batch, gen) for _ in range(count)]
+
+
+class CopyProxy:
+    """The paper's random-token copy task as a proxy object."""
+
+    name = "copy"
+
+    def __init__(self, loaded, n: int = 50, batch: int = 20):
+        self.vocab, self.n, self.batch = ProxyVocab.from_model(loaded), n, batch
+
+    def sample(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        return {"input_ids": proxy_batch(self.vocab, self.n, self.batch, generator)}
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        tokens = batch["input_ids"]
+        n = tokens.shape[1] // 2
+        tail = tail_logits(model, tokens, n)  # positions n .. 2n-1, the copy half
+        return F.cross_entropy(tail[:, :-1].reshape(-1, tail.shape[-1]).float(), tokens[:, n + 1 :].reshape(-1))
+
+    def held_out(self, count: int, seed: int) -> list[dict[str, torch.Tensor]]:
+        return [{"input_ids": t} for t in held_out_batches(self.vocab, self.n, self.batch, count, seed)]
+
+    def evaluate(self, model: torch.nn.Module, batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+        return evaluate_copy(model, [b["input_ids"] for b in batches])
+
+    def describe(self) -> dict:
+        return {"proxy": self.name, "n": self.n, "batch": self.batch}

@@ -1,9 +1,10 @@
-"""Train one fp32 scalar per selected head on the proxy copy loss, the LLM frozen.
+"""Train one fp32 scalar per selected head on a proxy loss, the LLM frozen.
 
-Constraints on the coefficients (measured on the default model, see README "Calibration"):
+Constraints on the coefficients (measured on the default model, see README "Making PEAR help"):
   none  - the paper: unconstrained; coefficients can exceed 1 (amplify) or go negative;
   le1   - clamp to (-inf, 1] after each step: only weaken heads;
   unit  - clamp to [0, 1] after each step: only weaken, never flip a head's sign.
+`pull` adds pull * sum((c - 1)^2) to the loss: an L2 leash towards the unmodified model.
 """
 from __future__ import annotations
 
@@ -17,9 +18,9 @@ from tqdm.auto import tqdm
 from .coefficients import Coefficients, HeadCoefficient
 from .errors import PearError
 from .heads import scale_heads
-from .proxy import ProxyVocab, copy_loss, evaluate_copy, held_out_batches, proxy_batch
 
 CONSTRAINTS = {"none": (-math.inf, math.inf), "le1": (-math.inf, 1.0), "unit": (0.0, 1.0)}
+PROXIES = ("copy", "mdqa")
 
 
 @dataclass
@@ -30,22 +31,37 @@ class TrainSettings:
     lr: float = 5e-3
     weight_decay: float = 0.0
     constraint: str = "unit"
+    pull: float = 0.0
+    proxy: str = "copy"
     seed: int = 0
     eval_batches: int = 2
 
 
+def make_proxy(loaded, settings: TrainSettings):
+    """The proxy task object named by settings.proxy (see proxy.CopyProxy, rag_proxy.MDQAProxy)."""
+    if settings.proxy == "copy":
+        from .proxy import CopyProxy
+
+        return CopyProxy(loaded, settings.n, settings.batch)
+    if settings.proxy == "mdqa":
+        from .rag_proxy import MDQAProxy
+
+        return MDQAProxy(loaded, batch=settings.batch, seed=settings.seed)
+    raise PearError(f"unknown proxy {settings.proxy!r}; choose one of {', '.join(PROXIES)}")
+
+
 def train_coefficients(loaded, heads: list[tuple[int, int, float]], settings: TrainSettings,
-                       progress: bool = True) -> Coefficients:
+                       progress: bool = True, proxy=None) -> Coefficients:
     """Return Coefficients for `heads` [(layer, head, score)], trained on the proxy task."""
     if not heads:
         raise PearError("no heads selected to train")
     if settings.constraint not in CONSTRAINTS:
         raise PearError(f"unknown constraint {settings.constraint!r}; choose one of {', '.join(CONSTRAINTS)}")
     model, adapter = loaded.model, loaded.adapter
-    vocab = ProxyVocab.from_model(loaded)
+    proxy = proxy or make_proxy(loaded, settings)
     keys = [(l, h) for l, h, _ in heads]
-    held_out = held_out_batches(vocab, settings.n, settings.batch, settings.eval_batches, seed=settings.seed + 10_000)
-    before = evaluate_copy(model, held_out)
+    held_out = proxy.held_out(settings.eval_batches, seed=settings.seed + 10_000)
+    before = proxy.evaluate(model, held_out)
 
     torch.manual_seed(settings.seed)
     gen = torch.Generator().manual_seed(settings.seed)
@@ -55,25 +71,26 @@ def train_coefficients(loaded, heads: list[tuple[int, int, float]], settings: Tr
     losses = []
     start = time.perf_counter()
     with scale_heads(adapter, heads=keys, values=values), torch.enable_grad():
-        bar = tqdm(range(settings.steps), desc="train", disable=not progress)
+        bar = tqdm(range(settings.steps), desc=f"train ({proxy.name} proxy)", disable=not progress)
         for _ in bar:
-            tokens = proxy_batch(vocab, settings.n, settings.batch, gen)
-            loss = copy_loss(model(input_ids=tokens).logits, tokens)
+            loss = proxy.loss(model, proxy.sample(gen))
+            objective = loss + settings.pull * ((values - 1) ** 2).sum() if settings.pull else loss
             optim.zero_grad()
-            loss.backward()
+            objective.backward()
             optim.step()
             with torch.no_grad():
                 values.clamp_(low, high)
             if not torch.isfinite(values).all():
                 raise PearError("training diverged (non-finite coefficient); lower --lr")
             losses.append(float(loss.detach()))
-            bar.set_postfix(loss=f"{losses[-1]:.3f}", cmin=f"{float(values.detach().min()):.2f}",
-                            cmax=f"{float(values.detach().max()):.2f}")
-        after = evaluate_copy(model, held_out)
+            c = values.detach()
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", cmin=f"{float(c.min()):.2f}", cmax=f"{float(c.max()):.2f}")
+        after = proxy.evaluate(model, held_out)
     seconds = time.perf_counter() - start
     trained = values.detach().tolist()
     coeffs = [HeadCoefficient(l, h, float(c), float(s)) for (l, h, s), c in zip(heads, trained)]
     calibration = {**settings.__dict__, "train_seconds": round(seconds, 1), "loss_curve": [round(x, 4) for x in losses]}
-    metrics = {"held_out_proxy": {"before": before, "after": after, "n": settings.n,
-                                  "sequences": settings.batch * settings.eval_batches}}
+    loss_key = next(iter(before))  # each proxy reports its loss first
+    metrics = {"held_out_proxy": {"before": before, "after": after, **proxy.describe(), "batches": len(held_out),
+                                  "improved": after[loss_key] < before[loss_key]}}
     return Coefficients(loaded.fingerprint(), coeffs, calibration, metrics)

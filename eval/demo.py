@@ -1,0 +1,131 @@
+"""`pear-edge demo`, the project's main job on the embedded default model, offline:
+
+calibrate -> patch the shipped Q4_1 GGUF -> export base and PEAR at other quantizations (and ONNX
+int8 on request) -> evaluate base vs PEAR on each (counterfactual multi-document QA, test split;
+perplexity on shipped text) -> speed/memory ratios -> one summary table and plots.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from pear_edge.atomic import write_text_atomic
+from pear_edge.errors import PearError
+
+from .backends import open_backend
+from .harness import evaluate, paired_compare
+from .report import Run, markdown, write_report
+from .speed import Pair, measure_pairs, speed_markdown, write_speed_report
+from .tasks import mdqa_examples, parse_mdqa, pydoc_passages
+
+
+def _step(message: str) -> None:
+    print(f"\n== {message}", flush=True)
+
+
+def _pair_results(base_path: str, pear_path: str, label: str, sets: dict, progress: bool) -> list[Run]:
+    runs = []
+    for task, examples in sets.items():
+        results = []
+        for path in (base_path, pear_path):
+            backend = open_backend(path)
+            try:
+                results.append(evaluate(backend, examples, task, progress=progress))
+            finally:
+                backend.close()
+        runs.append(Run(f"{label} · {task}", results[0], results[1], paired_compare(*results)))
+    return runs
+
+
+def run_demo(outdir: Path, coefficients: str | None, quants: list[str], onnx: bool, records: int,
+             num_docs: int, positions: tuple[int, ...], passages: int, speed_rounds: int, seed: int,
+             progress: bool = True) -> Path:
+    from pear_edge.calibrate import calibrate
+    from pear_edge.coefficients import Coefficients
+    from pear_edge.converters.gguf_export import export_gguf
+    from pear_edge.converters.gguf_patch import patch_gguf
+    from pear_edge.models import default_gguf_path, load_model
+
+    from .counterfactual import generate_counterfactual
+
+    start = time.perf_counter()
+    outdir.mkdir(parents=True, exist_ok=True)
+    base_q41 = default_gguf_path()
+    coeffs_path = outdir / "coeffs.json"
+    if coefficients:
+        coeffs = Coefficients.load(coefficients)
+        coeffs.save(coeffs_path)
+    else:
+        _step("1/5 calibrate PEAR on SmolLM2-135M-Instruct (default settings)")
+        coeffs = calibrate(load_model("default"), progress=progress)
+        coeffs.save(coeffs_path)
+    print(f"{len(coeffs.heads)} heads: " + ", ".join(f"L{h.layer}H{h.head}={h.coefficient:.2f}" for h in coeffs.heads))
+
+    _step("2/5 patch the shipped Q4_1 GGUF in place (exact block-scale edits)")
+    pairs = [("llama.cpp Q4_1 (as shipped)", str(base_q41), str(outdir / "SmolLM2-135M-Instruct-pear-Q4_1.gguf"))]
+    patch_gguf(base_q41, coeffs, pairs[0][2], progress=progress)
+
+    if quants:
+        _step(f"3/5 export base and PEAR GGUFs at {', '.join(quants)} (llama.cpp converter + quantize)")
+        base_files = export_gguf("default", None, quants, outdir / "gguf-base", progress=progress)
+        pear_files = export_gguf("default", str(coeffs_path), quants, outdir / "gguf-pear", progress=progress)
+        pairs += [(f"llama.cpp {q.upper()}", str(b), str(p)) for q, b, p in zip(quants, base_files, pear_files)]
+    if onnx:
+        from pear_edge.converters.onnx_export import export_onnx
+
+        _step("3/5 export base and PEAR ONNX int8 (optimum + onnxruntime)")
+        export_onnx("default", None, outdir / "onnx-base-int8", "int8", progress=progress)
+        export_onnx("default", coeffs_path, outdir / "onnx-pear-int8", "int8", progress=progress)
+        pairs.append(("onnxruntime int8", str(outdir / "onnx-base-int8"), str(outdir / "onnx-pear-int8")))
+
+    _step(f"4/5 evaluate base vs PEAR: counterfactual MDQA (test split, {records} records x positions "
+          f"{list(positions)}, {num_docs} documents) and perplexity on {passages} Python-docs passages")
+    mdqa = [parse_mdqa(r) for r in generate_counterfactual(records, "test", seed, num_distractors=num_docs - 1)]
+    sets = {"counterfactual": mdqa_examples(mdqa, num_docs, positions, seed)}
+    if passages:
+        sets["perplexity"] = pydoc_passages(passages, seed=seed)
+    runs = []
+    for label, base, pear in pairs:
+        runs += _pair_results(base, pear, label, sets, progress)
+    written = write_report(outdir, runs, {"coefficients": str(coeffs_path)})
+
+    _step("5/5 speed and memory, base vs PEAR interleaved (llama.cpp)")
+    gguf_pairs = [Pair(label, "llamacpp", b, p) for label, b, p in pairs if b.endswith(".gguf")]
+    speed = measure_pairs(gguf_pairs, rounds=speed_rounds, prompt_tokens=256, gen_tokens=32, progress=progress)
+    written += write_speed_report(speed, outdir / "speed")
+
+    summary = (f"# pear-edge demo\n\nCoefficients: `{coeffs_path}` ({len(coeffs.heads)} heads). "
+               f"Wall time {time.perf_counter() - start:.0f} s.\n\n## Accuracy (paired, base vs PEAR)\n\n"
+               f"{markdown(runs)}\n## Speed and memory (PEAR / base)\n\n{speed_markdown(speed)}")
+    path = write_text_atomic(outdir / "summary.md", summary)
+    print("\n" + summary)
+    print("wrote " + ", ".join(str(p) for p in [path, *written]))
+    return path
+
+
+def add_demo_command(sub) -> None:
+    p = sub.add_parser("demo", help="the whole pipeline on the embedded default model, offline (minutes)",
+                       description="calibrate -> patch the shipped Q4_1 GGUF -> export other quantizations -> "
+                                   "evaluate base vs PEAR on each -> speed ratios -> summary table and plots.")
+    p.add_argument("-o", "--output", default="out/demo", help="output folder (default: %(default)s)")
+    p.add_argument("--coefficients", help="use these coefficients instead of calibrating")
+    p.add_argument("--quants", default="q4_k_m", help="extra GGUF types to export and compare, comma-separated "
+                                                       "(e.g. q8_0,q4_k_m; empty for none; default: %(default)s)")
+    p.add_argument("--onnx", action="store_true", help="also export and compare ONNX int8 (slow)")
+    p.add_argument("--records", type=int, default=10, help="test-split MDQA records (x positions; default: %(default)s)")
+    p.add_argument("--num-docs", type=int, default=10)
+    p.add_argument("--positions", default="0,4,9")
+    p.add_argument("--passages", type=int, default=4, help="perplexity passages (0 = skip)")
+    p.add_argument("--speed-rounds", type=int, default=4)
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args) -> int:
+    try:
+        positions = tuple(int(x) for x in args.positions.split(","))
+    except ValueError:
+        raise PearError(f"--positions must be comma-separated integers, not {args.positions!r}") from None
+    quants = [q.strip() for q in args.quants.split(",") if q.strip()]
+    run_demo(Path(args.output), args.coefficients, quants, args.onnx, args.records, args.num_docs, positions,
+             args.passages, args.speed_rounds, args.seed, progress=not args.quiet)
+    return 0
