@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pear_edge.atomic import atomic_file, write_text_atomic
-from pear_edge.calibrate import DEFAULTS, CalibrationSettings, calibrate
+from pear_edge.calibrate import DEFAULTS, CalibrationSettings, detect_heads, train_from_scores
 from pear_edge.coefficients import Coefficients
 from pear_edge.errors import PearError
 
@@ -27,10 +27,14 @@ from .tasks import kv_examples, mdqa_examples, parse_kv, parse_mdqa, pydoc_passa
 BUILTIN_VARIANTS: dict[str, dict[str, Any]] = {
     "paper-copy-k12-free": {"method": "attribution", "top_k": 12, "constraint": "none", "steps": 60},
     "copy-k8-unit-120": {"method": "attribution", "top_k": 8, "constraint": "unit", "steps": 120},
+    "copy-k8-unit-40x10": {"method": "attribution", "top_k": 8, "constraint": "unit", "steps": 40, "batch": 10,
+                           "lr": 0.01},
     "mdqa-grad-k16-unit": {"method": "gradient", "proxy": "mdqa", "top_k": 16, "constraint": "unit",
                            "steps": 24, "batch": 4, "lr": 0.02},
-    "mdqa-grad-k32-free-pull": {"method": "gradient", "proxy": "mdqa", "top_k": 32, "constraint": "none",
-                                "pull": 0.01, "steps": 24, "batch": 4, "lr": 0.02},
+    "passage-grad-abs16-free": {"method": "gradient", "proxy": "passage", "top_k": 16, "select": "abs",
+                                "constraint": "none", "pull": 0.05, "steps": 24, "batch": 4, "lr": 0.02},
+    "passage-grad-k16-unit": {"method": "gradient", "proxy": "passage", "top_k": 16, "constraint": "unit",
+                              "steps": 24, "batch": 4, "lr": 0.02},
 }
 
 
@@ -79,6 +83,24 @@ def _row(name: str, overrides: dict, coeffs: Coefficients, base: dict, pear: dic
     return row
 
 
+def _cached_detection(loaded, settings: CalibrationSettings, folder: Path, progress: bool):
+    """Variants that differ only in training share one detection run."""
+    import hashlib
+
+    from pear_edge.detect import HeadScores
+
+    key = {k: v for k, v in dataclasses.asdict(settings).items()
+           if k in ("method", "lengths", "positions", "detect_batch", "gradient_batches", "seed")}
+    if settings.method == "gradient":
+        key |= {"proxy": settings.train.proxy, "batch": settings.train.batch, "n": settings.train.n}
+    path = folder / (hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12] + ".json")
+    if path.is_file():
+        return HeadScores.load(path)
+    scores = detect_heads(loaded, settings, progress)
+    scores.save(path, top_k=settings.top_k)
+    return scores
+
+
 def run_sweep(model: str, base_gguf: Path, variants: dict[str, dict], outdir: Path, sets: dict[str, list],
               seed: int = 0, threads: int | None = None, progress: bool = True) -> list[dict]:
     from pear_edge.converters.gguf_patch import patch_gguf
@@ -102,8 +124,10 @@ def run_sweep(model: str, base_gguf: Path, variants: dict[str, dict], outdir: Pa
             continue
         folder.mkdir(parents=True, exist_ok=True)
         loaded = loaded or load_model(model)
+        settings = settings_from(overrides, seed)
         start = time.perf_counter()
-        coeffs = calibrate(loaded, settings_from(overrides, seed), progress=progress)
+        scores = _cached_detection(loaded, settings, outdir / "detections", progress)
+        coeffs = train_from_scores(loaded, scores, settings, progress)
         seconds = time.perf_counter() - start
         coeffs.save(folder / "coeffs.json")
         patched = folder / f"{base_gguf.stem}-pear.gguf"

@@ -19,13 +19,15 @@ class CalibrationSettings:
     detect_batch: int = 20
     gradient_batches: int = 8
     top_k: int = 8
+    select: str = "score"
     max_per_layer: int | None = None
     train: TrainSettings = field(default_factory=TrainSettings)
     seed: int = 0
 
     @classmethod
-    def from_args(cls, args) -> "CalibrationSettings":
-        base = DEFAULTS
+    def from_args(cls, args, base: "CalibrationSettings | None" = None) -> "CalibrationSettings":
+        """`base` (default: DEFAULTS) with every attribute present on `args` applied on top."""
+        base = base or DEFAULTS
         get = lambda name, default: getattr(args, name, default)  # noqa: E731
         seed = get("seed", base.seed)
         train = TrainSettings(
@@ -37,7 +39,7 @@ class CalibrationSettings:
         settings = cls(method=get("method", base.method), lengths=tuple(get("lengths", base.lengths)),
                        positions=get("positions", base.positions), detect_batch=get("detect_batch", base.detect_batch),
                        gradient_batches=get("gradient_batches", base.gradient_batches),
-                       top_k=get("top_k", base.top_k), max_per_layer=get("max_per_layer", base.max_per_layer),
+                       top_k=get("top_k", base.top_k), select=get("select", base.select), max_per_layer=get("max_per_layer", base.max_per_layer),
                        train=train, seed=seed)
         settings.check()
         return settings
@@ -56,6 +58,14 @@ class CalibrationSettings:
 
 DEFAULTS = CalibrationSettings()
 
+# Per-model calibration profiles: the settings `pear-edge calibrate --model NAME` uses unless options
+# override them. Chosen by `pear-edge sweep` on validation data (README "Making PEAR help").
+PROFILES: dict[str, CalibrationSettings] = {"default": DEFAULTS}
+
+
+def profile_for(model: str) -> CalibrationSettings:
+    return PROFILES.get(model, DEFAULTS)
+
 
 def _settings(settings) -> CalibrationSettings:
     return settings if isinstance(settings, CalibrationSettings) else CalibrationSettings.from_args(settings)
@@ -72,7 +82,7 @@ def detect_heads(loaded, settings: CalibrationSettings | object, progress: bool 
 def train_from_scores(loaded, scores: HeadScores, settings: CalibrationSettings | object,
                       progress: bool = True, proxy=None) -> Coefficients:
     settings = _settings(settings)
-    heads = scores.top(settings.top_k, settings.max_per_layer)
+    heads = scores.top(settings.top_k, settings.max_per_layer, by=settings.select)
     coeffs = train_coefficients(loaded, heads, settings.train, progress, proxy=proxy)
     coeffs.calibration = {**settings.as_record(), "detection": scores.settings,
                           "train_seconds": coeffs.calibration.get("train_seconds"),
@@ -81,8 +91,8 @@ def train_from_scores(loaded, scores: HeadScores, settings: CalibrationSettings 
 
 
 def calibrate(loaded, settings: CalibrationSettings | None = None, progress: bool = True) -> Coefficients:
-    """Detect then train: the whole PEAR calibration for one model."""
-    settings = settings or DEFAULTS
+    """Detect then train: the whole PEAR calibration for one model (default: its profile)."""
+    settings = settings or profile_for(loaded.name)
     proxy = make_proxy(loaded, settings.train)
     scores = detect_heads(loaded, settings, progress, proxy=proxy)
     return train_from_scores(loaded, scores, settings, progress, proxy=proxy)

@@ -28,42 +28,39 @@ def _add_model(p: argparse.ArgumentParser) -> None:
 
 
 def _add_proxy_option(p: argparse.ArgumentParser) -> None:
-    from .calibrate import DEFAULTS
-
-    p.add_argument("--proxy", choices=("copy", "mdqa"), default=DEFAULTS.train.proxy,
+    p.add_argument("--proxy", choices=("copy", "mdqa", "passage"), default=argparse.SUPPRESS,
                    help="proxy task: copy = random tokens repeated (paper); mdqa = multi-document QA about "
-                        "invented facts, loss on the answer (used by --method gradient and by training)")
+                        "invented facts, loss on the answer; passage = the same prompts, loss on copying the "
+                        "gold passage (used by --method gradient and by training)")
 
 
 def _add_detect_options(p: argparse.ArgumentParser) -> None:
-    from .calibrate import DEFAULTS
-
-    g = p.add_argument_group("detection")
-    g.add_argument("--method", choices=("exact", "attribution", "gradient"), default=DEFAULTS.method,
+    g = p.add_argument_group("detection", "defaults: the model's calibration profile (pear-edge profiles)")
+    g.add_argument("--method", choices=("exact", "attribution", "gradient"), default=argparse.SUPPRESS,
                    help="exact mean-ablation (paper), one-pass attribution of it (fast, for large models), or "
                         "the gradient of the proxy loss with respect to each head's scale")
-    g.add_argument("--gradient-batches", type=int, default=DEFAULTS.gradient_batches,
+    g.add_argument("--gradient-batches", type=int, default=argparse.SUPPRESS,
                    help="proxy batches averaged by --method gradient")
-    g.add_argument("--lengths", type=_int_list, default=DEFAULTS.lengths,
-                   help="proxy lengths n to average over (default: %(default)s)")
-    g.add_argument("--positions", choices=("last", "copy"), default=DEFAULTS.positions,
+    g.add_argument("--lengths", type=_int_list, default=argparse.SUPPRESS,
+                   help="proxy lengths n to average over, e.g. 15,25,50")
+    g.add_argument("--positions", choices=("last", "copy"), default=argparse.SUPPRESS,
                    help="ablate at the last predicting position (paper) or at every copy position")
-    g.add_argument("--detect-batch", type=int, default=DEFAULTS.detect_batch, help="sequences per length")
+    g.add_argument("--detect-batch", type=int, default=argparse.SUPPRESS, help="sequences per length")
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
-    from .calibrate import DEFAULTS
-
-    g = p.add_argument_group("training")
-    g.add_argument("-k", "--top-k", type=int, default=DEFAULTS.top_k, help="number of heads to train")
-    g.add_argument("--max-per-layer", type=int, default=DEFAULTS.max_per_layer, help="cap on heads per layer")
-    g.add_argument("--steps", type=int, default=DEFAULTS.train.steps)
-    g.add_argument("--batch", type=int, default=DEFAULTS.train.batch, help="sequences per step")
-    g.add_argument("--n", type=int, default=DEFAULTS.train.n, help="proxy length for training")
-    g.add_argument("--lr", type=float, default=DEFAULTS.train.lr)
-    g.add_argument("--constraint", choices=("none", "le1", "unit"), default=DEFAULTS.train.constraint,
+    g = p.add_argument_group("training", "defaults: the model's calibration profile (pear-edge profiles)")
+    g.add_argument("-k", "--top-k", type=int, default=argparse.SUPPRESS, help="number of heads to train")
+    g.add_argument("--select", choices=("score", "abs"), default=argparse.SUPPRESS,
+                   help="train the top-K by score (suppressors, paper) or by |score| (also heads to strengthen)")
+    g.add_argument("--max-per-layer", type=int, default=argparse.SUPPRESS, help="cap on heads per layer")
+    g.add_argument("--steps", type=int, default=argparse.SUPPRESS)
+    g.add_argument("--batch", type=int, default=argparse.SUPPRESS, help="sequences per step")
+    g.add_argument("--n", type=int, default=argparse.SUPPRESS, help="proxy length for training")
+    g.add_argument("--lr", type=float, default=argparse.SUPPRESS)
+    g.add_argument("--constraint", choices=("none", "le1", "unit"), default=argparse.SUPPRESS,
                    help="none = paper; le1 = only weaken; unit = clamp to [0, 1]")
-    g.add_argument("--pull", type=float, default=DEFAULTS.train.pull,
+    g.add_argument("--pull", type=float, default=argparse.SUPPRESS,
                    help="L2 pull of the coefficients towards 1 (0 = off)")
 
 
@@ -99,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_proxy_option(p)
     _add_detect_options(p)
     _add_train_options(p)
+    p.add_argument("--validate", type=int, default=0, metavar="N",
+                   help="also answer N validation MDQA records (x3 gold positions) with base and PEAR in torch "
+                        "and warn if PEAR is worse (slow: ~4 s per answer on 2 cores; default: off)")
     p.add_argument("-o", "--output", required=True, help="coefficients JSON")
     p.set_defaults(func=cmd_calibrate)
 
@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--coefficients", required=True, help="coefficients JSON")
     p.add_argument("-o", "--output", required=True, help="output folder (safetensors + tokenizer + coefficients)")
     p.set_defaults(func=cmd_fold)
+
+    p = sub.add_parser("profiles", help="show the calibration settings used by default for each model")
+    p.set_defaults(func=cmd_profiles)
 
     p = sub.add_parser("info", help="describe a coefficients/head-scores JSON, a model folder or a GGUF")
     p.add_argument("file")
@@ -121,14 +124,32 @@ def _progress(args) -> bool:
     return not args.quiet
 
 
+def _settings(args):
+    """The model's calibration profile, with every option given on the command line applied on top."""
+    from .calibrate import CalibrationSettings, profile_for
+
+    return CalibrationSettings.from_args(args, base=profile_for(args.model))
+
+
+def cmd_profiles(args) -> int:
+    import dataclasses
+
+    from .calibrate import PROFILES
+
+    for name, profile in PROFILES.items():
+        print(f"{name}: {json.dumps(dataclasses.asdict(profile))}")
+    return 0
+
+
 def cmd_detect(args) -> int:
     from .atomic import check_output_path
     from .calibrate import detect_heads
     from .models import load_model, resolve_spec
 
     check_output_path(args.output, resolve_spec(args.model))
+    settings = _settings(args)
     loaded = load_model(args.model)
-    scores = detect_heads(loaded, args, progress=_progress(args))
+    scores = detect_heads(loaded, settings, progress=_progress(args))
     written = scores.save(args.output, top_k=args.plot_top)
     top = ", ".join(f"L{l}H{h} {s:+.3f}" for l, h, s in scores.top(5))
     print(f"top suppressors: {top}")
@@ -146,7 +167,7 @@ def cmd_train(args) -> int:
     scores = HeadScores.load(args.heads)
     loaded = load_model(args.model)
     scores.model.check_matches(loaded.fingerprint(), what=args.model)
-    coeffs = train_from_scores(loaded, scores, args, progress=_progress(args))
+    coeffs = train_from_scores(loaded, scores, _settings(args), progress=_progress(args))
     coeffs.save(args.output)
     _print_summary(coeffs)
     print(f"wrote {args.output}")
@@ -160,11 +181,17 @@ def cmd_calibrate(args) -> int:
 
     start = time.perf_counter()
     out = check_output_path(args.output, resolve_spec(args.model))
+    settings = _settings(args)
     loaded = load_model(args.model)
-    scores = detect_heads(loaded, args, progress=_progress(args))
+    scores = detect_heads(loaded, settings, progress=_progress(args))
     heads_path = out.with_name(out.stem + ".heads.json")
-    scores.save(heads_path, top_k=args.top_k)
-    coeffs = train_from_scores(loaded, scores, args, progress=_progress(args))
+    scores.save(heads_path, top_k=settings.top_k)
+    coeffs = train_from_scores(loaded, scores, settings, progress=_progress(args))
+    if args.validate:
+        from pear_edge.eval.validate import validate_coefficients
+
+        coeffs.metrics["validation"] = validate_coefficients(loaded, coeffs, args.validate, seed=args.seed,
+                                                             progress=_progress(args))
     coeffs.calibration["wall_seconds"] = round(time.perf_counter() - start, 1)
     coeffs.save(out)
     _print_summary(coeffs)
@@ -178,6 +205,13 @@ def _print_summary(coeffs) -> None:
     summary = proxy_summary(coeffs.metrics)
     if summary:
         print(summary)
+    validation = coeffs.metrics.get("validation")
+    if validation:
+        print(f"validation MDQA (torch, n={validation['n']}): base {validation['base']:.1%} -> PEAR "
+              f"{validation['pear']:.1%} (Δ {100 * validation['delta']:+.1f} pt, McNemar p={validation['p_value']:.3g})")
+        if validation["delta"] < 0:
+            print("pear-edge: warning: these coefficients LOWER validation accuracy; do not deploy them",
+                  file=sys.stderr)
     if coeffs.metrics.get("held_out_proxy", {}).get("improved") is False:
         print("pear-edge: warning: these coefficients made the held-out proxy loss WORSE; they are likely to hurt "
               "RAG accuracy (the file records this as metrics.held_out_proxy.improved = false)", file=sys.stderr)

@@ -147,9 +147,14 @@ class HeadScores:
         flat = [(l, h, float(self.scores[l, h])) for l in range(L) for h in range(H)]
         return sorted(flat, key=lambda t: -t[2])
 
-    def top(self, k: int, max_per_layer: int | None = None) -> list[tuple[int, int, float]]:
+    def top(self, k: int, max_per_layer: int | None = None, by: str = "score") -> list[tuple[int, int, float]]:
+        """The k heads with the highest score (suppressors), or with by="abs" the k largest in magnitude
+        (suppressors to weaken and heads the proxy relies on, to strengthen)."""
+        if by not in ("score", "abs"):
+            raise PearError(f"head selection must be 'score' or 'abs', not {by!r}")
+        ranking = self.ranking() if by == "score" else sorted(self.ranking(), key=lambda t: -abs(t[2]))
         chosen, per_layer = [], {}
-        for l, h, s in self.ranking():
+        for l, h, s in ranking:
             if len(chosen) == k:
                 break
             if max_per_layer is not None and per_layer.get(l, 0) >= max_per_layer:

@@ -20,23 +20,29 @@ from .proxy import tail_logits
 
 
 class MDQAProxy:
-    name = "mdqa"
+    """target="answer": the answer span; target="passage": the gold passage itself (what a small model
+    quoting its source should copy, and the style SmolLM2-135M answers in)."""
 
-    def __init__(self, loaded, batch: int = 4, num_docs: int = 10, pool: int = 400, seed: int = 0):
+    def __init__(self, loaded, batch: int = 4, num_docs: int = 10, pool: int = 400, seed: int = 0,
+                 target: str = "answer"):
         from pear_edge.eval.counterfactual import generate_counterfactual
         from pear_edge.eval.tasks import mdqa_examples, parse_mdqa
 
         tokenizer = loaded.tokenizer
         if not getattr(tokenizer, "chat_template", None):
             raise PearError("the mdqa proxy needs a tokenizer with a chat template; use --proxy copy")
-        self.tokenizer, self.batch, self.num_docs = tokenizer, batch, num_docs
+        if target not in ("answer", "passage"):
+            raise PearError(f"mdqa proxy target must be 'answer' or 'passage', not {target!r}")
+        self.tokenizer, self.batch, self.num_docs, self.target = tokenizer, batch, num_docs, target
+        self.name = "mdqa" if target == "answer" else "passage"
         self._examples = {}
         for split, count in (("train", pool), ("validation", max(32, pool // 8))):
             records = [parse_mdqa(r) for r in generate_counterfactual(count, split, seed, num_distractors=num_docs - 1)]
             # One example per record, gold at a seeded random position.
             rng = random.Random(f"mdqa-proxy:{split}:{seed}")
             examples = [e for record in records for e in mdqa_examples([record], num_docs, (rng.randrange(num_docs),))]
-            self._examples[split] = [self._encode(e.prompt, e.answers[0]) for e in examples]
+            targets = [e.answers[0] if target == "answer" else r.gold.text for e, r in zip(examples, records)]
+            self._examples[split] = [self._encode(e.prompt, t) for e, t in zip(examples, targets)]
 
     def _encode(self, prompt: str, answer: str) -> tuple[list[int], int]:
         text = self.tokenizer.apply_chat_template(user_messages(prompt), add_generation_prompt=True, tokenize=False)
@@ -95,4 +101,4 @@ class MDQAProxy:
         return {"answer_loss": total / tokens, "answer_exact": exact / answers}
 
     def describe(self) -> dict:
-        return {"proxy": self.name, "batch": self.batch, "num_docs": self.num_docs}
+        return {"proxy": self.name, "batch": self.batch, "num_docs": self.num_docs, "target": self.target}

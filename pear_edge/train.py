@@ -20,7 +20,7 @@ from .errors import PearError
 from .heads import scale_heads
 
 CONSTRAINTS = {"none": (-math.inf, math.inf), "le1": (-math.inf, 1.0), "unit": (0.0, 1.0)}
-PROXIES = ("copy", "mdqa")
+PROXIES = ("copy", "mdqa", "passage")
 
 
 @dataclass
@@ -43,10 +43,11 @@ def make_proxy(loaded, settings: TrainSettings):
         from .proxy import CopyProxy
 
         return CopyProxy(loaded, settings.n, settings.batch)
-    if settings.proxy == "mdqa":
+    if settings.proxy in ("mdqa", "passage"):
         from .rag_proxy import MDQAProxy
 
-        return MDQAProxy(loaded, batch=settings.batch, seed=settings.seed)
+        target = "answer" if settings.proxy == "mdqa" else "passage"
+        return MDQAProxy(loaded, batch=settings.batch, seed=settings.seed, target=target)
     raise PearError(f"unknown proxy {settings.proxy!r}; choose one of {', '.join(PROXIES)}")
 
 

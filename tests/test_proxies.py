@@ -46,3 +46,15 @@ def test_mdqa_proxy_targets_only_the_answer_and_matches_full_logits(default_mode
     assert torch.allclose(proxy.loss(default_model.model, batch), sum(expected) / tokens, atol=1e-4)
     held = proxy.evaluate(default_model.model, proxy.held_out(1, 0))
     assert held["answer_loss"] > 0 and 0 <= held["answer_exact"] <= 1
+
+
+def test_passage_proxy_targets_the_gold_passage(default_model):
+    proxy = MDQAProxy(default_model, batch=2, num_docs=3, pool=4, target="passage")
+    batch = proxy.sample(torch.Generator().manual_seed(1))
+    tok = default_model.tokenizer
+    for row in range(2):
+        labels = batch["labels"][row]
+        passage = tok.decode(labels[labels != -100])
+        assert " was a " in passage and " built the " in passage  # a whole counterfactual document
+        assert passage in tok.decode(batch["input_ids"][row])
+    assert proxy.name == "passage" and proxy.describe()["target"] == "passage"
