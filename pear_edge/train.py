@@ -25,10 +25,10 @@ PROXIES = ("copy", "mdqa", "passage")
 
 @dataclass
 class TrainSettings:
-    steps: int = 60
-    batch: int = 20
+    steps: int = 40
+    batch: int = 10
     n: int = 50
-    lr: float = 5e-3
+    lr: float = 1e-2
     weight_decay: float = 0.0
     constraint: str = "unit"
     pull: float = 0.0

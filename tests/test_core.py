@@ -205,4 +205,4 @@ def test_calibrate_api_on_tiny_model():
     coeffs = calibrate(lm, settings, progress=False)
     assert len(coeffs.heads) == 3
     assert all(math.isfinite(h.coefficient) for h in coeffs.heads)
-    assert coeffs.calibration["top_k"] == 3 and coeffs.calibration["detection"]["method"] == "exact"
+    assert coeffs.calibration["top_k"] == 3 and coeffs.calibration["detection"]["method"] == settings.method

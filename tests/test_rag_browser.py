@@ -9,8 +9,8 @@ import subprocess
 import threading
 import urllib.request
 
-import pydoc_data.topics
 import pytest
+from corpus import write_topics
 
 from pear_edge.models import default_gguf_path
 from pear_edge.rag.answer import Answerer
@@ -40,10 +40,7 @@ WAIT_FOR_ANSWER = """new Promise((resolve) => {
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
-    docs = root / "docs"
-    docs.mkdir()
-    for name in ("try", "for", "with"):
-        (docs / f"{name}.txt").write_text(pydoc_data.topics.topics[name][:1200])
+    docs = write_topics(root / "docs")
     update_index(docs, root / "index.sqlite", Embedder(), progress=False)
     gguf = default_gguf_path()
     srv = make_server(Answerer(root / "index.sqlite", gguf, compare=gguf, n_ctx=2048), port=0, max_tokens=8)

@@ -3,8 +3,8 @@ and one short real ask with the packaged GGUF as both models."""
 import os
 from pathlib import Path
 
-import pydoc_data.topics
 import pytest
+from corpus import write_topics
 
 from pear_edge.cli import main
 from pear_edge.rag.index import RagIndex
@@ -20,10 +20,7 @@ def _error(capsys) -> str:
 def built(tmp_path_factory):
     """A small real index (3 topics) built through the CLI."""
     root = tmp_path_factory.mktemp("rag")
-    docs = root / "docs"
-    docs.mkdir()
-    for name in ("try", "for", "with"):
-        (docs / f"{name}.txt").write_text(pydoc_data.topics.topics[name][:1200])
+    docs = write_topics(root / "docs")
     (docs / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR")
     (docs / "blob.txt").write_bytes(b"abc\0\x01\x02binary")
     (docs / "latin1.md").write_bytes("caf\xe9".encode("latin-1"))
