@@ -73,21 +73,15 @@ def profile_for(model: str) -> CalibrationSettings:
     return PROFILES.get(model, DEFAULTS)
 
 
-def _settings(settings) -> CalibrationSettings:
-    return settings if isinstance(settings, CalibrationSettings) else CalibrationSettings.from_args(settings)
-
-
-def detect_heads(loaded, settings: CalibrationSettings | object, progress: bool = True, proxy=None) -> HeadScores:
-    settings = _settings(settings)
+def detect_heads(loaded, settings: CalibrationSettings, progress: bool = True, proxy=None) -> HeadScores:
     if settings.method == "gradient" and proxy is None:
         proxy = make_proxy(loaded, settings.train)
     return detect(loaded, settings.method, settings.lengths, settings.detect_batch, settings.seed,
                   settings.positions, progress, proxy=proxy, gradient_batches=settings.gradient_batches)
 
 
-def train_from_scores(loaded, scores: HeadScores, settings: CalibrationSettings | object,
+def train_from_scores(loaded, scores: HeadScores, settings: CalibrationSettings,
                       progress: bool = True, proxy=None) -> Coefficients:
-    settings = _settings(settings)
     heads = scores.top(settings.top_k, settings.max_per_layer, by=settings.select)
     coeffs = train_coefficients(loaded, heads, settings.train, progress, proxy=proxy)
     coeffs.calibration = {**settings.as_record(), "detection": scores.settings,

@@ -219,13 +219,12 @@ def _print_summary(coeffs) -> None:
 
 
 def cmd_fold(args) -> int:
+    from .atomic import check_output_path
     from .coefficients import Coefficients
     from .fold import check_not_patched, fold_model, save_folded
     from .models import load_model, resolve_spec
 
     source = resolve_spec(args.model)
-    from .atomic import check_output_path
-
     check_output_path(args.output, source, args.coefficients)
     check_not_patched(source)
     coeffs = Coefficients.load(args.coefficients)

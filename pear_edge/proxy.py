@@ -24,7 +24,7 @@ def special_token_ids(tokenizer) -> set[int]:
 
 def tail_logits(model: torch.nn.Module, input_ids: torch.Tensor, keep: int, **kwargs) -> torch.Tensor:
     """Logits of the last `keep` positions only: the LM head over a 49k vocabulary at every position
-    is ~40 % of a small model's forward pass, and proxy losses only need the tail."""
+    is a large share of a small model's forward pass, and proxy losses only need the tail."""
     if "logits_to_keep" in inspect.signature(model.forward).parameters:
         return model(input_ids=input_ids, logits_to_keep=keep, **kwargs).logits
     return model(input_ids=input_ids, **kwargs).logits[:, -keep:]
