@@ -21,6 +21,7 @@ from pear_edge.fold import check_not_patched, fold_model, save_folded
 from pear_edge.models import file_sha256, load_model, resolve_spec
 
 from .gguf_patch import add_pear_metadata
+from .gguf_tokenizer import replace_tokenizer
 from .llama_sources import CONVERTER, ensure_converter
 
 QUANT_FTYPES = {
@@ -106,6 +107,9 @@ def export_gguf(model: str, coefficients_path: str | None, quants: list[str], ou
         steps.set_postfix_str("convert (llama.cpp convert_hf_to_gguf.py)")
         f32 = work / "model-f32.gguf"
         convert_to_gguf(work / "hf", f32)
+        if source.is_file() and source.suffix.lower() == ".gguf":
+            replace_tokenizer(source, f32, work / "model-f32-tok.gguf")
+            f32 = work / "model-f32-tok.gguf"
         steps.update()
         for quant in quants:
             steps.set_postfix_str(f"quantize {quant}")

@@ -99,6 +99,7 @@ class _HFGenerating(Backend):
 
         ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
                                                  return_dict=True)
+        ids = {k: v.to(self.model.device) for k, v in ids.items()}
         start = time.perf_counter()
         with torch.inference_mode(), self._forward_context():
             out = self.model.generate(**ids, max_new_tokens=max_tokens, do_sample=False, num_beams=1,
@@ -117,9 +118,9 @@ class _HFGenerating(Backend):
 
         ids = _text_ids(lambda t: self.tokenizer(t, add_special_tokens=False)["input_ids"], text, 4096)
         with torch.inference_mode(), self._forward_context():
-            input_ids = torch.tensor([ids])
+            input_ids = torch.tensor([ids], device=self.model.device)
             logits = self.model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids)).logits[0]
-        return _nll_from_logits(logits.float().numpy(), ids)
+        return _nll_from_logits(logits.float().cpu().numpy(), ids)
 
 
 def _stop_ids(model, tokenizer) -> list[int]:

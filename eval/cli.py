@@ -78,18 +78,33 @@ def add_commands(sub) -> None:
                        description="For each variant: calibrate, patch the model's GGUF, and compare it with the "
                                    "unpatched GGUF on counterfactual MDQA + KV retrieval (validation split) and "
                                    "perplexity on shipped text. Resumes an interrupted sweep.")
-    w.add_argument("--model", default="default", help="'default', 'gemma3-270m' or a .gguf file")
-    w.add_argument("--variants", help="JSON file {name: {setting: value}} (default: the built-in variants)")
-    w.add_argument("--only", help="comma-separated variant names to run")
-    w.add_argument("--records", type=int, default=24, help="validation MDQA records (default: %(default)s)")
-    w.add_argument("--num-docs", type=int, default=10)
-    w.add_argument("--positions", type=_ints, default=(0, 4, 9))
-    w.add_argument("--kv-records", type=int, default=12)
-    w.add_argument("--kv-pairs", type=int, default=8)
-    w.add_argument("--passages", type=int, default=8, help="pydoc passages for the perplexity guard")
+    _add_variant_options(w, "'default', 'gemma3-270m' or a .gguf file", records=24, kv_records=12, passages=8)
     w.add_argument("--threads", type=int, help="llama.cpp threads (default: all cores)")
     w.add_argument("-o", "--output", required=True, help="output folder (sweep.json/.md/.png, one folder per variant)")
     w.set_defaults(func=cmd_sweep)
+
+    q = sub.add_parser("search", help="shortlist calibration variants in torch (batched decoding, GPU if present)",
+                       description="Like sweep, but trains and scores every variant in torch with batched greedy "
+                                   "decoding on the validation sets: many more variants per hour, on a GPU "
+                                   "especially. Confirm the best with `sweep` (llama.cpp).")
+    _add_variant_options(q, "'default', 'gemma3-270m', a .gguf file or an HF folder", records=100, kv_records=32,
+                         passages=16)
+    q.add_argument("--device", default="auto", help="torch device: auto (cuda if available), cpu, cuda, ...")
+    q.add_argument("-o", "--output", required=True, help="output folder (sweep.json/.md/.png, coefficients)")
+    q.set_defaults(func=cmd_search)
+
+
+def _add_variant_options(p, model_help: str, records: int, kv_records: int, passages: int) -> None:
+    """What `sweep` and `search` share: the model, the variants, and the size of the validation sets."""
+    p.add_argument("--model", default="default", help=model_help)
+    p.add_argument("--variants", help="JSON file {name: {setting: value}} (default: the built-in variants)")
+    p.add_argument("--only", help="comma-separated variant names to run")
+    p.add_argument("--records", type=int, default=records, help="validation MDQA records (default: %(default)s)")
+    p.add_argument("--num-docs", type=int, default=10)
+    p.add_argument("--positions", type=_ints, default=(0, 4, 9))
+    p.add_argument("--kv-records", type=int, default=kv_records)
+    p.add_argument("--kv-pairs", type=int, default=8)
+    p.add_argument("--passages", type=int, default=passages, help="pydoc passages for the perplexity guard")
 
 
 def _pairs(args) -> list[tuple[str, str]]:
@@ -230,18 +245,12 @@ def cmd_speed(args) -> int:
     return 0
 
 
-def cmd_sweep(args) -> int:
+def _variants(args) -> dict:
     import json
     from pathlib import Path
 
-    from pear_edge.models import resolve_spec
+    from .sweep import BUILTIN_VARIANTS
 
-    from .sweep import BUILTIN_VARIANTS, run_sweep, validation_sets
-
-    base = resolve_spec(args.model)
-    if base.suffix.lower() != ".gguf":
-        raise PearError("sweep patches the model's GGUF: give 'default', 'gemma3-270m' or a .gguf file "
-                        "(export an HF folder with `pear-edge export gguf` first)")
     variants = BUILTIN_VARIANTS
     if args.variants:
         try:
@@ -254,6 +263,39 @@ def cmd_sweep(args) -> int:
         if missing:
             raise PearError(f"unknown variants {missing}; known: {', '.join(variants)}")
         variants = {n: variants[n] for n in names}
+    return variants
+
+
+def cmd_search(args) -> int:
+    from pathlib import Path
+
+    from pear_edge.models import load_model
+
+    from .search import run_search
+    from .sweep import validation_sets
+
+    variants = _variants(args)
+    sets = validation_sets(args.records, args.num_docs, tuple(args.positions), args.kv_records, args.kv_pairs,
+                           args.passages, seed=args.seed)
+    loaded = load_model(args.model, device=args.device)
+    device = next(loaded.model.parameters()).device
+    rows = run_search(loaded, variants, Path(args.output), sets, seed=args.seed, progress=not args.quiet)
+    print(f"wrote {Path(args.output) / 'sweep.md'} ({len(rows)} variants, {device})")
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from pathlib import Path
+
+    from pear_edge.models import resolve_spec
+
+    from .sweep import run_sweep, validation_sets
+
+    base = resolve_spec(args.model)
+    if base.suffix.lower() != ".gguf":
+        raise PearError("sweep patches the model's GGUF: give 'default', 'gemma3-270m' or a .gguf file "
+                        "(export an HF folder with `pear-edge export gguf` first)")
+    variants = _variants(args)
     sets = validation_sets(args.records, args.num_docs, tuple(args.positions), args.kv_records, args.kv_pairs,
                            args.passages, seed=args.seed)
     rows = run_sweep(args.model, base, variants, Path(args.output), sets, seed=args.seed, threads=args.threads,

@@ -59,7 +59,7 @@ def run_demo(outdir: Path, coefficients: str | None, quants: list[str], onnx: bo
         _step("1/5 calibrate PEAR on SmolLM2-135M-Instruct (default settings)")
         coeffs = calibrate(load_model("default"), progress=progress)
         coeffs.save(coeffs_path)
-    print(f"{len(coeffs.heads)} heads: " + ", ".join(f"L{h.layer}H{h.head}={h.coefficient:.2f}" for h in coeffs.heads))
+    print(coeffs.summary())
 
     _step("2/5 patch the shipped Q4_1 GGUF in place (exact block-scale edits)")
     pairs = [("llama.cpp Q4_1 (as shipped)", str(base_q41), str(outdir / "SmolLM2-135M-Instruct-pear-Q4_1.gguf"))]

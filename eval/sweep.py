@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pear_edge.atomic import atomic_file, write_text_atomic
-from pear_edge.calibrate import DEFAULTS, CalibrationSettings, detect_heads, train_from_scores
+from pear_edge.calibrate import CalibrationSettings, detect_heads, train_from_scores
 from pear_edge.coefficients import Coefficients
 from pear_edge.errors import PearError
 
@@ -25,6 +25,10 @@ from .tasks import kv_examples, mdqa_examples, parse_kv, parse_mdqa, pydoc_passa
 
 # Variants measured on the default model (README "Making PEAR help"): overrides of CalibrationSettings.
 BUILTIN_VARIANTS: dict[str, dict[str, Any]] = {
+    # The default recipe (calibrate.DEFAULTS), chosen by `pear-edge search` (eval/variants/).
+    "passage-all-free-p1-g3-40x8": {"method": "gradient", "top_k": 0, "gradient_batches": 2, "proxy": "passage",
+                                    "constraint": "none", "pull": 0.1, "guard": 3.0, "steps": 40, "batch": 8,
+                                    "lr": 0.02, "pool": 2000},
     "paper-copy-k12-free": {"method": "attribution", "top_k": 12, "constraint": "none", "steps": 60},
     "copy-k8-unit-120": {"method": "attribution", "top_k": 8, "constraint": "unit", "steps": 120},
     "copy-k8-unit-40x10": {"method": "attribution", "top_k": 8, "constraint": "unit", "steps": 40, "batch": 10,
@@ -39,15 +43,17 @@ BUILTIN_VARIANTS: dict[str, dict[str, Any]] = {
 
 
 def settings_from(overrides: dict[str, Any], seed: int = 0) -> CalibrationSettings:
-    """DEFAULTS with `overrides`; training keys (steps, batch, lr, ...) go to the train settings."""
-    train_fields = {f.name for f in dataclasses.fields(DEFAULTS.train)}
+    """The plain field defaults of CalibrationSettings (not the chosen recipe, so a variant means the same
+    whatever the default becomes) with `overrides`; training keys (steps, lr, ...) go to the train settings."""
+    neutral = CalibrationSettings()
+    train_fields = {f.name for f in dataclasses.fields(neutral.train)}
     top_fields = {f.name for f in dataclasses.fields(CalibrationSettings)} - {"train"}
     unknown = set(overrides) - train_fields - top_fields
     if unknown:
         raise PearError(f"unknown variant settings {sorted(unknown)}; use fields of CalibrationSettings/TrainSettings")
-    train = dataclasses.replace(DEFAULTS.train, seed=seed, **{k: v for k, v in overrides.items() if k in train_fields})
+    train = dataclasses.replace(neutral.train, seed=seed, **{k: v for k, v in overrides.items() if k in train_fields})
     top = {k: (tuple(v) if k == "lengths" else v) for k, v in overrides.items() if k in top_fields}
-    settings = dataclasses.replace(DEFAULTS, train=train, seed=seed, **top)
+    settings = dataclasses.replace(neutral, train=train, seed=seed, **top)
     settings.check()
     return settings
 

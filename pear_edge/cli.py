@@ -22,9 +22,12 @@ def _int_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
-def _add_model(p: argparse.ArgumentParser) -> None:
+def _add_model(p: argparse.ArgumentParser, device: bool = False) -> None:
     p.add_argument("--model", default="default",
                    help="'default' (SmolLM2-135M-Instruct), 'gemma3-270m', a Hugging Face folder or a .gguf file")
+    if device:
+        p.add_argument("--device", default="cpu",
+                       help="torch device for detection and training: cpu (default), cuda, auto (a GPU if any)")
 
 
 def _add_proxy_option(p: argparse.ArgumentParser) -> None:
@@ -50,7 +53,7 @@ def _add_detect_options(p: argparse.ArgumentParser) -> None:
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training", "defaults: the model's calibration profile (pear-edge profiles)")
-    g.add_argument("-k", "--top-k", type=int, default=argparse.SUPPRESS, help="number of heads to train")
+    g.add_argument("-k", "--top-k", type=int, default=argparse.SUPPRESS, help="number of heads to train (0 = all)")
     g.add_argument("--select", choices=("score", "abs"), default=argparse.SUPPRESS,
                    help="train the top-K by score (suppressors, paper) or by |score| (also heads to strengthen)")
     g.add_argument("--max-per-layer", type=int, default=argparse.SUPPRESS, help="cap on heads per layer")
@@ -62,6 +65,10 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help="none = paper; le1 = only weaken; unit = clamp to [0, 1]")
     g.add_argument("--pull", type=float, default=argparse.SUPPRESS,
                    help="L2 pull of the coefficients towards 1 (0 = off)")
+    g.add_argument("--guard", type=float, default=argparse.SUPPRESS,
+                   help="weight of the language-model loss on natural text, a leash on perplexity (0 = off)")
+    g.add_argument("--pool", type=int, default=argparse.SUPPRESS,
+                   help="training prompts the mdqa/passage proxies draw from")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("detect", help="score every head as a copy suppressor -> heads.json + heatmap PNG")
-    _add_model(p)
+    _add_model(p, device=True)
     _add_proxy_option(p)
     _add_detect_options(p)
     p.add_argument("--plot-top", type=int, default=12, help="heads to outline in the heatmap")
@@ -84,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_detect)
 
     p = sub.add_parser("train", help="train one scalar per top-K head from heads.json -> coeffs.json")
-    _add_model(p)
+    _add_model(p, device=True)
     p.add_argument("--heads", required=True, help="head scores JSON from `pear-edge detect`")
     _add_proxy_option(p)
     _add_train_options(p)
@@ -92,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("calibrate", help="detect + train in one go -> coeffs.json (+ heads JSON/PNG beside it)")
-    _add_model(p)
+    _add_model(p, device=True)
     _add_proxy_option(p)
     _add_detect_options(p)
     _add_train_options(p)
@@ -148,7 +155,7 @@ def cmd_detect(args) -> int:
 
     check_output_path(args.output, resolve_spec(args.model))
     settings = _settings(args)
-    loaded = load_model(args.model)
+    loaded = load_model(args.model, device=args.device)
     scores = detect_heads(loaded, settings, progress=_progress(args))
     written = scores.save(args.output, top_k=args.plot_top)
     top = ", ".join(f"L{l}H{h} {s:+.3f}" for l, h, s in scores.top(5))
@@ -165,7 +172,7 @@ def cmd_train(args) -> int:
 
     check_output_path(args.output, resolve_spec(args.model), args.heads)
     scores = HeadScores.load(args.heads)
-    loaded = load_model(args.model)
+    loaded = load_model(args.model, device=args.device)
     scores.model.check_matches(loaded.fingerprint(), what=args.model)
     coeffs = train_from_scores(loaded, scores, _settings(args), progress=_progress(args))
     coeffs.save(args.output)
@@ -182,7 +189,7 @@ def cmd_calibrate(args) -> int:
     start = time.perf_counter()
     out = check_output_path(args.output, resolve_spec(args.model))
     settings = _settings(args)
-    loaded = load_model(args.model)
+    loaded = load_model(args.model, device=args.device)
     scores = detect_heads(loaded, settings, progress=_progress(args))
     heads_path = out.with_name(out.stem + ".heads.json")
     scores.save(heads_path, top_k=settings.top_k)
@@ -215,7 +222,7 @@ def _print_summary(coeffs) -> None:
     if coeffs.metrics.get("held_out_proxy", {}).get("improved") is False:
         print("pear-edge: warning: these coefficients made the held-out proxy loss WORSE; they are likely to hurt "
               "RAG accuracy (the file records this as metrics.held_out_proxy.improved = false)", file=sys.stderr)
-    print("coefficients: " + ", ".join(f"L{h.layer}H{h.head}={h.coefficient:.3f}" for h in coeffs.heads))
+    print(coeffs.summary())
 
 
 def cmd_fold(args) -> int:

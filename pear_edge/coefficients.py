@@ -138,6 +138,16 @@ class Coefficients:
     def as_dict(self) -> dict[tuple[int, int], float]:
         return {(h.layer, h.head): h.coefficient for h in self.heads}
 
+    def summary(self, listed: int = 12) -> str:
+        """One line: every coefficient when there are few, else the range and the furthest from 1."""
+        heads = sorted(self.heads, key=lambda h: -abs(h.coefficient - 1))
+        text = lambda hs: ", ".join(f"L{h.layer}H{h.head}={h.coefficient:.3f}" for h in hs)  # noqa: E731
+        if len(heads) <= listed:
+            return f"{len(heads)} coefficients: {text(heads)}"
+        values = sorted(h.coefficient for h in heads)
+        return (f"{len(heads)} coefficients, {values[0]:.3f} .. {values[-1]:.3f} (median {values[len(values) // 2]:.3f});"
+                f" furthest from 1: {text(heads[:listed])}")
+
     def by_layer(self) -> dict[int, list[HeadCoefficient]]:
         out: dict[int, list[HeadCoefficient]] = {}
         for h in sorted(self.heads, key=lambda x: (x.layer, x.head)):

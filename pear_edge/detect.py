@@ -24,7 +24,7 @@ from .atomic import atomic_file, write_text_atomic
 from .coefficients import ModelFingerprint
 from .errors import PearError
 from .heads import edit_heads
-from .proxy import ProxyVocab, proxy_batch
+from .proxy import ProxyVocab, model_device, proxy_batch
 
 METHODS = ("exact", "attribution", "gradient")
 POSITIONS = ("last", "copy")
@@ -231,12 +231,12 @@ def scale_gradient_scores(loaded, proxy, batches: int, seed: int = 0, progress: 
 
     adapter = loaded.adapter
     heads = [(l, h) for l in range(adapter.num_layers) for h in range(adapter.num_heads)]
-    values = torch.ones(len(heads), requires_grad=True)
+    values = torch.ones(len(heads), device=model_device(loaded.model), requires_grad=True)
     gen = torch.Generator().manual_seed(seed + 20_000)
     with scale_heads(adapter, heads=heads, values=values), torch.enable_grad():
         for _ in tqdm(range(batches), desc=f"detect (gradient, {proxy.name} proxy)", disable=not progress):
             (proxy.loss(loaded.model, proxy.sample(gen)) / batches).backward()
-    return values.grad.detach().view(adapter.num_layers, adapter.num_heads)
+    return values.grad.detach().cpu().view(adapter.num_layers, adapter.num_heads)
 
 
 def detect(loaded, method: str = "exact", lengths: tuple[int, ...] = (15, 25, 50), batch: int = 20,
@@ -265,11 +265,11 @@ def detect(loaded, method: str = "exact", lengths: tuple[int, ...] = (15, 25, 50
     with tqdm(total=per_length * len(lengths), desc=f"detect ({method})", disable=not progress,
               unit="head" if method == "exact" else "pass") as bar:
         for n in lengths:
-            tokens = proxy_batch(vocab, n, batch, gen)
+            tokens = proxy_batch(vocab, n, batch, gen).to(model_device(model))
             if method == "exact":
-                total += _exact_one_length(model, adapter, tokens, positions, bar)
+                total += _exact_one_length(model, adapter, tokens, positions, bar).cpu()
             else:
-                total += _attribution_one_length(model, adapter, tokens, positions)
+                total += _attribution_one_length(model, adapter, tokens, positions).cpu()
                 bar.update(1)
     settings = {"method": method, "lengths": list(lengths), "batch": batch, "seed": seed, "positions": positions}
     return HeadScores(total / len(lengths), loaded.fingerprint(), settings)

@@ -58,15 +58,17 @@ def scale_heads(adapter: ArchAdapter, coefficients: Mapping[tuple[int, int], flo
     training and inference share this one path."""
     if coefficients is not None:
         heads = list(coefficients)
-        values = torch.tensor([coefficients[h] for h in heads], dtype=torch.float32)
+        device = adapter.o_projs[0].weight.device
+        values = torch.tensor([coefficients[h] for h in heads], dtype=torch.float32, device=device)
     assert heads is not None and values is not None
 
     def make_edit(idx: torch.Tensor, pos: torch.Tensor) -> HeadEdit:
         def edit(x: torch.Tensor) -> torch.Tensor:
-            scale = torch.ones(adapter.num_heads, dtype=values.dtype).index_put((idx,), values[pos])
+            scale = torch.ones(adapter.num_heads, dtype=values.dtype, device=values.device).index_put((idx,), values[pos])
             return x * scale.to(x.dtype)[:, None]
         return edit
 
-    edits = {layer: make_edit(idx, pos) for layer, (idx, pos) in _layer_positions(heads).items()}
+    edits = {layer: make_edit(idx.to(values.device), pos.to(values.device))
+             for layer, (idx, pos) in _layer_positions(heads).items()}
     with edit_heads(adapter, edits):
         yield

@@ -146,12 +146,26 @@ def _dequantize_gguf_to_folder(path: Path, folder: Path) -> None:
     except (ValueError, KeyError, RuntimeError, OSError) as exc:
         raise PearError(f"transformers cannot load {path}: {str(exc).splitlines()[0]}") from None
     with atomic_dir(folder) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        try:
+            model.save_pretrained(tmp, safe_serialization=True)
+        except ValueError:  # transformers 5 refuses to save GGUF-loaded models, though the weights are fp32
+            _save_dequantized(model, Path(tmp))
         tokenizer.save_pretrained(tmp)
 
 
-def load_model(spec: str, dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """Load model + tokenizer for a SPEC, in eval mode with gradients off."""
+def _save_dequantized(model, folder: Path) -> None:
+    from safetensors.torch import save_model
+
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config.save_pretrained(folder)
+    model.generation_config.save_pretrained(folder)
+    save_model(model, str(folder / "model.safetensors"))
+
+
+def load_model(spec: str, dtype: torch.dtype = torch.float32, device: str = "cpu") -> LoadedModel:
+    """Load model + tokenizer for a SPEC, in eval mode with gradients off, on `device` ("auto": a GPU
+    when torch sees one). The fingerprint is taken on the CPU first, so it is the same on any device."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
@@ -170,7 +184,16 @@ def load_model(spec: str, dtype: torch.dtype = torch.float32) -> LoadedModel:
     model.requires_grad_(False)
     adapter = ArchAdapter(model)
     name = spec if spec in PACKAGED else source.name
-    return LoadedModel(model, tokenizer, adapter, source, name)
+    loaded = LoadedModel(model, tokenizer, adapter, source, name)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device != "cpu":
+        loaded.fingerprint()
+        try:
+            model.to(device)
+        except (RuntimeError, AssertionError) as exc:
+            raise PearError(f"cannot use device {device!r}: {str(exc).splitlines()[0]}") from None
+    return loaded
 
 
 def fingerprint(model: torch.nn.Module, adapter: ArchAdapter, name: str = "") -> ModelFingerprint:

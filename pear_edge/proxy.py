@@ -22,9 +22,17 @@ def special_token_ids(tokenizer) -> set[int]:
     return ids
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
 def tail_logits(model: torch.nn.Module, input_ids: torch.Tensor, keep: int, **kwargs) -> torch.Tensor:
     """Logits of the last `keep` positions only: the LM head over a 49k vocabulary at every position
-    is a large share of a small model's forward pass, and proxy losses only need the tail."""
+    is a large share of a small model's forward pass, and proxy losses only need the tail.
+    Inputs move to the model's device (batches are built on the CPU)."""
+    device = model_device(model)
+    input_ids = input_ids.to(device)
+    kwargs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
     if "logits_to_keep" in inspect.signature(model.forward).parameters:
         return model(input_ids=input_ids, logits_to_keep=keep, **kwargs).logits
     return model(input_ids=input_ids, **kwargs).logits[:, -keep:]
@@ -73,6 +81,7 @@ def evaluate_copy(model: torch.nn.Module, batches: list[torch.Tensor]) -> dict[s
     """Mean copy loss and top-1 copy accuracy over fixed batches."""
     losses, hits, count = [], 0, 0
     for tokens in batches:
+        tokens = tokens.to(model_device(model))
         logits = model(input_ids=tokens).logits
         losses.append(float(copy_loss(logits, tokens)))
         pred, target = copy_logits_targets(logits, tokens)
@@ -98,7 +107,7 @@ class CopyProxy:
         return {"input_ids": proxy_batch(self.vocab, self.n, self.batch, generator)}
 
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        tokens = batch["input_ids"]
+        tokens = batch["input_ids"].to(model_device(model))
         n = tokens.shape[1] // 2
         tail = tail_logits(model, tokens, n)  # positions n .. 2n-1, the copy half
         return F.cross_entropy(tail[:, :-1].reshape(-1, tail.shape[-1]).float(), tokens[:, n + 1 :].reshape(-1))

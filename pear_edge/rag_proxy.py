@@ -75,7 +75,7 @@ class MDQAProxy:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         keep = batch["keep"]
         logits = tail_logits(model, batch["input_ids"], keep, attention_mask=mask, position_ids=positions)
-        return logits[:, :-1], batch["labels"][:, -keep + 1 :]
+        return logits[:, :-1], batch["labels"][:, -keep + 1 :].to(logits.device)
 
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         logits, labels = self._logits_labels(model, batch)

@@ -68,3 +68,28 @@ def test_export_unknown_quant_leaves_nothing(tmp_path, tiny_hf, capsys):
                  "-o", str(out)]) == 2
     assert "unknown quantization q9_9" in capsys.readouterr().err
     assert not out.exists()
+
+
+def _llamacpp_tokens(path) -> str:
+    """Tokenize a chat prompt in a child process: a broken vocabulary aborts llama.cpp, not the tests."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from llama_cpp import Llama; m = Llama(sys.argv[1], n_ctx=256, verbose=False); "
+            "print(m.tokenize('<|im_start|>user\\nWhat year, 1887 or 1888?<|im_end|>'.encode(), add_bos=False, "
+            "special=True)); print(m.detokenize(m.tokenize(b'Kalu Tibo from Lomere', add_bos=False)).decode())")
+    return subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=300).stdout
+
+
+def test_export_from_the_shipped_gguf_keeps_its_tokenizer(tmp_path):
+    out = tmp_path / "gguf"
+    assert main(["-q", "export", "gguf", "--model", "default", "--quant", "q8_0", "-o", str(out)]) == 0
+    exported = next(out.iterdir())
+    shipped = read_gguf(default_gguf_path())
+    ours = read_gguf(exported)
+    for key in ("tokenizer.ggml.model", "tokenizer.ggml.pre", "tokenizer.ggml.tokens", "tokenizer.ggml.merges",
+                "tokenizer.ggml.eos_token_id", "tokenizer.chat_template"):
+        assert ours.fields[key].contents() == shipped.fields[key].contents(), key
+    expected = _llamacpp_tokens(default_gguf_path())
+    assert "Kalu Tibo from Lomere" in expected
+    assert _llamacpp_tokens(exported) == expected
