@@ -184,16 +184,18 @@ def cmd_train(args) -> int:
 def cmd_calibrate(args) -> int:
     from .atomic import check_output_path
     from .calibrate import detect_heads, train_from_scores
+    from .train import make_proxy
     from .models import load_model, resolve_spec
 
     start = time.perf_counter()
     out = check_output_path(args.output, resolve_spec(args.model))
     settings = _settings(args)
     loaded = load_model(args.model, device=args.device)
-    scores = detect_heads(loaded, settings, progress=_progress(args))
+    proxy = make_proxy(loaded, settings.train)  # built once: the RAG proxies tokenize thousands of prompts
+    scores = detect_heads(loaded, settings, progress=_progress(args), proxy=proxy)
     heads_path = out.with_name(out.stem + ".heads.json")
     scores.save(heads_path, top_k=settings.top_k)
-    coeffs = train_from_scores(loaded, scores, settings, progress=_progress(args))
+    coeffs = train_from_scores(loaded, scores, settings, progress=_progress(args), proxy=proxy)
     if args.validate:
         from pear_edge.eval.validate import validate_coefficients
 
