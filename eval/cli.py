@@ -270,6 +270,7 @@ def cmd_search(args) -> int:
     from pathlib import Path
 
     from pear_edge.models import load_model
+    from pear_edge.proxy import model_device
 
     from .search import run_search
     from .sweep import validation_sets
@@ -278,9 +279,8 @@ def cmd_search(args) -> int:
     sets = validation_sets(args.records, args.num_docs, tuple(args.positions), args.kv_records, args.kv_pairs,
                            args.passages, seed=args.seed)
     loaded = load_model(args.model, device=args.device)
-    device = next(loaded.model.parameters()).device
     rows = run_search(loaded, variants, Path(args.output), sets, seed=args.seed, progress=not args.quiet)
-    print(f"wrote {Path(args.output) / 'sweep.md'} ({len(rows)} variants, {device})")
+    print(f"wrote {Path(args.output) / 'sweep.md'} ({len(rows)} variants, {model_device(loaded.model)})")
     return 0
 
 

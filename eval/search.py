@@ -8,7 +8,6 @@ llama.cpp on the test split (`pear-edge sweep`, `pear-edge eval`).
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -19,11 +18,12 @@ from tqdm.auto import tqdm
 from pear_edge.calibrate import detect_heads, train_from_scores
 from pear_edge.heads import scale_heads
 from pear_edge.prompts import user_messages
+from pear_edge.proxy import model_device
 
-from .backends import _nll_from_logits, _stop_ids, _text_ids
-from .harness import EvalResults, ExampleResult, PassageResult
+from .backends import TorchBackend, _stop_ids
+from .harness import EvalResults, ExampleResult, evaluate
 from .metrics import best_subspan_em
-from .sweep import _row, settings_from, summary_line, write_sweep_report
+from .sweep import _row, detection_key, settings_from, summary_line, write_sweep_report
 from .tasks import QAExample, TextExample
 
 
@@ -32,7 +32,7 @@ def greedy_answers(loaded, examples: list[QAExample], max_tokens: int = 32, batc
     """Greedy answers for chat prompts, left-padded batches (same template and stops as TorchBackend)."""
     model, tok = loaded.model, loaded.tokenizer
     stops = _stop_ids(model, tok)
-    device = next(model.parameters()).device
+    device = model_device(model)
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].prompt))  # less padding
     answers: list[str] = [""] * len(examples)
     for start in range(0, len(order), batch):
@@ -54,29 +54,16 @@ def greedy_answers(loaded, examples: list[QAExample], max_tokens: int = 32, batc
     return answers
 
 
-@torch.inference_mode()
-def passage_nll(loaded, examples: list[TextExample]) -> list[PassageResult]:
-    model, tok = loaded.model, loaded.tokenizer
-    device = next(model.parameters()).device
-    results = []
-    for ex in examples:
-        ids = _text_ids(lambda t: tok(t, add_special_tokens=False)["input_ids"], ex.text, 4096)
-        logits = model(input_ids=torch.tensor([ids], device=device)).logits[0]
-        nll, tokens = _nll_from_logits(logits.float().cpu().numpy(), ids)
-        results.append(PassageResult(ex.id, nll, tokens))
-    return results
-
-
 def score(loaded, sets: dict[str, list], batch: int = 64) -> dict[str, EvalResults]:
     """Every validation task in torch, as EvalResults so `paired_compare` and the sweep report apply."""
     results = {}
     for task, examples in sets.items():
-        if isinstance(examples[0], TextExample):
-            items = passage_nll(loaded, examples)
-        else:
-            outputs = greedy_answers(loaded, examples, batch=batch)
-            items = [ExampleResult(e.id, e.position, e.answers, o, best_subspan_em(o, e.answers))
-                     for e, o in zip(examples, outputs)]
+        if isinstance(examples[0], TextExample):  # one forward per passage: nothing to batch
+            results[task] = evaluate(TorchBackend(loaded), examples, task, progress=False)
+            continue
+        outputs = greedy_answers(loaded, examples, batch=batch)
+        items = [ExampleResult(e.id, e.position, e.answers, o, best_subspan_em(o, e.answers))
+                 for e, o in zip(examples, outputs)]
         results[task] = EvalResults(task, {"kind": "torch-batched", "name": loaded.name}, items)
     return results
 
@@ -94,8 +81,7 @@ def run_search(loaded, variants: dict[str, dict[str, Any]], outdir: Path, sets: 
     for name, overrides in tqdm(variants.items(), desc="search", disable=not progress):
         settings = settings_from(overrides, seed)
         start = time.perf_counter()
-        key = json.dumps([settings.method, settings.lengths, settings.gradient_batches, settings.train.proxy,
-                          settings.train.batch, settings.train.n, settings.train.pool], sort_keys=True)
+        key = detection_key(settings)
         if key not in detections:
             detections[key] = detect_heads(loaded, settings, progress=False)
         coeffs = train_from_scores(loaded, detections[key], settings, progress=False)

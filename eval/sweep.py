@@ -89,17 +89,22 @@ def _row(name: str, overrides: dict, coeffs: Coefficients, base: dict, pear: dic
     return row
 
 
-def _cached_detection(loaded, settings: CalibrationSettings, folder: Path, progress: bool):
-    """Variants that differ only in training share one detection run."""
+def detection_key(settings: CalibrationSettings) -> str:
+    """What detection depends on: variants that differ only in training share one detection run."""
     import hashlib
-
-    from pear_edge.detect import HeadScores
 
     key = {k: v for k, v in dataclasses.asdict(settings).items()
            if k in ("method", "lengths", "positions", "detect_batch", "gradient_batches", "seed")}
     if settings.method == "gradient":
-        key |= {"proxy": settings.train.proxy, "batch": settings.train.batch, "n": settings.train.n}
-    path = folder / (hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12] + ".json")
+        key |= {"proxy": settings.train.proxy, "batch": settings.train.batch, "n": settings.train.n,
+                "pool": settings.train.pool}
+    return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _cached_detection(loaded, settings: CalibrationSettings, folder: Path, progress: bool):
+    from pear_edge.detect import HeadScores
+
+    path = folder / (detection_key(settings) + ".json")
     if path.is_file():
         return HeadScores.load(path)
     scores = detect_heads(loaded, settings, progress)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
+from pear_edge.calibrate import calibrate
 from pear_edge.cli import main
 from pear_edge.coefficients import Coefficients
 from pear_edge.eval.backends import TorchBackend
@@ -14,7 +16,6 @@ from pear_edge.eval.search import greedy_answers
 from pear_edge.eval.sweep import settings_from
 from pear_edge.eval.tasks import mdqa_examples, parse_mdqa, pydoc_passages
 from pear_edge.guard import TextGuard, guard_text
-from pear_edge.calibrate import calibrate
 from pear_edge.models import load_model
 from pear_edge.prompts import user_messages
 
@@ -37,8 +38,6 @@ def test_guard_text_is_disjoint_from_the_perplexity_check(default_model):
     for passage in pydoc_passages(16):
         assert passage.text[:120] not in text
     guard = TextGuard(default_model.tokenizer, batch=2, tokens=64)
-    import torch
-
     windows = guard.sample(torch.Generator().manual_seed(0))
     assert windows.shape == (2, 64)
     assert 1.0 < float(guard.loss(default_model.model, windows)) < 6.0  # real English text, a trained model
