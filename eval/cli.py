@@ -7,6 +7,9 @@ import argparse
 from pathlib import Path
 
 from pear_edge.errors import PearError
+from pear_edge.prompts import WORDINGS
+
+from .realqa import DISTRACTORS, HALVES
 
 TASKS = ("mdqa", "counterfactual", "kv", "perplexity")
 
@@ -37,6 +40,9 @@ def add_commands(sub) -> None:
     p.add_argument("--positions", type=_ints, help="gold positions, 0-based (default: first, middle, last)")
     p.add_argument("--distractors", choices=("own", "others"), default="own",
                    help="MDQA distractors: the record's own non-gold ctxs, or other records' gold passages")
+    p.add_argument("--wording", choices=tuple(WORDINGS), default="short",
+                   help="MDQA instruction: short = lost-in-the-middle's (ends 'Answer with a short phrase.'), "
+                        "plain = without that sentence (default: %(default)s)")
     p.add_argument("--num-pairs", type=int, help="kv: pairs per prompt (default: all in the file / 12 generated)")
     p.add_argument("--count", type=int, default=50, help="generated examples when --data is omitted")
     p.add_argument("--split", default="test", help="counterfactual split when generating (train/validation/test)")
@@ -44,13 +50,23 @@ def add_commands(sub) -> None:
     p.add_argument("--limit", type=int, help="use only the first N records")
     p.add_argument("--max-tokens", type=int, default=32, help="new tokens per answer (default: %(default)s)")
     p.add_argument("--threads", type=int, help="llama.cpp threads (default: all cores)")
+    p.add_argument("--batch", type=int, default=1,
+                   help="torch: answer this many prompts at once (left-padded greedy batches; default: %(default)s)")
     p.add_argument("-o", "--output", help="output folder")
     p.set_defaults(func=cmd_eval)
     eval_sub = p.add_subparsers(dest="eval_command", metavar="SUBCOMMAND")
 
-    d = eval_sub.add_parser("make-data", help="write the built-in counterfactual or KV data set as JSONL")
-    d.add_argument("--task", choices=("counterfactual", "kv"), required=True)
-    d.add_argument("--count", type=int, default=200, help="records (default: %(default)s)")
+    d = eval_sub.add_parser("make-data", help="write the built-in counterfactual or KV data set, or a real-text "
+                                              "NQ half with distractors, as JSONL")
+    d.add_argument("--task", choices=("counterfactual", "kv", "nq"), required=True)
+    d.add_argument("--source", help="nq: NQ-open oracle JSONL(.gz) with gold passages "
+                                    "(e.g. ../shared/data/nq-open-dev.jsonl.gz)")
+    d.add_argument("--half", choices=HALVES, default="test",
+                   help="nq: fixed half by question hash: validation (choose recipes) or test (claims)")
+    d.add_argument("--distractors", choices=DISTRACTORS, default="random",
+                   help="nq: random other gold passages, or topical ones nearest to the question (MiniLM)")
+    d.add_argument("--num-docs", type=int, default=10, help="nq: documents per prompt (default: %(default)s)")
+    d.add_argument("--count", type=int, help="records (default: 200; nq: the whole half)")
     d.add_argument("--split", default="test", help="counterfactual: train, validation or test (disjoint entities)")
     d.add_argument("--num-distractors", type=int, default=9, help="counterfactual: distractor documents per record")
     d.add_argument("--num-pairs", type=int, default=12, help="kv: pairs per record (default: %(default)s)")
@@ -105,6 +121,9 @@ def _add_variant_options(p, model_help: str, records: int, kv_records: int, pass
     p.add_argument("--kv-records", type=int, default=kv_records)
     p.add_argument("--kv-pairs", type=int, default=8)
     p.add_argument("--passages", type=int, default=passages, help="pydoc passages for the perplexity guard")
+    p.add_argument("--real", help="NQ-open oracle JSONL(.gz) (e.g. ../shared/data/nq-open-dev.jsonl.gz): also score "
+                                  "real questions from its validation half, random distractors, both wordings")
+    p.add_argument("--real-records", type=int, default=40, help="real validation questions (default: %(default)s)")
 
 
 def _pairs(args) -> list[tuple[str, str]]:
@@ -136,7 +155,7 @@ def build_examples(args):
     else:
         raise PearError("--task mdqa needs --data FILE.jsonl (NQ-open / lost-in-the-middle format)")
     return tasks.mdqa_examples(records, args.num_docs, args.positions or _default_positions(args.num_docs),
-                               args.seed, args.distractors, args.limit)
+                               args.seed, args.distractors, args.limit, wording=args.wording)
 
 
 def _default_positions(slots: int) -> tuple[int, ...]:
@@ -162,7 +181,8 @@ def cmd_eval(args) -> int:
     check_output_path(args.output, *inputs)
     examples = build_examples(args)
     settings = {"task": args.task, "data": args.data, "num_docs": args.num_docs, "seed": args.seed,
-                "distractors": args.distractors, "limit": args.limit, "examples": len(examples)}
+                "distractors": args.distractors, "wording": args.wording, "limit": args.limit,
+                "examples": len(examples)}
     progress = not args.quiet
     runs = []
 
@@ -171,7 +191,8 @@ def cmd_eval(args) -> int:
         for opener in (open_base, open_pear):
             backend = opener()
             try:
-                results.append(evaluate(backend, examples, args.task, args.max_tokens, progress, settings))
+                results.append(evaluate(backend, examples, args.task, args.max_tokens, progress, settings,
+                                        batch=args.batch))
             finally:
                 backend.close()
         comparison = paired_compare(*results, seed=args.seed)
@@ -206,6 +227,9 @@ def _print_comparison(label: str, cmp) -> None:
           f"[{100 * o.ci_low:+.1f}, {100 * o.ci_high:+.1f}], McNemar p={o.p_value:.3g} (n={o.n})")
     for pos, r in cmp.by_position.items():
         print(f"  gold @{pos}: base {r.base:.1%}  PEAR {r.pear:.1%}  Δ {100 * r.delta:+.1f} pt  p={r.p_value:.3g}")
+    gap = cmp.position_gap()
+    if gap:
+        print(f"  position gap (best - worst): base {100 * gap[0]:.1f} pt -> PEAR {100 * gap[1]:.1f} pt")
 
 
 def cmd_make_data(args) -> int:
@@ -215,7 +239,20 @@ def cmd_make_data(args) -> int:
     from .jsonl import write_jsonl
     from .kv import generate_kv
 
-    out = check_output_path(args.output)
+    out = check_output_path(args.output, args.source)
+    if args.task == "nq":
+        from .realqa import as_jsonl_records, load_half, with_distractors
+
+        if not args.source:
+            raise PearError("make-data --task nq needs --source NQ.jsonl(.gz) (records with gold passages)")
+        records = as_jsonl_records(with_distractors(load_half(args.source, args.half), args.num_docs,
+                                                    args.distractors, args.seed))
+        records = records[: args.count] if args.count else records
+        write_jsonl(out, records)
+        print(f"wrote {len(records)} {args.half}-half records ({args.distractors} distractors, "
+              f"{args.num_docs} documents) to {out}")
+        return 0
+    args.count = args.count or 200
     if args.task == "counterfactual":
         records = generate_counterfactual(args.count, args.split, args.seed, args.num_distractors)
     else:
@@ -277,7 +314,7 @@ def cmd_search(args) -> int:
 
     variants = _variants(args)
     sets = validation_sets(args.records, args.num_docs, tuple(args.positions), args.kv_records, args.kv_pairs,
-                           args.passages, seed=args.seed)
+                           args.passages, seed=args.seed, real=args.real, real_records=args.real_records)
     loaded = load_model(args.model, device=args.device)
     rows = run_search(loaded, variants, Path(args.output), sets, seed=args.seed, progress=not args.quiet)
     print(f"wrote {Path(args.output) / 'sweep.md'} ({len(rows)} variants, {model_device(loaded.model)})")
@@ -297,7 +334,7 @@ def cmd_sweep(args) -> int:
                         "(export an HF folder with `pear-edge export gguf` first)")
     variants = _variants(args)
     sets = validation_sets(args.records, args.num_docs, tuple(args.positions), args.kv_records, args.kv_pairs,
-                           args.passages, seed=args.seed)
+                           args.passages, seed=args.seed, real=args.real, real_records=args.real_records)
     rows = run_sweep(args.model, base, variants, Path(args.output), sets, seed=args.seed, threads=args.threads,
                      progress=not args.quiet)
     print(f"wrote {Path(args.output) / 'sweep.md'} ({len(rows)} variants)")

@@ -70,8 +70,9 @@ class EvalResults:
 
 def evaluate(backend: Backend, examples: Sequence[QAExample | TextExample], task: str = "",
              max_tokens: int = DEFAULT_MAX_TOKENS, progress: bool = True,
-             settings: dict[str, Any] | None = None) -> EvalResults:
-    """Greedy answers scored by best-subspan EM, or per-passage NLL for TextExample."""
+             settings: dict[str, Any] | None = None, batch: int = 1) -> EvalResults:
+    """Greedy answers scored by best-subspan EM, or per-passage NLL for TextExample. `batch` > 1 decodes
+    QA prompts in batches where the backend can (torch: `generate_batch`; no per-answer timing then)."""
     if not examples:
         raise PearError("no examples to evaluate")
     kinds = {type(e) for e in examples}
@@ -79,6 +80,16 @@ def evaluate(backend: Backend, examples: Sequence[QAExample | TextExample], task
         raise PearError("mix of QA and perplexity examples; evaluate them separately")
     items: list = []
     desc = f"{task or 'eval'} [{backend.kind}:{backend.name}]"
+    if batch > 1 and hasattr(backend, "generate_batch") and QAExample in kinds:
+        outputs = []
+        for start in tqdm(range(0, len(examples), 4 * batch), desc=desc, unit="chunk", disable=not progress,
+                          leave=False):
+            chunk = examples[start : start + 4 * batch]
+            outputs += backend.generate_batch([user_messages(e.prompt) for e in chunk], max_tokens, batch)
+        items = [ExampleResult(e.id, e.position, e.answers, o, best_subspan_em(o, e.answers))
+                 for e, o in zip(examples, outputs)]
+        return EvalResults(task, backend.describe(), items, {"max_tokens": max_tokens, "batch": batch,
+                                                             **(settings or {})})
     for ex in tqdm(examples, desc=desc, unit="ex", disable=not progress, leave=False):
         if isinstance(ex, TextExample):
             nll, tokens = backend.nll(ex.text)
@@ -115,9 +126,18 @@ class Comparison:
     overall: PairedResult
     by_position: dict[int, PairedResult]
 
+    def position_gap(self) -> tuple[float, float] | None:
+        """(base, PEAR) best-minus-worst accuracy over gold positions; None with fewer than two positions."""
+        if len(self.by_position) < 2:
+            return None
+        gap = lambda values: max(values) - min(values)  # noqa: E731
+        return (gap([r.base for r in self.by_position.values()]), gap([r.pear for r in self.by_position.values()]))
+
     def as_dict(self) -> dict[str, Any]:
+        gap = self.position_gap()
         return {"task": self.task, "overall": asdict(self.overall),
-                "by_position": {str(k): asdict(v) for k, v in self.by_position.items()}}
+                "by_position": {str(k): asdict(v) for k, v in self.by_position.items()},
+                "position_gap": {"base": gap[0], "pear": gap[1]} if gap else None}
 
 
 def _paired_accuracy(base: list[ExampleResult], pear: list[ExampleResult], resamples: int, seed: int) -> PairedResult:

@@ -50,6 +50,10 @@ def markdown(runs: Sequence[Run]) -> str:
                   "|---|---|---|---|---|---|---|---|",
                   _row("all", run.comparison.overall)]
         lines += [_row(str(pos), r) for pos, r in run.comparison.by_position.items()]
+        gap = run.comparison.position_gap()
+        if gap:
+            lines += ["", f"position gap (best − worst gold position): base {100 * gap[0]:.1f} pt → PEAR "
+                          f"{100 * gap[1]:.1f} pt ({'narrower' if gap[1] < gap[0] else 'not narrower'})"]
         lines.append("")
     return "\n".join(lines)
 

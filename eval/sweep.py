@@ -59,15 +59,23 @@ def settings_from(overrides: dict[str, Any], seed: int = 0) -> CalibrationSettin
 
 
 def validation_sets(records: int, num_docs: int, positions: tuple[int, ...], kv_records: int, kv_pairs: int,
-                    passages: int, seed: int = 0) -> dict[str, list]:
+                    passages: int, seed: int = 0, real: str | None = None, real_records: int = 0) -> dict[str, list]:
+    """Counterfactual MDQA (validation split), KV, perplexity; with `real` (an NQ-open oracle JSONL) also
+    real questions from its *validation* half, random distractors (`nq`), both instruction wordings."""
     from .counterfactual import generate_counterfactual
     from .kv import generate_kv
 
     mdqa = [parse_mdqa(r) for r in generate_counterfactual(records, "validation", seed, num_distractors=num_docs - 1)]
     kv = [parse_kv(r) for r in generate_kv(kv_records, kv_pairs, seed=seed + 1)]
     kv_positions = tuple(sorted({0, kv_pairs // 2, kv_pairs - 1}))
-    return {"counterfactual": mdqa_examples(mdqa, num_docs, positions, seed),
+    sets = {"counterfactual": mdqa_examples(mdqa, num_docs, positions, seed),
             "kv": kv_examples(kv, kv_positions), "perplexity": pydoc_passages(passages, seed=seed)}
+    if real and real_records:
+        from .realqa import real_examples
+
+        sets["nq"] = real_examples(real, "validation", real_records, num_docs, positions, "random", "short", seed)
+        sets["nq-plain"] = real_examples(real, "validation", real_records, num_docs, positions, "random", "plain", seed)
+    return sets
 
 
 def _evaluate_all(gguf: Path, sets: dict[str, list], threads: int | None, progress: bool) -> dict[str, EvalResults]:
@@ -97,7 +105,7 @@ def detection_key(settings: CalibrationSettings) -> str:
            if k in ("method", "lengths", "positions", "detect_batch", "gradient_batches", "seed")}
     if settings.method == "gradient":
         key |= {"proxy": settings.train.proxy, "batch": settings.train.batch, "n": settings.train.n,
-                "pool": settings.train.pool}
+                "pool": settings.train.pool, "corpus": settings.train.corpus}
     return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -37,9 +37,11 @@ class CalibrationSettings:
         train = TrainSettings(
             steps=get("steps", base.train.steps), batch=get("batch", base.train.batch), n=get("n", base.train.n),
             lr=get("lr", base.train.lr), constraint=get("constraint", base.train.constraint), seed=seed,
-            pull=get("pull", base.train.pull), proxy=get("proxy", base.train.proxy),
+            pull=get("pull", base.train.pull),
+            proxy=get("proxy", "cloze" if hasattr(args, "corpus") else base.train.proxy),
             weight_decay=base.train.weight_decay, eval_batches=base.train.eval_batches, pool=get("pool", base.train.pool),
             guard=get("guard", base.train.guard), guard_batch=base.train.guard_batch,
+            corpus=get("corpus", base.train.corpus),
         )
         settings = cls(method=get("method", base.method), lengths=tuple(get("lengths", base.lengths)),
                        positions=get("positions", base.positions), detect_batch=get("detect_batch", base.detect_batch),
@@ -50,6 +52,8 @@ class CalibrationSettings:
         return settings
 
     def check(self) -> None:
+        if self.train.corpus is not None and self.train.proxy != "cloze":
+            raise PearError(f"--corpus goes with the cloze proxy, not --proxy {self.train.proxy}")
         if self.top_k < 0:
             raise PearError(f"--top-k must be 0 (every head) or more (got {self.top_k})")
         for name, value in (("steps", self.train.steps), ("batch", self.train.batch),

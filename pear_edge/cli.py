@@ -30,11 +30,17 @@ def _add_model(p: argparse.ArgumentParser, device: bool = False) -> None:
                        help="torch device for detection and training: cpu (default), cuda, auto (a GPU if any)")
 
 
-def _add_proxy_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--proxy", choices=("copy", "mdqa", "passage"), default=argparse.SUPPRESS,
+def _add_proxy_option(p: argparse.ArgumentParser, corpus: bool = True) -> None:
+    p.add_argument("--proxy", choices=("copy", "mdqa", "passage", "cloze"), default=argparse.SUPPRESS,
                    help="proxy task: copy = random tokens repeated (paper); mdqa = multi-document QA about "
                         "invented facts, loss on the answer; passage = the same prompts, loss on copying the "
-                        "gold passage (used by --method gradient and by training)")
+                        "gold passage; cloze = questions generated from real text (--corpus) with topical "
+                        "distractors, loss on the answer (used by --method gradient and by training)")
+    if corpus:
+        p.add_argument("--corpus", default=argparse.SUPPRESS,
+                       help="cloze proxy text (implies --proxy cloze): 'builtin' (FOLDOC + Jargon File, installed by "
+                            "setup), a folder of .txt/.md documents, or a `pear-edge rag index` .db: calibrate on "
+                            "your own material")
 
 
 def _add_detect_options(p: argparse.ArgumentParser) -> None:
@@ -68,7 +74,20 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--guard", type=float, default=argparse.SUPPRESS,
                    help="weight of the language-model loss on natural text, a leash on perplexity (0 = off)")
     g.add_argument("--pool", type=int, default=argparse.SUPPRESS,
-                   help="training prompts the mdqa/passage proxies draw from")
+                   help="training prompts the mdqa/passage/cloze proxies draw from")
+
+
+def add_calibrate_options(p: argparse.ArgumentParser, corpus: bool = True) -> None:
+    """`calibrate`'s options (also behind `pear-edge rag calibrate`, which sets the corpus itself)."""
+    _add_model(p, device=True)
+    _add_proxy_option(p, corpus)
+    _add_detect_options(p)
+    _add_train_options(p)
+    p.add_argument("--validate", type=int, default=0, metavar="N",
+                   help="also answer N validation MDQA records (x3 gold positions) with base and PEAR in torch "
+                        "and warn if PEAR is worse (slow: ~4 s per answer on 2 cores; default: off)")
+    p.add_argument("-o", "--output", required=True, help="coefficients JSON")
+    p.set_defaults(func=cmd_calibrate)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,15 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("calibrate", help="detect + train in one go -> coeffs.json (+ heads JSON/PNG beside it)")
-    _add_model(p, device=True)
-    _add_proxy_option(p)
-    _add_detect_options(p)
-    _add_train_options(p)
-    p.add_argument("--validate", type=int, default=0, metavar="N",
-                   help="also answer N validation MDQA records (x3 gold positions) with base and PEAR in torch "
-                        "and warn if PEAR is worse (slow: ~4 s per answer on 2 cores; default: off)")
-    p.add_argument("-o", "--output", required=True, help="coefficients JSON")
-    p.set_defaults(func=cmd_calibrate)
+    add_calibrate_options(p)
 
     p = sub.add_parser("fold", help="fold coefficients into o_proj weights -> Hugging Face folder")
     _add_model(p)

@@ -9,6 +9,9 @@ MDQA_INSTRUCTION = (
     "Write a high-quality answer for the given question using only the provided search results "
     "(some of which might be irrelevant). Answer with a short phrase."
 )
+# Instruction wordings: "short" is lost-in-the-middle's (and `pear-edge rag`'s); "plain" drops the
+# short-phrase request, so a gain measured on both does not hang on one template.
+WORDINGS = {"short": MDQA_INSTRUCTION, "plain": MDQA_INSTRUCTION.rsplit(" Answer with", 1)[0]}
 
 
 @dataclass(frozen=True)
@@ -21,8 +24,8 @@ def format_documents(documents: Sequence[Document]) -> str:
     return "\n".join(f"Document [{i}](Title: {d.title}) {d.text}" for i, d in enumerate(documents, 1))
 
 
-def mdqa_prompt(question: str, documents: Sequence[Document]) -> str:
-    return f"{MDQA_INSTRUCTION}\n\n{format_documents(documents)}\n\nQuestion: {question}\nAnswer:"
+def mdqa_prompt(question: str, documents: Sequence[Document], wording: str = "short") -> str:
+    return f"{WORDINGS[wording]}\n\n{format_documents(documents)}\n\nQuestion: {question}\nAnswer:"
 
 
 def user_messages(prompt: str) -> list[dict[str, str]]:

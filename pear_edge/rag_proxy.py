@@ -1,11 +1,17 @@
-"""A RAG-shaped proxy: multi-document QA about invented facts (so only the context can answer),
-in the model's chat template, with cross-entropy on the answer tokens only.
+"""RAG-shaped proxies: multi-document QA in the model's chat template, with cross-entropy on the answer
+tokens only (or on the whole gold passage).
 
 The paper's random-token copy task rewards heads that copy *any* earlier token; on SmolLM2-135M that
-did not carry over to multi-document QA (see README "Making PEAR help"). This proxy asks for what RAG
-needs: find the relevant passage among distractors and copy the answer span from it. Training data is
-the counterfactual generator's *train* split; held-out batches come from its *validation* split, so
-the test split stays untouched for the final claim.
+did not carry over to multi-document QA (see README "Making PEAR help"). These proxies ask for what RAG
+needs: find the relevant passage among distractors and copy the answer span from it.
+
+Two sources of examples, one proxy class:
+- `mdqa` / `passage`: the counterfactual generator (invented people, one fixed document template), train
+  split for training, validation split for held-out batches. On real passages it taught copying more
+  than finding (README "Gains on real documents").
+- `cloze`: questions generated from real text (textqa.py) — the built-in offline corpus or the user's
+  own documents (`--corpus`) — with topical distractors retrieved by embedding similarity, 3–10
+  documents, both instruction wordings; passages split into train / held-out by title.
 """
 from __future__ import annotations
 
@@ -15,34 +21,19 @@ import torch
 import torch.nn.functional as F
 
 from .errors import PearError
-from .prompts import user_messages
+from .prompts import WORDINGS, mdqa_prompt, user_messages
 from .proxy import tail_logits
 
 
-class MDQAProxy:
-    """target="answer": the answer span; target="passage": the gold passage itself (what a small model
-    quoting its source should copy, and the style SmolLM2-135M answers in)."""
+class RAGProxy:
+    """Prompt/target pairs per split ("train", "validation") -> batches, loss, held-out evaluation."""
 
-    def __init__(self, loaded, batch: int = 4, num_docs: int = 10, pool: int = 400, seed: int = 0,
-                 target: str = "answer"):
-        from pear_edge.eval.counterfactual import generate_counterfactual
-        from pear_edge.eval.tasks import mdqa_examples, parse_mdqa
-
-        tokenizer = loaded.tokenizer
+    def __init__(self, tokenizer, examples: dict[str, list[tuple[str, str]]], batch: int, name: str,
+                 info: dict | None = None):
         if not getattr(tokenizer, "chat_template", None):
-            raise PearError("the mdqa proxy needs a tokenizer with a chat template; use --proxy copy")
-        if target not in ("answer", "passage"):
-            raise PearError(f"mdqa proxy target must be 'answer' or 'passage', not {target!r}")
-        self.tokenizer, self.batch, self.num_docs, self.target = tokenizer, batch, num_docs, target
-        self.name = "mdqa" if target == "answer" else "passage"
-        self._examples = {}
-        for split, count in (("train", pool), ("validation", max(32, pool // 8))):
-            records = [parse_mdqa(r) for r in generate_counterfactual(count, split, seed, num_distractors=num_docs - 1)]
-            # One example per record, gold at a seeded random position.
-            rng = random.Random(f"mdqa-proxy:{split}:{seed}")
-            examples = [e for record in records for e in mdqa_examples([record], num_docs, (rng.randrange(num_docs),))]
-            targets = [e.answers[0] if target == "answer" else r.gold.text for e, r in zip(examples, records)]
-            self._examples[split] = [self._encode(e.prompt, t) for e, t in zip(examples, targets)]
+            raise PearError(f"the {name} proxy needs a tokenizer with a chat template; use --proxy copy")
+        self.tokenizer, self.batch, self.name, self.info = tokenizer, batch, name, info or {}
+        self._examples = {split: [self._encode(p, t) for p, t in pairs] for split, pairs in examples.items()}
 
     def _encode(self, prompt: str, answer: str) -> tuple[list[int], int]:
         text = self.tokenizer.apply_chat_template(user_messages(prompt), add_generation_prompt=True, tokenize=False)
@@ -65,9 +56,15 @@ class MDQAProxy:
         return {"input_ids": input_ids, "attention_mask": mask, "labels": labels, "keep": answer_span + 1}
 
     def sample(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """`batch` random examples of similar length: a random window of the pool sorted by length, so
+        left padding (compute spent on nothing) stays small when prompts hold 3 to 10 documents."""
         pool = self._examples["train"]
-        picks = torch.randint(len(pool), (self.batch,), generator=generator).tolist()
-        return self._collate([pool[i] for i in picks])
+        if not hasattr(self, "_by_length"):
+            self._by_length = sorted(range(len(pool)), key=lambda i: len(pool[i][0]))
+        window = min(len(pool), 8 * self.batch)
+        start = int(torch.randint(len(pool) - window + 1, (1,), generator=generator))
+        picks = torch.randperm(window, generator=generator)[: self.batch].tolist()
+        return self._collate([pool[self._by_length[start + i]] for i in picks])
 
     @staticmethod
     def _logits_labels(model, batch):
@@ -101,4 +98,50 @@ class MDQAProxy:
         return {"answer_loss": total / tokens, "answer_exact": exact / answers}
 
     def describe(self) -> dict:
-        return {"proxy": self.name, "batch": self.batch, "num_docs": self.num_docs, "target": self.target}
+        return {"proxy": self.name, "batch": self.batch, **self.info}
+
+
+def MDQAProxy(loaded, batch: int = 4, num_docs: int = 10, pool: int = 400, seed: int = 0,
+              target: str = "answer") -> RAGProxy:
+    """Counterfactual MDQA. target="answer": the answer span; target="passage": the gold passage itself
+    (what a small model quoting its source should copy, and the style SmolLM2-135M answers in)."""
+    from pear_edge.eval.counterfactual import generate_counterfactual
+    from pear_edge.eval.tasks import mdqa_examples, parse_mdqa
+
+    if target not in ("answer", "passage"):
+        raise PearError(f"mdqa proxy target must be 'answer' or 'passage', not {target!r}")
+    examples = {}
+    for split, count in (("train", pool), ("validation", max(32, pool // 8))):
+        records = [parse_mdqa(r) for r in generate_counterfactual(count, split, seed, num_distractors=num_docs - 1)]
+        rng = random.Random(f"mdqa-proxy:{split}:{seed}")  # one example per record, gold at a random position
+        built = [e for record in records for e in mdqa_examples([record], num_docs, (rng.randrange(num_docs),))]
+        examples[split] = [(e.prompt, e.answers[0] if target == "answer" else r.gold.text)
+                           for e, r in zip(built, records)]
+    name = "mdqa" if target == "answer" else "passage"
+    return RAGProxy(loaded.tokenizer, examples, batch, name, {"num_docs": num_docs, "target": target})
+
+
+def ClozeProxy(loaded, batch: int = 4, pool: int = 2000, seed: int = 0, corpus: str | None = None,
+               num_docs: tuple[int, int] = (3, 10), topical_share: float = 0.6) -> RAGProxy:
+    """Generated questions over real text (`corpus`: None/'builtin', a folder, or a rag index), the answer
+    span as target. Held-out batches use passages whose title hashes to the held-out share."""
+    from .corpora import corpus_passages, embed_passages
+    from .textqa import qa_records, split_of
+
+    passages = corpus_passages(corpus, seed)
+    vectors = embed_passages(passages)
+    held = [split_of(p.title) == "held_out" for p in passages]
+    examples = {}
+    for split, count, keep in (("train", pool, False), ("validation", max(32, pool // 8), True)):
+        index = [i for i, h in enumerate(held) if h == keep]
+        if len(index) < num_docs[1] + 1:  # a small user corpus: share passages, never questions' order
+            index = list(range(len(passages)))
+        records = qa_records([passages[i] for i in index], vectors[index], count, seed=seed + (split == "validation"),
+                             num_docs=num_docs, topical_share=topical_share)
+        rng = random.Random(f"cloze-proxy:{split}:{seed}")
+        wordings = sorted(WORDINGS)
+        examples[split] = [(mdqa_prompt(r.question, r.documents, rng.choice(wordings)), r.answer) for r in records]
+    return RAGProxy(loaded.tokenizer, examples, batch, "cloze",
+                    {"target": "answer", "corpus": corpus or "builtin", "passages": len(passages),
+                     "num_docs": list(num_docs), "topical_share": topical_share,
+                     "train_examples": len(examples["train"])})

@@ -23,7 +23,7 @@ from .heads import scale_heads
 from .proxy import model_device
 
 CONSTRAINTS = {"none": (-math.inf, math.inf), "le1": (-math.inf, 1.0), "unit": (0.0, 1.0)}
-PROXIES = ("copy", "mdqa", "passage")
+PROXIES = ("copy", "mdqa", "passage", "cloze")
 
 
 @dataclass
@@ -41,10 +41,11 @@ class TrainSettings:
     pool: int = 400  # training examples the RAG-shaped proxies draw from
     guard: float = 0.0
     guard_batch: int = 4
+    corpus: str | None = None  # cloze proxy: None = the built-in real-text corpus, or a folder / rag index
 
 
 def make_proxy(loaded, settings: TrainSettings):
-    """The proxy task object named by settings.proxy (see proxy.CopyProxy, rag_proxy.MDQAProxy)."""
+    """The proxy task object named by settings.proxy (see proxy.CopyProxy, rag_proxy)."""
     if settings.proxy == "copy":
         from .proxy import CopyProxy
 
@@ -54,6 +55,10 @@ def make_proxy(loaded, settings: TrainSettings):
 
         target = "answer" if settings.proxy == "mdqa" else "passage"
         return MDQAProxy(loaded, batch=settings.batch, pool=settings.pool, seed=settings.seed, target=target)
+    if settings.proxy == "cloze":
+        from .rag_proxy import ClozeProxy
+
+        return ClozeProxy(loaded, batch=settings.batch, pool=settings.pool, seed=settings.seed, corpus=settings.corpus)
     raise PearError(f"unknown proxy {settings.proxy!r}; choose one of {', '.join(PROXIES)}")
 
 

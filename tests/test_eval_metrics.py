@@ -71,6 +71,8 @@ def test_paired_compare_counts_discordant_pairs_per_position():
     assert set(cmp.by_position) == {0, 9}
     assert (cmp.by_position[9].base, cmp.by_position[9].pear) == (0.25, 0.75)
     assert (cmp.by_position[0].base_only, cmp.by_position[0].pear_only) == (1, 2)
+    # position 0: base 2/4, PEAR 3/4; position 9: base 1/4, PEAR 3/4 -> gap 0.25 -> 0.0
+    assert cmp.position_gap() == (0.25, 0.0) and cmp.as_dict()["position_gap"] == {"base": 0.25, "pear": 0.0}
 
 
 def test_paired_compare_refuses_different_examples():

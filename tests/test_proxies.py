@@ -58,3 +58,26 @@ def test_passage_proxy_targets_the_gold_passage(default_model):
         assert " was a " in passage and " built the " in passage  # a whole counterfactual document
         assert passage in tok.decode(batch["input_ids"][row])
     assert proxy.name == "passage" and proxy.describe()["target"] == "passage"
+
+
+def test_cloze_proxy_on_a_user_corpus_targets_the_answer_span(default_model, tmp_path):
+    """--corpus DIR: questions generated from the user's own files, answer span as target, never in a distractor."""
+    from pear_edge.rag_proxy import ClozeProxy
+
+    for i in range(30):
+        (tmp_path / f"machine{i}.txt").write_text(
+            f"The Model {i} calculator was designed by Engineer{i} Smith{i} at the Bureau{i} Works. "
+            f"It was first sold in {1900 + 3 * i} and weighed {10 + i} kilograms.")
+    proxy = ClozeProxy(default_model, batch=3, pool=12, corpus=str(tmp_path))
+    assert proxy.name == "cloze" and proxy.describe()["corpus"] == str(tmp_path)
+    tok = default_model.tokenizer
+    batch = proxy.sample(torch.Generator().manual_seed(0))
+    for row in range(3):
+        labels = batch["labels"][row]
+        answer = tok.decode(labels[labels != -100]).strip()
+        prompt = tok.decode(batch["input_ids"][row][batch["attention_mask"][row].bool()])
+        question = prompt.split("Question: ")[-1].split("\n")[0]
+        assert answer and answer not in question and "Document [3]" in prompt
+        assert sum(answer in doc for doc in prompt.split("Document [")[1:]) == 1  # only the gold holds it
+    held = proxy.evaluate(default_model.model, proxy.held_out(1, 0))
+    assert held["answer_loss"] > 0

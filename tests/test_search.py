@@ -12,7 +12,6 @@ from pear_edge.cli import main
 from pear_edge.coefficients import Coefficients
 from pear_edge.eval.backends import TorchBackend
 from pear_edge.eval.counterfactual import generate_counterfactual
-from pear_edge.eval.search import greedy_answers
 from pear_edge.eval.sweep import settings_from
 from pear_edge.eval.tasks import mdqa_examples, parse_mdqa, pydoc_passages
 from pear_edge.guard import TextGuard, guard_text
@@ -28,8 +27,8 @@ def default_model():
 def test_batched_greedy_equals_one_prompt_at_a_time(default_model):
     records = [parse_mdqa(r) for r in generate_counterfactual(2, "validation", num_distractors=2)]
     examples = mdqa_examples(records, 3, (0, 2))  # prompts of different lengths: left padding is exercised
-    batched = greedy_answers(default_model, examples, max_tokens=12, batch=4)
     backend = TorchBackend(default_model)
+    batched = backend.generate_batch([user_messages(e.prompt) for e in examples], max_tokens=12, batch=4)
     assert batched == [backend.generate(user_messages(e.prompt), 12) for e in examples]
 
 

@@ -24,6 +24,14 @@ def add_commands(subparsers) -> None:
     p.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (default: %(default)s; 0 = any free)")
     p.set_defaults(func=cmd_serve)
 
+    p = sub.add_parser("calibrate", help="calibrate PEAR on this index's own chunks (cloze questions, topical "
+                                         "distractors) -> coeffs.json for patch-gguf")
+    p.add_argument("--db", required=True, help="index file built by `pear-edge rag index`")
+    from ..cli import add_calibrate_options
+
+    add_calibrate_options(p, corpus=False)
+    p.set_defaults(func=cmd_calibrate)
+
     p = sub.add_parser("pydoc-corpus", help="write Python's bundled docs as one .txt per topic/module (demo corpus)")
     p.add_argument("output", help="new folder to create")
     p.set_defaults(func=cmd_pydoc_corpus)
@@ -51,6 +59,13 @@ def cmd_index(args) -> int:
         print(f"skipped {note}")
     print(f"{args.db}: {report.summary()}")
     return 0
+
+
+def cmd_calibrate(args) -> int:
+    from ..cli import cmd_calibrate as calibrate
+
+    args.corpus = args.db
+    return calibrate(args)
 
 
 def cmd_ask(args) -> int:

@@ -47,14 +47,16 @@ class Embedder:
         model = AutoModel.from_pretrained(str(self.folder), dtype=torch.float32)
         return model.eval()
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """(len(texts), 384) float32, unit length; texts longer than 256 word pieces are truncated."""
+    def embed(self, texts: Sequence[str], max_tokens: int = MAX_TOKENS, progress: bool = False) -> np.ndarray:
+        """(len(texts), 384) float32, unit length; texts longer than `max_tokens` word pieces are truncated."""
+        from tqdm.auto import tqdm
+
         import torch
 
         out = np.zeros((len(texts), EMBEDDING_DIM), dtype=np.float32)
-        for start in range(0, len(texts), self.batch_size):
+        for start in tqdm(range(0, len(texts), self.batch_size), desc="embed", unit="batch", disable=not progress):
             batch = self.tokenizer(list(texts[start:start + self.batch_size]), padding=True, truncation=True,
-                                   max_length=MAX_TOKENS, return_tensors="pt")
+                                   max_length=max_tokens, return_tensors="pt")
             with torch.inference_mode():
                 hidden = self.model(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)

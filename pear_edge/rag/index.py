@@ -124,6 +124,10 @@ class RagIndex:
             (np.asarray(query_vector, dtype=np.float32).tobytes(), k)).fetchall()
         return [Hit(path, number, text, 1.0 - distance) for path, number, text, distance in rows]
 
+    def chunks(self) -> list[tuple[str, str]]:
+        """Every chunk as (file path, text), in file and chunk order."""
+        return [tuple(r) for r in self.conn.execute("SELECT path, text FROM chunks ORDER BY path, number").fetchall()]
+
     def close(self) -> None:
         self.conn.close()
 
