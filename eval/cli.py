@@ -144,7 +144,7 @@ def _default_positions(slots: int) -> tuple[int, ...]:
 
 
 def cmd_eval(args) -> int:
-    from pear_edge.atomic import check_output_path
+    from pear_edge.atomic import Kind, check_output
     from pear_edge.coefficients import Coefficients
 
     from .backends import TorchBackend, infer_kind, open_backend
@@ -159,7 +159,7 @@ def cmd_eval(args) -> int:
     if not pairs and not args.model:
         raise PearError("give --base BASE --pear PATCHED, or --model SPEC --coefficients C")
     inputs = [x for pair in pairs for x in pair] + [args.data, args.coefficients]
-    check_output_path(args.output, *inputs)
+    check_output(args.output, *inputs, kind=Kind.REPORTS)
     examples = build_examples(args)
     settings = {"task": args.task, "data": args.data, "num_docs": args.num_docs, "seed": args.seed,
                 "distractors": args.distractors, "limit": args.limit, "examples": len(examples)}
@@ -227,12 +227,15 @@ def cmd_make_data(args) -> int:
 
 
 def cmd_speed(args) -> int:
+    from pear_edge.atomic import Kind, check_output
+
     from .backends import infer_kind
     from .speed import Pair, measure_pairs, speed_markdown, write_speed_report
 
     pairs = _pairs(args)
     if not pairs:
         raise PearError("give --base BASE --pear PATCHED (a .gguf file or ONNX folder each)")
+    check_output(args.output, *[x for pair in pairs for x in pair], kind=Kind.REPORTS)
     specs = []
     for base, pear in pairs:
         kind = infer_kind(base)
