@@ -164,8 +164,11 @@ def tensor_signature(reader: GGUFReader) -> list[tuple[str, str, tuple[int, ...]
     return [(t.name, t.tensor_type.name, tuple(int(x) for x in t.shape)) for t in reader.tensors]
 
 
-def describe_gguf(path: Path, describe_coefficients) -> str:
+def describe_gguf(path: Path) -> str:
     """`pear-edge info FILE.gguf`: architecture, head layout, tensor types and PEAR patch state."""
+    from pear_edge.coefficients import Coefficients
+    from pear_edge.info import describe_coefficients
+
     reader = read_gguf(path)
     types = Counter(t.tensor_type.name for t in reader.tensors)
     lines = [f"GGUF v{kv(reader, 'GGUF.version')}: {kv(reader, 'general.name', '?')} "
@@ -181,9 +184,24 @@ def describe_gguf(path: Path, describe_coefficients) -> str:
         return "\n".join(lines + ["not PEAR-patched"])
     lines.append(f"PEAR-patched (pear.version {meta.get('pear.version')}, by {meta.get('pear.tool', '?')}), "
                  f"source sha256 {str(meta.get('pear.source_sha256', ''))[:16]}…")
-    report = json.loads(str(meta.get("pear.report", "{}")))
-    if report.get("methods"):
-        lines.append("patch methods: " + ", ".join(f"{k} x{v}" for k, v in report["methods"].items())
-                     + f"; max relative error {report.get('max_rel_error', 0):.2e}")
-    lines.append(describe_coefficients(json.loads(str(meta["pear.coefficients"]))))
+    lines += _describe_report(meta.get("pear.report"))
+    if "pear.coefficients" not in meta:
+        raise PearError(f"{path} has pear.* metadata but no pear.coefficients; the file is damaged")
+    coeffs = Coefficients.from_json(str(meta["pear.coefficients"]), source=f"{path} pear.coefficients")
+    lines.append(describe_coefficients(coeffs))
     return "\n".join(lines)
+
+
+def _describe_report(text) -> list[str]:
+    """The pear.report line, if it is readable (it is informative only)."""
+    try:
+        report = json.loads(str(text or "{}"))
+        methods = report.get("methods") if isinstance(report, dict) else None
+        if not isinstance(methods, dict) or not methods:
+            return []
+        worst = report.get("max_rel_error", 0)
+        worst = f"{worst:.2e}" if isinstance(worst, (int, float)) else "?"
+        return ["patch methods: " + ", ".join(f"{k} x{v}" for k, v in methods.items())
+                + f"; max relative error {worst}"]
+    except (ValueError, RecursionError):
+        return []
