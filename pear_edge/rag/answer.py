@@ -47,8 +47,7 @@ class Answerer:
         self.models = [(model_label(p, llm), llm) for p in paths for llm in [open_gguf(p, n_ctx=n_ctx)]]
 
     def retrieve(self, question: str, k: int) -> list[Hit]:
-        if not question.strip():
-            raise PearError("the question is empty; ask something")
+        check_question(question)
         return self.index.search(self.embedder.embed([question])[0], k)
 
     def stream(self, llm, label: str, question: str, hits: list[Hit], max_tokens: int,
@@ -69,6 +68,11 @@ class Answerer:
         answer.text = answer.text.strip()
         answer.tokens = len(llm.tokenize(answer.text.encode(), add_bos=False, special=False)) if answer.text else 0
         return answer
+
+
+def check_question(question: str) -> None:
+    if not question.strip():
+        raise PearError("the question is empty; ask something")
 
 
 def model_label(path: Path, llm) -> str:

@@ -65,8 +65,9 @@ def check_answer_options(args) -> None:
 
 
 def cmd_ask(args) -> int:
-    from .answer import ask_cli
+    from .answer import ask_cli, check_question
 
+    check_question(args.question)  # before seconds of model loading
     check_answer_options(args)
     return ask_cli(args)
 
