@@ -29,6 +29,8 @@ COPY_CHUNK = 64 << 20
 def read_gguf(path: str | Path) -> GGUFReader:
     """Open a GGUF, refusing corrupt, truncated or big-endian files with one line."""
     p = Path(path)
+    if p.is_dir():
+        raise PearError(f"{p} is a folder, not a GGUF file")
     if not p.is_file():
         raise PearError(f"GGUF file {p} not found")
     try:

@@ -79,8 +79,15 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help="training prompts the mdqa/passage proxies draw from")
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """Usage errors in the one-line format of every other error (exit 2), with a pointer to --help."""
+
+    def error(self, message: str):
+        self.exit(2, f"pear-edge: error: {message} (see: {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="pear-edge",
         description="PEAR for edge LLMs: find the attention heads that suppress copying from context, "
                     "re-weight them with one scalar each, and fold the scalars into the weights "
@@ -302,7 +309,10 @@ def signals_as_interrupts():
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2, already printed)
+        return exc.code if isinstance(exc.code, int) else 2
     try:
         with signals_as_interrupts():
             return args.func(args)

@@ -103,6 +103,8 @@ class RagIndex:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        if self.path.is_dir():
+            raise PearError(f"RAG index {self.path} is a folder; give the index file built by `pear-edge rag index`")
         if not self.path.is_file():
             raise PearError(f"RAG index {self.path} not found; build it with: "
                             f"pear-edge rag index DOCS_DIR --db {self.path}")
