@@ -142,6 +142,49 @@ def test_nan_fingerprint_never_matches(tiny):
         nan.check_matches(model)
 
 
+# --------------------------------------------------------------------------- GGUF fuzz
+
+GGUF_FUZZ_CASES = 500
+
+
+def _mutated_gguf(good: bytes, rng: random.Random) -> bytes:
+    """Truncate, or overwrite 1-4 bytes, mostly in the header and tensor infos (where the structure is)."""
+    if rng.random() < 0.15:
+        return good[:rng.randrange(len(good))]
+    data = bytearray(good)
+    for _ in range(rng.randint(1, 4)):
+        pos = rng.randrange(min(len(data), 1500)) if rng.random() < 0.8 else rng.randrange(len(data))
+        data[pos] = rng.randrange(256)
+    return bytes(data)
+
+
+def test_gguf_reader_fuzz(tiny, tmp_path, capsys):
+    """Seeded byte flips and truncations of a tiny GGUF through `info` and `patch-gguf`: each run exits 0
+    or 2 with one line, never a traceback, a warning or a hang; a refused patch writes nothing."""
+    import warnings
+
+    src, coeffs = tiny
+    good = src.read_bytes()
+    rng = random.Random(5)
+    bad, out = tmp_path / "m.gguf", tmp_path / "out.gguf"
+    codes = []
+    for _ in range(GGUF_FUZZ_CASES):
+        bad.write_bytes(_mutated_gguf(good, rng))
+        out.unlink(missing_ok=True)
+        for argv in (["info", str(bad)], ["patch-gguf", str(bad), "--coefficients", str(coeffs), "-o", str(out)]):
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # a RuntimeWarning from numpy is a finding too
+                code = main(["-q", *argv])
+            err = capsys.readouterr().err.strip()
+            assert code in (0, 2), (argv, err)
+            if code == 2:
+                assert err.startswith("pear-edge: error: ") and "\n" not in err, err
+                assert not out.exists() or argv[0] == "info"
+            codes.append(code)
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name not in ("m.gguf", "out.gguf")) == []
+    assert codes.count(2) > GGUF_FUZZ_CASES // 4 and codes.count(0) > 0
+
+
 # --------------------------------------------------------------------------- folder outputs
 
 def _write_folder(path: Path, text: str, replace: bool = False) -> None:
