@@ -51,9 +51,12 @@ class Answerer:
         return self.index.search(self.embedder.embed([question])[0], k)
 
     def stream(self, llm, label: str, question: str, hits: list[Hit], max_tokens: int,
-               on_piece: Callable[[str], None]) -> Answer:
+               on_piece: Callable[[str], None], deadline: float | None = None) -> Answer:
+        """Stream one model's answer (at most `max_tokens`, and stopping at time.monotonic() `deadline`)."""
         from ..llamacpp import chat_stream
 
+        if max_tokens < 1:
+            raise PearError(f"max_tokens must be at least 1, got {max_tokens}")  # llama.cpp: <= 0 is unlimited
         answer = Answer(label)
         start = time.perf_counter()
         try:
@@ -62,6 +65,8 @@ class Answerer:
                     answer.first_token_s = time.perf_counter() - start
                 answer.text += piece
                 on_piece(piece)
+                if deadline is not None and time.monotonic() > deadline:
+                    break
         except ValueError as exc:  # llama.cpp: the prompt does not fit the context
             raise PearError(f"{label}: {exc}; lower -k or raise --n-ctx") from None
         answer.total_s = time.perf_counter() - start
