@@ -147,7 +147,7 @@ def cmd_eval(args) -> int:
     from pear_edge.atomic import Kind, check_output
     from pear_edge.coefficients import Coefficients
 
-    from .backends import TorchBackend, infer_kind, open_backend
+    from .backends import TorchBackend, check_backend_input, infer_kind, open_backend
     from .harness import evaluate, paired_compare
     from .report import Run, write_report
 
@@ -160,6 +160,8 @@ def cmd_eval(args) -> int:
         raise PearError("give --base BASE --pear PATCHED, or --model SPEC --coefficients C")
     inputs = [x for pair in pairs for x in pair] + [args.data, args.coefficients]
     check_output(args.output, *inputs, kind=Kind.REPORTS)
+    for spec in (x for pair in pairs for x in pair):
+        check_backend_input(spec, args.backend)
     examples = build_examples(args)
     settings = {"task": args.task, "data": args.data, "num_docs": args.num_docs, "seed": args.seed,
                 "distractors": args.distractors, "limit": args.limit, "examples": len(examples)}
