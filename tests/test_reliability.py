@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as T
 from gguf_tiny import coefficients_for, write_tiny_gguf
@@ -243,41 +244,57 @@ def test_disk_full_during_patch_gguf(tiny, tmp_path, capsys, monkeypatch):
 
 # --------------------------------------------------------------------------- interrupted runs
 
-SLOW_PATCH = """
+SLOW_RUN = """
 import sys, time
 from pathlib import Path
-import pear_edge.converters.gguf_layout as layout
+import numpy as np
+import {module} as target
+from pear_edge.rag.embed import EMBEDDING_DIM, Embedder
 
-real = layout._copy
+Embedder.embed = lambda self, texts: np.full((len(texts), EMBEDDING_DIM), EMBEDDING_DIM ** -0.5, np.float32)
+real = target.{function}
 
-def slow(fh, mm, start, stop):  # write part of the output, then hang: the kill lands mid-write
-    real(fh, mm, start, stop)
-    fh.flush()
+def slow(*args):  # do part of the writing, then hang: the signal lands mid-write
+    real(*args)
+    if hasattr(args[0], "flush"):
+        args[0].flush()
     Path(sys.argv[1]).write_text("writing")
     time.sleep(120)
 
-layout._copy = slow
+target.{function} = slow
 from pear_edge.cli import main
 sys.exit(main(sys.argv[2:]))
 """
+# Where each command writes its output, and the function slowed down there.
+SLOW_POINTS = {"patch-gguf": ("pear_edge.converters.gguf_layout", "_copy"),
+               "rag": ("pear_edge.rag.index", "_insert_file")}
 
 
-def _start_slow_patch(tmp_path: Path, src: Path, coeffs: Path, out: Path) -> subprocess.Popen:
-    script = tmp_path / "slow_patch.py"
-    script.write_text(SLOW_PATCH)
+def _start_slow(tmp_path: Path, argv: list[str]) -> subprocess.Popen:
+    module, function = SLOW_POINTS[argv[0]]
+    script = tmp_path / "slow_run.py"
+    script.write_text(SLOW_RUN.format(module=module, function=function))
     ready = tmp_path / "ready"
     ready.unlink(missing_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, str(script), str(ready), "-q", "patch-gguf", str(src),
-                             "--coefficients", str(coeffs), "-o", str(out)],
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, str(script), str(ready), "-q", *argv],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 120
     while not ready.exists():
         assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "the patch never started writing"
+        assert time.monotonic() < deadline, "the command never started writing"
         time.sleep(0.05)
     ready.unlink()
+    script.unlink()
     return proc
+
+
+def _patch_argv(src: Path, coeffs: Path, out: Path) -> list[str]:
+    return ["patch-gguf", str(src), "--coefficients", str(coeffs), "-o", str(out)]
+
+
+def _start_slow_patch(tmp_path: Path, src: Path, coeffs: Path, out: Path) -> subprocess.Popen:
+    return _start_slow(tmp_path, _patch_argv(src, coeffs, out))
 
 
 def _temporaries(folder: Path, out: Path) -> list[str]:
@@ -325,3 +342,64 @@ def test_stale_sqlite_companions_are_removed(tmp_path):
         (tmp_path / name).write_text("x")
     removed = remove_stale_temporaries(db)
     assert sorted(p.name for p in removed) == sorted(names) and list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def docs(tmp_path, monkeypatch):
+    from corpus import write_topics
+
+    from pear_edge.rag.embed import EMBEDDING_DIM, Embedder
+
+    monkeypatch.setattr(Embedder, "embed", lambda self, texts: np.full((len(texts), EMBEDDING_DIM),
+                                                                       EMBEDDING_DIM ** -0.5, np.float32))
+    return write_topics(tmp_path / "docs")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_rag_index_interrupted_then_rerun(tmp_path, docs, sig, capsys):
+    db = tmp_path / "docs.db"
+    proc = _start_slow(tmp_path, ["rag", "index", str(docs), "--db", str(db)])
+    assert _temporaries(tmp_path, db)  # the new index is being written to a temporary sibling
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == (128 + sig if sig == signal.SIGTERM else -sig), err
+    assert "Traceback" not in err
+    assert not db.exists()
+    if sig == signal.SIGTERM:
+        assert _temporaries(tmp_path, db) == []
+    else:
+        assert _temporaries(tmp_path, db)  # kill -9 leaves it; the next run removes it
+    assert main(["-q", "rag", "index", str(docs), "--db", str(db)]) == 0
+    assert "3 added" in capsys.readouterr().out
+    assert _temporaries(tmp_path, db) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["docs", "docs.db"]
+
+
+def test_damaged_index_pages_give_one_line(tmp_path, docs):
+    """Zeroed or scrambled pages of a RAG index: opening and searching it either work or raise PearError
+    (before: an apsw.SQLError/CorruptError traceback from `rag ask`)."""
+    from pear_edge.rag.embed import EMBEDDING_DIM
+    from pear_edge.rag.index import RagIndex
+
+    db = tmp_path / "docs.db"
+    assert main(["-q", "rag", "index", str(docs), "--db", str(db)]) == 0
+    good = db.read_bytes()
+    rng = random.Random(3)
+    query = np.full(EMBEDDING_DIM, EMBEDDING_DIM ** -0.5, np.float32)
+    refused = 0
+    for _ in range(40):
+        data = bytearray(good)
+        page = rng.randrange(1, len(good) // 4096)
+        data[page * 4096:(page + 1) * 4096] = rng.choice([bytes(4096), rng.randbytes(4096)])
+        damaged = tmp_path / "damaged.db"
+        damaged.write_bytes(bytes(data))
+        try:
+            index = RagIndex(damaged)
+            try:
+                index.count()
+                index.search(query, 3)
+            finally:
+                index.close()
+        except PearError as exc:
+            assert "\n" not in str(exc)
+            refused += 1
+    assert refused > 0
