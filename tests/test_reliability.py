@@ -254,11 +254,12 @@ from pear_edge.rag.embed import EMBEDDING_DIM, Embedder
 Embedder.embed = lambda self, texts: np.full((len(texts), EMBEDDING_DIM), EMBEDDING_DIM ** -0.5, np.float32)
 real = target.{function}
 
-def slow(*args):  # do part of the writing, then hang: the signal lands mid-write
-    real(*args)
+def slow(*args, **kwargs):  # do part of the writing, then hang: the signal lands mid-write
+    real(*args, **kwargs)
     if hasattr(args[0], "flush"):
         args[0].flush()
-    Path(sys.argv[1]).write_text("writing")
+    with open(sys.argv[1], "w") as fh:
+        fh.write("writing")
     time.sleep(120)
 
 target.{function} = slow
@@ -267,11 +268,12 @@ sys.exit(main(sys.argv[2:]))
 """
 # Where each command writes its output, and the function slowed down there.
 SLOW_POINTS = {"patch-gguf": ("pear_edge.converters.gguf_layout", "_copy"),
-               "rag": ("pear_edge.rag.index", "_insert_file")}
+               "index": ("pear_edge.rag.index", "_insert_file"),
+               "pydoc-corpus": ("pathlib", "Path.write_text")}
 
 
 def _start_slow(tmp_path: Path, argv: list[str]) -> subprocess.Popen:
-    module, function = SLOW_POINTS[argv[0]]
+    module, function = SLOW_POINTS[argv[1] if argv[0] == "rag" else argv[0]]
     script = tmp_path / "slow_run.py"
     script.write_text(SLOW_RUN.format(module=module, function=function))
     ready = tmp_path / "ready"
@@ -403,3 +405,23 @@ def test_damaged_index_pages_give_one_line(tmp_path, docs):
             assert "\n" not in str(exc)
             refused += 1
     assert refused > 0
+
+
+def test_folder_output_interrupted_then_rerun(tmp_path):
+    """A folder output (atomic_dir, as fold and export use) killed mid-write: SIGTERM leaves nothing, and
+    after a kill -9 the next run removes the half-written temporary folder."""
+    out = tmp_path / "corpus"
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        proc = _start_slow(tmp_path, ["rag", "pydoc-corpus", str(out)])
+        assert _temporaries(tmp_path, out)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+        assert "Traceback" not in err and not out.exists()
+        if sig == signal.SIGTERM:
+            assert proc.returncode == 128 + sig and _temporaries(tmp_path, out) == [], err
+    assert _temporaries(tmp_path, out)
+    assert main(["-q", "rag", "pydoc-corpus", str(out)]) == 0
+    assert (out / MARKER).is_file() and _temporaries(tmp_path, out) == []
+    assert main(["-q", "rag", "pydoc-corpus", str(out)]) == 2  # ours, but only replaced with --force
+    assert main(["-q", "rag", "pydoc-corpus", str(out), "--force"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus"]
