@@ -39,8 +39,7 @@ TEMP_SUFFIX = ".tmp"
 # Companions SQLite creates next to a database being written.
 _SQLITE_COMPANIONS = ("", "-wal", "-shm", "-journal")
 # errno values that mean "this output cannot be written here": reported as one line.
-_WRITE_ERRNOS = {errno.ENOSPC, errno.EACCES, errno.EPERM, errno.EROFS, errno.EDQUOT, errno.EFBIG,
-                 errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.ELOOP, errno.EEXIST}
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
 
 
 class Kind(enum.Enum):
@@ -241,25 +240,26 @@ def write_error(target: Path, exc: OSError) -> PearError:
 
 @contextlib.contextmanager
 def _temporary(target: Path, make, kind: Kind, replace: bool = False) -> Iterator[Path]:
-    """Create a temporary sibling with `make(prefix, suffix, dir)`, yield it, move it onto `target` on
-    success; on any failure (or interrupt) remove it and any parent folder created for it."""
-    created = []
+    """Create a temporary sibling with `make(target)`, yield it, move it onto `target` on success; on any
+    failure (or interrupt) remove it, its SQLite companions and any parent folder created for it."""
+    created: list[Path] = []
     tmp = None
+    committed = False
     try:
         _check_existing(target, kind, replace)
         created = _make_parents(target)
         tmp = Path(make(target))
         yield tmp
         _commit(tmp, target, kind, replace)
+        committed = True
     except OSError as exc:
         if exc.errno in _WRITE_ERRNOS:
             raise write_error(target, exc) from None
         raise
     finally:
-        if tmp is not None and (tmp.exists() or tmp.is_symlink()):
-            _remove(tmp)
-            _remove_created(created)
-        elif tmp is None:
+        if not committed:
+            if tmp is not None:
+                _remove(tmp)
             _remove_created(created)
 
 
