@@ -304,7 +304,8 @@ def signals_as_interrupts():
         yield
     finally:
         for sig, old in previous.items():
-            signal.signal(sig, old)
+            if old is not None:  # None: a handler installed outside Python, which cannot be restored
+                signal.signal(sig, old)
 
 
 def main(argv: list[str] | None = None) -> int:
