@@ -2,7 +2,6 @@
 readers the other commands use (an invalid file is reported as invalid, exit 2)."""
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
