@@ -160,9 +160,9 @@ def cmd_eval(args) -> int:
         raise PearError("give --base BASE --pear PATCHED, or --model SPEC --coefficients C")
     inputs = [x for pair in pairs for x in pair] + [args.data, args.coefficients]
     check_output(args.output, *inputs, kind=Kind.REPORTS)
+    examples = build_examples(args)
     for spec in (x for pair in pairs for x in pair):
         check_backend_input(spec, args.backend)
-    examples = build_examples(args)
     settings = {"task": args.task, "data": args.data, "num_docs": args.num_docs, "seed": args.seed,
                 "distractors": args.distractors, "limit": args.limit, "examples": len(examples)}
     progress = not args.quiet
