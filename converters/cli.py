@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
+from typing import Sequence
 
 from pear_edge.errors import PearError
 
@@ -23,8 +24,26 @@ def _format_of(path: Path) -> str:
     raise PearError(f"{path} is neither a .gguf file nor a folder with an ONNX model")
 
 
+def read_prompts(path: str | None, builtin: Sequence[str]) -> list[str]:
+    """`verify --prompts`: one prompt per non-empty line, `\\n` for a newline inside a prompt;
+    `builtin` when no file is given."""
+    from pear_edge.inputs import read_text
+
+    if path is None:
+        return list(builtin)
+    prompts = [line.replace("\\n", "\n") for line in read_text(path, "prompts file").splitlines() if line.strip()]
+    if not prompts:
+        raise PearError(f"prompts file {path} has no non-empty line")
+    return prompts
+
+
 def cmd_verify(args) -> int:
+    from pear_edge.atomic import check_output_path
+
     fmt = _format_of(Path(args.patched))
+    if args.output:  # the JSON report and its .png plot, checked before any work
+        for path in (args.output, Path(args.output).with_suffix(".png")):
+            check_output_path(path, args.patched, args.base, args.coefficients, args.prompts)
     return importlib.import_module(FORMAT_MODULES[fmt]).verify(args)
 
 

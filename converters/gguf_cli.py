@@ -3,12 +3,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pear_edge.cli import add_force_option
+
 
 def cmd_export(args) -> int:
     from .gguf_export import export_gguf, parse_quants
 
     quants = parse_quants(args.quant)
-    for path in export_gguf(args.model, args.coefficients, quants, args.output, progress=not args.quiet):
+    for path in export_gguf(args.model, args.coefficients, quants, args.output, progress=not args.quiet,
+                            replace=args.force):
         print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
     return 0
 
@@ -39,6 +42,7 @@ def add_export_parser(export_sub) -> None:
                    help="comma-separated llama.cpp types: f32,f16,bf16,q8_0,q4_0,q4_1,q5_0,q5_1,q2_k,"
                         "q3_k_s/m/l,q4_k_s/m,q5_k_s/m,q6_k (default: %(default)s)")
     p.add_argument("-o", "--output", required=True, help="output folder (one .gguf per quantization)")
+    add_force_option(p)
     p.set_defaults(func=cmd_export)
 
 

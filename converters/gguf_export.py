@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pear_edge.atomic import atomic_dir, check_output_path
+from pear_edge.atomic import Kind, atomic_dir, check_output
 from pear_edge.coefficients import Coefficients
 from pear_edge.errors import PearError
 from pear_edge.fold import check_not_patched, fold_model, save_folded
@@ -80,11 +80,12 @@ def output_name(source: Path, quant: str, patched: bool = True) -> str:
 
 
 def export_gguf(model: str, coefficients_path: str | None, quants: list[str], output: str | Path,
-                progress: bool = True) -> list[Path]:
-    """Write one pear-stamped GGUF per quantization into the folder `output` (replaced atomically).
-    Without coefficients, export the base model the same way (the fair baseline for each quant type)."""
+                progress: bool = True, replace: bool = False) -> list[Path]:
+    """Write one pear-stamped GGUF per quantization into the folder `output` (written atomically;
+    `replace`: --force). Without coefficients, export the base model the same way (the fair baseline
+    for each quant type)."""
     source = resolve_spec(model)
-    out = check_output_path(output, source, coefficients_path)
+    out = check_output(output, source, coefficients_path, kind=Kind.FOLDER, replace=replace)
     check_not_patched(source)
     coeffs = Coefficients.load(coefficients_path) if coefficients_path else None
     ensure_converter(progress)
@@ -94,7 +95,7 @@ def export_gguf(model: str, coefficients_path: str | None, quants: list[str], ou
     match = fold_model(loaded, coeffs) if coeffs else "base"
     source_sha = file_sha256(source) if source.is_file() else ""
     written = []
-    with tempfile.TemporaryDirectory(prefix="pear-export-") as work, atomic_dir(out) as final:
+    with tempfile.TemporaryDirectory(prefix="pear-export-") as work, atomic_dir(out, replace=replace) as final:
         work = Path(work)
         if coeffs:
             save_folded(loaded, coeffs, work / "hf")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from gguf import GGUFReader, GGUFValueType
+from gguf import GGML_QUANT_SIZES, GGUFReader, GGUFValueType
 from gguf.quants import dequantize
 
 from pear_edge.coefficients import ModelFingerprint
@@ -29,6 +29,8 @@ COPY_CHUNK = 64 << 20
 def read_gguf(path: str | Path) -> GGUFReader:
     """Open a GGUF, refusing corrupt, truncated or big-endian files with one line."""
     p = Path(path)
+    if p.is_dir():
+        raise PearError(f"{p} is a folder, not a GGUF file")
     if not p.is_file():
         raise PearError(f"GGUF file {p} not found")
     try:
@@ -41,16 +43,51 @@ def read_gguf(path: str | Path) -> GGUFReader:
     end = max((t.data_offset + t.n_bytes for t in reader.tensors), default=reader.data_offset)
     if end > size:
         raise PearError(f"{p} is truncated: tensor data ends at byte {end} but the file has {size}")
+    _check_tensor_infos(reader, p)
     return reader
+
+
+def _check_tensor_infos(reader: GGUFReader, p: Path) -> None:
+    """Every tensor-info record, before any tensor data is read: a known type, positive dimensions whose
+    row length is a whole number of the type's blocks, its byte count, and an aligned data range inside
+    the data section that overlaps no other tensor."""
+    previous_end, previous = reader.data_offset, None
+    for t in sorted(reader.tensors, key=lambda t: t.data_offset):
+        dims = [int(d) for d in t.shape]
+        if t.tensor_type not in GGML_QUANT_SIZES or not dims or min(dims) < 1:
+            raise PearError(f"{p}: tensor {t.name!r} has an invalid type or shape ({t.tensor_type}, {dims})")
+        block, type_size = GGML_QUANT_SIZES[t.tensor_type]
+        if dims[0] % block or t.n_bytes != int(np.prod(dims, dtype=object)) // block * type_size:
+            raise PearError(f"{p}: tensor {t.name!r} of type {t.tensor_type.name} has shape {dims}, inconsistent "
+                            f"with its block size {block}; the file is damaged")
+        if (t.data_offset - reader.data_offset) % reader.alignment:
+            raise PearError(f"{p}: tensor {t.name!r} data is not aligned to {reader.alignment} bytes; "
+                            f"the file is damaged")
+        if t.data_offset < previous_end:
+            raise PearError(f"{p}: tensor {t.name!r} overlaps {previous or 'the header'}; the file is damaged")
+        previous_end, previous = t.data_offset + t.n_bytes, repr(t.name)
+
+
+def _contents(field, key: str):
+    try:
+        return field.contents()
+    except (UnicodeDecodeError, ValueError, IndexError, TypeError) as exc:
+        raise PearError(f"GGUF key {key!r} cannot be read ({type(exc).__name__}); the file is damaged") from None
 
 
 def kv(reader: GGUFReader, key: str, default=None):
     field = reader.get_field(key)
-    return default if field is None else field.contents()
+    return default if field is None else _contents(field, key)
 
 
 def pear_metadata(reader: GGUFReader) -> dict[str, object]:
-    return {k: f.contents() for k, f in reader.fields.items() if k.startswith(PEAR_PREFIX)}
+    return {k: _contents(f, k) for k, f in reader.fields.items() if k.startswith(PEAR_PREFIX)}
+
+
+def _positive_int(value, what: str) -> int:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or not 0 < int(value) <= 1 << 20:
+        raise PearError(f"{what} is {value!r}; expected a positive integer")
+    return int(value)
 
 
 @dataclass(frozen=True)
@@ -68,18 +105,17 @@ class GgufHeads:
 
 def head_layout(reader: GGUFReader, name: str = "GGUF") -> GgufHeads:
     arch = kv(reader, "general.architecture")
-    if not arch:
+    if not arch or not isinstance(arch, str):
         raise PearError(f"{name} has no general.architecture key; is it a model GGUF?")
-    try:
-        layers = int(kv(reader, f"{arch}.block_count"))
-        heads = kv(reader, f"{arch}.attention.head_count")
-        hidden = int(kv(reader, f"{arch}.embedding_length"))
-    except TypeError:
-        raise PearError(f"{name} ({arch}) lacks block_count/head_count/embedding_length metadata") from None
-    if isinstance(heads, list):
+    keys = {k: kv(reader, f"{arch}.{k}") for k in ("block_count", "attention.head_count", "embedding_length")}
+    missing = [k for k, v in keys.items() if v is None]
+    if missing:
+        raise PearError(f"{name} ({arch}) lacks {', '.join(f'{arch}.{k}' for k in missing)} metadata")
+    if isinstance(keys["attention.head_count"], list):
         raise PearError(f"{name} ({arch}) has a different head count per layer; not supported")
-    heads = int(heads)
-    head_dim = int(kv(reader, f"{arch}.attention.key_length", hidden // heads))
+    layers, heads, hidden = (_positive_int(v, f"{name}: {arch}.{k}") for k, v in keys.items())
+    head_dim = _positive_int(kv(reader, f"{arch}.attention.key_length", hidden // heads or 1),
+                             f"{name}: {arch}.attention.key_length")
     return GgufHeads(arch, layers, heads, head_dim, hidden)
 
 
@@ -108,7 +144,13 @@ def gguf_fingerprint(reader: GGUFReader, name: str) -> ModelFingerprint:
     heads = head_layout(reader, name)
     tensors = attn_output_tensors(reader, heads, name)
     # attn_output dequantizes to (n_embd, n_head * head_dim): the (out, in) layout fingerprints use.
-    weights = [dequantize(tensors[i].data, tensors[i].tensor_type) for i in range(heads.num_layers)]
+    weights = []
+    for i in range(heads.num_layers):
+        with np.errstate(all="ignore"):
+            w = dequantize(tensors[i].data, tensors[i].tensor_type)
+        if not np.isfinite(w).all():
+            raise PearError(f"{name}: {tensors[i].name} holds NaN or infinite values; the file is damaged")
+        weights.append(w)
     return ModelFingerprint.from_o_proj_weights(heads.model_type, heads.num_layers, heads.num_heads, heads.head_dim,
                                                 heads.hidden_size, weights, name=name)
 
@@ -164,8 +206,11 @@ def tensor_signature(reader: GGUFReader) -> list[tuple[str, str, tuple[int, ...]
     return [(t.name, t.tensor_type.name, tuple(int(x) for x in t.shape)) for t in reader.tensors]
 
 
-def describe_gguf(path: Path, describe_coefficients) -> str:
+def describe_gguf(path: Path) -> str:
     """`pear-edge info FILE.gguf`: architecture, head layout, tensor types and PEAR patch state."""
+    from pear_edge.coefficients import Coefficients
+    from pear_edge.info import describe_coefficients
+
     reader = read_gguf(path)
     types = Counter(t.tensor_type.name for t in reader.tensors)
     lines = [f"GGUF v{kv(reader, 'GGUF.version')}: {kv(reader, 'general.name', '?')} "
@@ -181,9 +226,24 @@ def describe_gguf(path: Path, describe_coefficients) -> str:
         return "\n".join(lines + ["not PEAR-patched"])
     lines.append(f"PEAR-patched (pear.version {meta.get('pear.version')}, by {meta.get('pear.tool', '?')}), "
                  f"source sha256 {str(meta.get('pear.source_sha256', ''))[:16]}…")
-    report = json.loads(str(meta.get("pear.report", "{}")))
-    if report.get("methods"):
-        lines.append("patch methods: " + ", ".join(f"{k} x{v}" for k, v in report["methods"].items())
-                     + f"; max relative error {report.get('max_rel_error', 0):.2e}")
-    lines.append(describe_coefficients(json.loads(str(meta["pear.coefficients"]))))
+    lines += _describe_report(meta.get("pear.report"))
+    if "pear.coefficients" not in meta:
+        raise PearError(f"{path} has pear.* metadata but no pear.coefficients; the file is damaged")
+    coeffs = Coefficients.from_json(str(meta["pear.coefficients"]), source=f"{path} pear.coefficients")
+    lines.append(describe_coefficients(coeffs))
     return "\n".join(lines)
+
+
+def _describe_report(text) -> list[str]:
+    """The pear.report line, if it is readable (it is informative only)."""
+    try:
+        report = json.loads(str(text or "{}"))
+        methods = report.get("methods") if isinstance(report, dict) else None
+        if not isinstance(methods, dict) or not methods:
+            return []
+        worst = report.get("max_rel_error", 0)
+        worst = f"{worst:.2e}" if isinstance(worst, (int, float)) else "?"
+        return ["patch methods: " + ", ".join(f"{k} x{v}" for k, v in methods.items())
+                + f"; max relative error {worst}"]
+    except (ValueError, RecursionError):
+        return []

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pear_edge.atomic import check_output_path, write_text_atomic
+from pear_edge.atomic import write_text_atomic
 from pear_edge.coefficients import Coefficients
 from pear_edge.errors import PearError
 from pear_edge.fold import fold_model
@@ -18,6 +18,7 @@ from pear_edge.llamacpp import open_gguf
 from pear_edge.models import load_model
 from pear_edge.prompts import Document, mdqa_prompt
 
+from .cli import read_prompts
 from .gguf_layout import pear_metadata, read_gguf
 
 DEFAULT_PROMPTS = (
@@ -30,18 +31,6 @@ DEFAULT_PROMPTS = (
     "def fibonacci(n):\n    if n < 2:\n        return n\n    return",
     "Copy this list exactly: apple, tractor, violet, seven, harbour. Copy: apple, tractor,",
 )
-
-
-def load_prompts(path: str | None) -> list[str]:
-    if path is None:
-        return list(DEFAULT_PROMPTS)
-    p = Path(path)
-    if not p.is_file():
-        raise PearError(f"prompts file {p} not found")
-    prompts = [line for line in p.read_text().splitlines() if line.strip()]
-    if not prompts:
-        raise PearError(f"prompts file {p} has no non-empty lines")
-    return prompts
 
 
 def coefficients_for(patched: Path, reader, explicit: str | None) -> Coefficients:
@@ -91,7 +80,7 @@ def verify_gguf(patched: str | Path, model: str, coefficients: str | None = None
         if pear_metadata(base_reader):
             raise PearError(f"--base {base} is itself PEAR-patched; pass the original GGUF")
         del base_reader
-    texts = load_prompts(prompts)
+    texts = read_prompts(prompts, DEFAULT_PROMPTS)
     loaded = load_model(model)
     tokens = [loaded.tokenizer(t)["input_ids"] for t in texts]
     results: dict[str, dict] = {}
@@ -146,8 +135,6 @@ def plot_report(report: dict, png: Path) -> Path:
 
 
 def run_verify(args) -> int:
-    if args.output:
-        check_output_path(args.output, args.patched, args.base)
     report = verify_gguf(args.patched, args.model, args.coefficients, args.base, args.prompts)
     print(format_table(report))
     if args.output:

@@ -1,6 +1,8 @@
 """ONNX commands: `export onnx`, `patch-onnx`, and `verify` for ONNX folders."""
 from __future__ import annotations
 
+from pear_edge.cli import add_force_option
+
 from .onnx_quantize import QUANTIZATIONS
 
 
@@ -12,6 +14,7 @@ def add_export_parser(export_sub) -> None:
     p.add_argument("--quantize", choices=QUANTIZATIONS, default="none",
                    help="none = fp32; int8 = dynamic per-channel MatMul; int4 = weight-only MatMulNBits")
     p.add_argument("-o", "--output", required=True, help="output folder (ORTModelForCausalLM.from_pretrained loads it)")
+    add_force_option(p)
     p.set_defaults(func=cmd_export_onnx)
 
 
@@ -20,13 +23,15 @@ def add_commands(sub) -> None:
     p.add_argument("source", metavar="IN_DIR", help="unpatched, unquantized ONNX export folder")
     p.add_argument("--coefficients", required=True, help="coefficients JSON")
     p.add_argument("-o", "--output", required=True, help="output folder")
+    add_force_option(p)
     p.set_defaults(func=cmd_patch_onnx)
 
 
 def cmd_export_onnx(args) -> int:
     from .onnx_export import export_onnx
 
-    out, match = export_onnx(args.model, args.coefficients, args.output, args.quantize, progress=not args.quiet)
+    out, match = export_onnx(args.model, args.coefficients, args.output, args.quantize, progress=not args.quiet,
+                             replace=args.force)
     what = "base model (no coefficients)" if match == "base" else f"coefficients folded ({match} model match)"
     weights = "fp32" if args.quantize == "none" else args.quantize
     print(f"exported {what}, {weights} weights -> {out}")
@@ -36,7 +41,8 @@ def cmd_export_onnx(args) -> int:
 def cmd_patch_onnx(args) -> int:
     from .onnx_patch import patch_onnx_folder
 
-    out, match = patch_onnx_folder(args.source, args.coefficients, args.output, progress=not args.quiet)
+    out, match = patch_onnx_folder(args.source, args.coefficients, args.output, progress=not args.quiet,
+                                   replace=args.force)
     print(f"patched o_proj weights ({match} model match) -> {out}")
     return 0
 

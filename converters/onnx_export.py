@@ -8,13 +8,12 @@ because afterwards o_proj weights are integers (see `patch-onnx` for fp32 export
 from __future__ import annotations
 
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
 from tqdm import tqdm
 
-from pear_edge.atomic import atomic_dir, check_output_path
+from pear_edge.atomic import Kind, atomic_dir, check_output, scratch_dir
 from pear_edge.coefficients import Coefficients
 from pear_edge.errors import PearError
 from pear_edge.fold import COEFFICIENTS_FILENAME, check_not_patched, fold_model, save_folded
@@ -26,8 +25,9 @@ ONNX_TASK = "text-generation-with-past"
 
 
 def export_onnx(model_spec: str, coefficients: str | Path | None, output: str | Path,
-                quantization: str = "none", progress: bool = True) -> tuple[Path, str]:
-    """Export `model_spec` (folded with `coefficients` if given) to an ONNX folder at `output`.
+                quantization: str = "none", progress: bool = True, replace: bool = False) -> tuple[Path, str]:
+    """Export `model_spec` (folded with `coefficients` if given) to an ONNX folder at `output`
+    (`replace`: --force).
 
     Returns the output folder and the fingerprint match kind ("base" without coefficients).
     """
@@ -36,7 +36,7 @@ def export_onnx(model_spec: str, coefficients: str | Path | None, output: str | 
     if quantization not in QUANTIZATIONS:
         raise PearError(f"unknown quantization {quantization!r}; choose one of {', '.join(QUANTIZATIONS)}")
     source = resolve_spec(model_spec)
-    out = check_output_path(output, source, coefficients)
+    out = check_output(output, source, coefficients, kind=Kind.FOLDER, replace=replace)
     coeffs = Coefficients.load(coefficients) if coefficients else None
     if coeffs is not None:
         check_not_patched(source)
@@ -48,7 +48,7 @@ def export_onnx(model_spec: str, coefficients: str | Path | None, output: str | 
         bar.update(0 if i == 0 else 1)
         bar.set_description(steps[i])
 
-    with atomic_dir(out) as tmp, tempfile.TemporaryDirectory(prefix=".pear-onnx-", dir=out.parent) as scratch:
+    with atomic_dir(out, replace=replace) as tmp, scratch_dir(out) as scratch:
         step(0)
         loaded = load_model(model_spec)
         step(1)

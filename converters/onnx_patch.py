@@ -14,7 +14,7 @@ import onnx
 from onnx import numpy_helper
 from tqdm import tqdm
 
-from pear_edge.atomic import atomic_dir, check_output_path
+from pear_edge.atomic import Kind, atomic_dir, check_output
 from pear_edge.coefficients import Coefficients
 from pear_edge.fold import COEFFICIENTS_FILENAME, check_not_patched
 
@@ -40,14 +40,16 @@ def patch_export(export: OnnxExport, coefficients: Coefficients, progress: bool 
 
 
 def patch_onnx_folder(source: str | Path, coefficients_path: str | Path, output: str | Path,
-                      progress: bool = True) -> tuple[Path, str]:
+                      progress: bool = True, replace: bool = False) -> tuple[Path, str]:
+    """Write `source` with the coefficients folded into its o_proj weights to the folder `output`
+    (`replace`: --force)."""
     source = Path(source)
-    out = check_output_path(output, source, coefficients_path)
+    out = check_output(output, source, coefficients_path, kind=Kind.FOLDER, replace=replace)
     coeffs = Coefficients.load(coefficients_path)
     check_not_patched(source)
     export = load_export(source)
     match = patch_export(export, coeffs, progress)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, replace=replace) as tmp:
         save_model(export.model, tmp / MODEL_FILENAME)
         skip = {MODEL_FILENAME, *export.external_files}
         for item in source.iterdir():

@@ -15,12 +15,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pear_edge.atomic import atomic_file, check_output_path, write_text_atomic
+from pear_edge.atomic import atomic_file, write_text_atomic
 from pear_edge.coefficients import Coefficients
 from pear_edge.errors import PearError
 from pear_edge.fold import COEFFICIENTS_FILENAME, fold_model
 from pear_edge.prompts import Document, mdqa_prompt
 
+from .cli import read_prompts
 from .onnx_graph import graph_only, model_path, read_layout, weight_format
 
 FP32_TOLERANCE = 1e-3  # max |Δlogit| accepted for an unquantized fp32 export
@@ -45,18 +46,6 @@ class Comparison:
     max_abs_logit_diff: float
     top1_agreement: float
     per_prompt_max_abs: list[float]
-
-
-def read_prompts(path: str | None) -> list[str]:
-    if path is None:
-        return list(BUILTIN_PROMPTS)
-    p = Path(path)
-    if not p.is_file():
-        raise PearError(f"prompts file {p} not found")
-    prompts = [line.replace("\\n", "\n") for line in p.read_text().splitlines() if line.strip()]
-    if not prompts:
-        raise PearError(f"prompts file {p} has no non-empty line")
-    return prompts
 
 
 def compare(name: str, a: list[np.ndarray], b: list[np.ndarray]) -> Comparison:
@@ -100,11 +89,9 @@ def run_verify(args) -> dict:
 
     patched = Path(args.patched)
     base = Path(args.base) if args.base else None
-    if args.output:
-        check_output_path(args.output, patched, base)
     quant = weight_format(graph_only(patched))
     coeffs = resolve_coefficients(args, patched)
-    prompts = read_prompts(args.prompts)
+    prompts = read_prompts(args.prompts, BUILTIN_PROMPTS)
     loaded = load_model(args.model)
     for folder in filter(None, (patched, base)):
         layout = read_layout(folder)

@@ -272,6 +272,25 @@ def infer_kind(spec: str) -> str:
     return "torch"
 
 
+def check_backend_input(spec: str, kind: str | None = None) -> None:
+    """Cheap checks of a model before any evaluation starts (a damaged --pear file must not be found
+    only after the whole base run): it exists, and a GGUF's header and tensor infos are valid."""
+    from pear_edge.models import resolve_spec
+
+    kind = kind or infer_kind(spec)
+    if kind == "onnx":
+        if not Path(spec).is_dir() or not any(Path(spec).glob("*.onnx")):
+            raise PearError(f"{spec} is not a folder with an ONNX model")
+        return
+    path = resolve_spec(spec)
+    if kind == "llamacpp":
+        from pear_edge.converters.gguf_layout import read_gguf
+
+        if path.suffix.lower() != ".gguf":
+            raise PearError(f"the llama.cpp backend needs a .gguf file, not {path}")
+        read_gguf(path)
+
+
 def open_backend(spec: str, kind: str | None = None, coefficients=None, fold: bool = False,
                  n_ctx: int = 4096, threads: int | None = None) -> Backend:
     """Open SPEC (a .gguf, an ONNX folder, an HF folder or a packaged model name) on a backend.

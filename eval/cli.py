@@ -163,10 +163,10 @@ def _default_positions(slots: int) -> tuple[int, ...]:
 
 
 def cmd_eval(args) -> int:
-    from pear_edge.atomic import check_output_path
+    from pear_edge.atomic import Kind, check_output
     from pear_edge.coefficients import Coefficients
 
-    from .backends import TorchBackend, infer_kind, open_backend
+    from .backends import TorchBackend, check_backend_input, infer_kind, open_backend
     from .harness import evaluate, paired_compare
     from .report import Run, write_report
 
@@ -178,8 +178,10 @@ def cmd_eval(args) -> int:
     if not pairs and not args.model:
         raise PearError("give --base BASE --pear PATCHED, or --model SPEC --coefficients C")
     inputs = [x for pair in pairs for x in pair] + [args.data, args.coefficients]
-    check_output_path(args.output, *inputs)
+    check_output(args.output, *inputs, kind=Kind.REPORTS)
     examples = build_examples(args)
+    for spec in (x for pair in pairs for x in pair):
+        check_backend_input(spec, args.backend)
     settings = {"task": args.task, "data": args.data, "num_docs": args.num_docs, "seed": args.seed,
                 "distractors": args.distractors, "wording": args.wording, "limit": args.limit,
                 "examples": len(examples)}
@@ -264,12 +266,15 @@ def cmd_make_data(args) -> int:
 
 
 def cmd_speed(args) -> int:
+    from pear_edge.atomic import Kind, check_output
+
     from .backends import infer_kind
     from .speed import Pair, measure_pairs, speed_markdown, write_speed_report
 
     pairs = _pairs(args)
     if not pairs:
         raise PearError("give --base BASE --pear PATCHED (a .gguf file or ONNX folder each)")
+    check_output(args.output, *[x for pair in pairs for x in pair], kind=Kind.REPORTS)
     specs = []
     for base, pear in pairs:
         kind = infer_kind(base)

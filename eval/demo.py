@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from pear_edge.atomic import write_text_atomic
+from pear_edge.atomic import Kind, check_output, report_folder, write_text_atomic
 from pear_edge.errors import PearError
 
 from .backends import open_backend
@@ -49,7 +49,8 @@ def run_demo(outdir: Path, coefficients: str | None, quants: list[str], onnx: bo
     from .counterfactual import generate_counterfactual
 
     start = time.perf_counter()
-    outdir.mkdir(parents=True, exist_ok=True)
+    check_output(outdir, coefficients, kind=Kind.REPORTS)
+    report_folder(outdir)  # the demo's own folder: its sub-folders below are replaced on a re-run
     base_q41 = default_gguf_path()
     coeffs_path = outdir / "coeffs.json"
     if coefficients:
@@ -67,15 +68,17 @@ def run_demo(outdir: Path, coefficients: str | None, quants: list[str], onnx: bo
 
     if quants:
         _step(f"3/5 export base and PEAR GGUFs at {', '.join(quants)} (llama.cpp converter + quantize)")
-        base_files = export_gguf("default", None, quants, outdir / "gguf-base", progress=progress)
-        pear_files = export_gguf("default", str(coeffs_path), quants, outdir / "gguf-pear", progress=progress)
+        base_files = export_gguf("default", None, quants, outdir / "gguf-base", progress=progress, replace=True)
+        pear_files = export_gguf("default", str(coeffs_path), quants, outdir / "gguf-pear", progress=progress,
+                                 replace=True)
         pairs += [(f"llama.cpp {q.upper()}", str(b), str(p)) for q, b, p in zip(quants, base_files, pear_files)]
     if onnx:
         from pear_edge.converters.onnx_export import export_onnx
 
         _step("3/5 export base and PEAR ONNX int8 (optimum + onnxruntime)")
-        export_onnx("default", None, outdir / "onnx-base-int8", "int8", progress=progress)
-        export_onnx("default", coeffs_path, outdir / "onnx-pear-int8", "int8", progress=progress)
+        export_onnx("default", None, outdir / "onnx-base-int8", "int8", progress=progress, replace=True)
+        export_onnx("default", coeffs_path, outdir / "onnx-pear-int8", "int8", progress=progress,
+                    replace=True)
         pairs.append(("onnxruntime int8", str(outdir / "onnx-base-int8"), str(outdir / "onnx-pear-int8")))
 
     _step(f"4/5 evaluate base vs PEAR: counterfactual MDQA (test split, {records} records x positions "

@@ -39,6 +39,8 @@ def read_jsonl(path: str | Path, parse: Callable[[dict[str, Any]], T]) -> list[T
                     out.append(parse(doc))
                 except json.JSONDecodeError as exc:
                     raise PearError(f"{p}:{number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+                except RecursionError:
+                    raise PearError(f"{p}:{number}: not valid JSON (nested too deeply)") from None
                 except (LineError, KeyError, TypeError, ValueError) as exc:
                     detail = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
                     raise PearError(f"{p}:{number}: malformed record: {detail}") from None

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from pear_edge.atomic import atomic_file, write_text_atomic
+from pear_edge.atomic import atomic_file, report_folder, write_text_atomic
 
 from .harness import Comparison, EvalResults, PairedResult
 
@@ -90,8 +90,7 @@ def plot_positions(runs: Sequence[Run], path: Path) -> Path | None:
 
 def write_report(outdir: str | Path, runs: Sequence[Run], extra: dict[str, Any] | None = None) -> list[Path]:
     """results.json + report.md + accuracy_by_position.png (when there are positions)."""
-    out = Path(outdir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = report_folder(outdir)
     doc = {"format": "pear-edge/eval", "version": 1, **(extra or {}), "runs": [r.as_dict() for r in runs]}
     written = [write_text_atomic(out / "results.json", json.dumps(doc, indent=2, allow_nan=False) + "\n"),
                write_text_atomic(out / "report.md", markdown(runs))]

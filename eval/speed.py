@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 from tqdm import tqdm
 
-from pear_edge.atomic import atomic_file, write_text_atomic
+from pear_edge.atomic import atomic_file, report_folder, write_text_atomic
 from pear_edge.errors import PearError
 
 from .backends import infer_kind
@@ -169,7 +169,6 @@ def plot_speed(report: SpeedReport, path: Path) -> Path:
 
 
 def write_speed_report(report: SpeedReport, outdir: str | Path) -> list[Path]:
-    out = Path(outdir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = report_folder(outdir)
     return [write_text_atomic(out / "speed.json", json.dumps(report.as_dict(), indent=2) + "\n"),
             write_text_atomic(out / "speed.md", speed_markdown(report)), plot_speed(report, out / "speed.png")]

@@ -50,6 +50,14 @@ def _string(doc: dict[str, Any], key: str) -> str:
     return value
 
 
+def _flag(ctx: dict[str, Any], key: str, i: int) -> bool:
+    """A JSON true/false (absent or null: false); the string "false" is refused, not read as true."""
+    value = ctx.get(key)
+    if value is not None and not isinstance(value, bool):
+        raise LineError(f"ctxs[{i}].{key} must be true or false, not {value!r}")
+    return bool(value)
+
+
 def parse_mdqa(doc: dict[str, Any]) -> MDQARecord:
     """NQ-open / lost-in-the-middle record: question, answers, ctxs[{title, text, isgold|hasanswer}]."""
     question = _string(doc, "question")
@@ -64,7 +72,7 @@ def parse_mdqa(doc: dict[str, Any]) -> MDQARecord:
         if not isinstance(ctx, dict) or not isinstance(ctx.get("text"), str):
             raise LineError(f"ctxs[{i}] needs a string 'text'")
         docs.append(Document(str(ctx.get("title") or ""), ctx["text"]))
-        flags.append((bool(ctx.get("isgold")), bool(ctx.get("hasanswer"))))
+        flags.append((_flag(ctx, "isgold", i), _flag(ctx, "hasanswer", i)))
     gold_idx = next((i for i, (g, _) in enumerate(flags) if g), None)
     if gold_idx is None:
         gold_idx = next((i for i, (_, h) in enumerate(flags) if h), None)

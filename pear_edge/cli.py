@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -28,6 +30,12 @@ def _add_model(p: argparse.ArgumentParser, device: bool = False) -> None:
     if device:
         p.add_argument("--device", default="cpu",
                        help="torch device for detection and training: cpu (default), cuda, auto (a GPU if any)")
+
+
+def add_force_option(p: argparse.ArgumentParser) -> None:
+    """--force: replace an output folder that pear-edge wrote earlier (never any other folder)."""
+    p.add_argument("--force", action="store_true",
+                   help="replace the output folder if pear-edge wrote it earlier (other folders are never replaced)")
 
 
 def _add_proxy_option(p: argparse.ArgumentParser, corpus: bool = True) -> None:
@@ -90,8 +98,15 @@ def add_calibrate_options(p: argparse.ArgumentParser, corpus: bool = True) -> No
     p.set_defaults(func=cmd_calibrate)
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """Usage errors in the one-line format of every other error (exit 2), with a pointer to --help."""
+
+    def error(self, message: str):
+        self.exit(2, f"pear-edge: error: {message} (see: {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="pear-edge",
         description="PEAR for edge LLMs: find the attention heads that suppress copying from context, "
                     "re-weight them with one scalar each, and fold the scalars into the weights "
@@ -124,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(p)
     p.add_argument("--coefficients", required=True, help="coefficients JSON")
     p.add_argument("-o", "--output", required=True, help="output folder (safetensors + tokenizer + coefficients)")
+    add_force_option(p)
     p.set_defaults(func=cmd_fold)
 
     p = sub.add_parser("profiles", help="show the calibration settings used by default for each model")
@@ -164,7 +180,9 @@ def cmd_detect(args) -> int:
     from .calibrate import detect_heads
     from .models import load_model, resolve_spec
 
-    check_output_path(args.output, resolve_spec(args.model))
+    source = resolve_spec(args.model)
+    for path in (args.output, Path(args.output).with_suffix(".png")):
+        check_output_path(path, source)
     settings = _settings(args)
     loaded = load_model(args.model, device=args.device)
     scores = detect_heads(loaded, settings, progress=_progress(args))
@@ -199,12 +217,17 @@ def cmd_calibrate(args) -> int:
     from .models import load_model, resolve_spec
 
     start = time.perf_counter()
-    out = check_output_path(args.output, resolve_spec(args.model))
+    source = resolve_spec(args.model)
+    corpus = getattr(args, "corpus", None)
+    inputs = (source, corpus) if corpus and corpus != "builtin" else (source,)
+    out = check_output_path(args.output, *inputs)
+    heads_path = out.with_name(out.stem + ".heads.json")
+    for path in (heads_path, heads_path.with_suffix(".png")):
+        check_output_path(path, *inputs)
     settings = _settings(args)
     loaded = load_model(args.model, device=args.device)
     proxy = make_proxy(loaded, settings.train)  # built once: the RAG proxies tokenize thousands of prompts
     scores = detect_heads(loaded, settings, progress=_progress(args), proxy=proxy)
-    heads_path = out.with_name(out.stem + ".heads.json")
     scores.save(heads_path, top_k=settings.top_k)
     coeffs = train_from_scores(loaded, scores, settings, progress=_progress(args), proxy=proxy)
     if args.validate:
@@ -239,18 +262,18 @@ def _print_summary(coeffs) -> None:
 
 
 def cmd_fold(args) -> int:
-    from .atomic import check_output_path
+    from .atomic import Kind, check_output
     from .coefficients import Coefficients
     from .fold import check_not_patched, fold_model, save_folded
     from .models import load_model, resolve_spec
 
     source = resolve_spec(args.model)
-    check_output_path(args.output, source, args.coefficients)
+    check_output(args.output, source, args.coefficients, kind=Kind.FOLDER, replace=args.force)
     check_not_patched(source)
     coeffs = Coefficients.load(args.coefficients)
     loaded = load_model(args.model)
     match = fold_model(loaded, coeffs)
-    out = save_folded(loaded, coeffs, args.output)
+    out = save_folded(loaded, coeffs, args.output, replace=args.force)
     print(f"folded {len(coeffs.heads)} heads ({match} model match) -> {out}")
     return 0
 
@@ -262,17 +285,65 @@ def cmd_info(args) -> int:
     return 0
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM/SIGHUP, raised like Ctrl-C so that every temporary output is removed on the way out."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+INTERRUPT_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n))
+
+
+@contextlib.contextmanager
+def signals_as_interrupts():
+    """While running a command, SIGTERM and SIGHUP interrupt it like Ctrl-C; further ones are ignored
+    so that the clean-up itself is not interrupted. The previous handlers are restored afterwards."""
+    def handler(signum, frame):
+        for sig in (*INTERRUPT_SIGNALS, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)
+        raise Interrupted(signum)
+
+    previous = {}
+    try:
+        for sig in (*INTERRUPT_SIGNALS, signal.SIGINT):
+            previous[sig] = signal.getsignal(sig)
+        for sig in INTERRUPT_SIGNALS:
+            signal.signal(sig, handler)
+    except ValueError:  # not the main thread (a server's worker): signals stay with the main thread
+        previous = {}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            if old is not None:  # None: a handler installed outside Python, which cannot be restored
+                signal.signal(sig, old)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2, already printed)
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        with signals_as_interrupts():
+            return args.func(args)
     except PearError as exc:
         print(f"pear-edge: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("pear-edge: interrupted; no output was written", file=sys.stderr)
-        return 130
+    except OSError as exc:  # an environment problem nobody turned into a PearError: still one line
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"pear-edge: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
+    except RecursionError:
+        print("pear-edge: error: input nested too deeply to read", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as exc:
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        print(f"pear-edge: interrupted ({signal.Signals(signum).name}); no output was written", file=sys.stderr)
+        return 128 + signum
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -83,12 +84,13 @@ class ModelFingerprint:
             return "exact"
         worst = max_relative_difference(self.o_proj_norms, other.o_proj_norms)
         cosine = sketch_cosine(self.o_proj_sketch, other.o_proj_sketch) if self.o_proj_sketch and other.o_proj_sketch else 1.0
-        if cosine < SKETCH_MIN_COSINE:
+        # Written as "not (ok)" so that a NaN (from NaN/inf weights or a hand-edited file) never passes.
+        if not cosine >= SKETCH_MIN_COSINE:
             raise PearError(
                 f"coefficients were calibrated on other weights ({self.name or self.model_type}): o_proj weight "
                 f"sketches disagree (cosine {cosine:.2f} < {SKETCH_MIN_COSINE}); calibrate for this model"
             )
-        if worst > NORM_TOLERANCE:
+        if not worst <= NORM_TOLERANCE:
             raise PearError(
                 f"coefficients were calibrated on other weights ({self.name or self.model_type}): "
                 f"o_proj norms differ by up to {worst:.1%} (> {NORM_TOLERANCE:.0%}); calibrate for this model"
@@ -170,39 +172,15 @@ class Coefficients:
 
     @classmethod
     def from_json(cls, text: str, source: str = "coefficients") -> "Coefficients":
-        try:
-            doc = json.loads(text, parse_constant=_reject_constant)
-        except (json.JSONDecodeError, ValueError) as exc:
-            raise PearError(f"{source}: not a valid coefficients JSON file ({exc})") from None
-        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-            raise PearError(f"{source}: not a pear-edge coefficients file (missing format={FORMAT!r})")
-        if doc.get("version") != VERSION:
-            raise PearError(f"{source}: coefficients format version {doc.get('version')} is not supported "
-                            f"(this pear-edge reads version {VERSION})")
-        try:
-            m = doc["model"]
-            model = ModelFingerprint(
-                model_type=str(m["model_type"]), num_layers=int(m["num_layers"]),
-                num_heads=int(m["num_heads"]), head_dim=int(m["head_dim"]),
-                hidden_size=int(m["hidden_size"]), weights_sha256=str(m.get("weights_sha256", "")),
-                o_proj_norms=tuple(float(x) for x in m.get("o_proj_norms", [])), name=str(m.get("name", "")),
-                o_proj_sketch=tuple(float(x) for x in m.get("o_proj_sketch", [])),
-            )
-            heads = [
-                HeadCoefficient(int(h["layer"]), int(h["head"]), _finite(h["coefficient"], h),
-                                None if h.get("score") is None else float(h["score"]))
-                for h in doc["heads"]
-            ]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise PearError(f"{source}: malformed coefficients file ({exc})") from None
-        return cls(model, heads, dict(doc.get("calibration", {})), dict(doc.get("metrics", {})))
+        """The one strict reader (see `parse_document`); every problem is one PearError naming `source`."""
+        doc = parse_json_object(text, source, "coefficients")
+        return parse_document(doc, source)
 
     @classmethod
     def load(cls, path: str | Path) -> "Coefficients":
-        p = Path(path)
-        if not p.is_file():
-            raise PearError(f"coefficients file {p} not found")
-        return cls.from_json(p.read_text(), source=str(p))
+        from .inputs import read_text
+
+        return cls.from_json(read_text(path, "coefficients file"), source=str(path))
 
     @classmethod
     def identity(cls, model: ModelFingerprint, heads: Iterable[tuple[int, int]]) -> "Coefficients":
@@ -213,12 +191,173 @@ def _fingerprint_dict(model: ModelFingerprint) -> dict[str, Any]:
     return {**asdict(model), "o_proj_norms": list(model.o_proj_norms), "o_proj_sketch": list(model.o_proj_sketch)}
 
 
+# --------------------------------------------------------------------------- the strict reader
+
+MAX_COEFFICIENT = 100.0
+"""Largest |coefficient| accepted when reading a file (trained ones stay within a few units; 1e30 would
+overflow fp16 weights). Override with the environment variable PEAR_EDGE_MAX_COEFFICIENT."""
+MAX_DIMENSION = 1 << 20
+_MODEL_KEYS = {"model_type", "num_layers", "num_heads", "head_dim", "hidden_size", "weights_sha256",
+               "o_proj_norms", "name", "o_proj_sketch"}
+_HEAD_KEYS = {"layer", "head", "coefficient", "score"}
+_TOP_KEYS = {"format", "version", "model", "heads", "calibration", "metrics"}
+
+
+def max_coefficient() -> float:
+    text = os.environ.get("PEAR_EDGE_MAX_COEFFICIENT")
+    if text is None:
+        return MAX_COEFFICIENT
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise PearError(f"PEAR_EDGE_MAX_COEFFICIENT must be a positive number, not {text!r}")
+    return value
+
+
+def parse_json_object(text: str, source: str, what: str) -> dict:
+    """`text` parsed as a JSON object; NaN/Infinity literals and absurd nesting refused."""
+    try:
+        doc = json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise PearError(f"{source}: not a valid {what} JSON file (nested too deeply)") from None
+    except ValueError as exc:  # JSONDecodeError, NaN/Infinity, integers with thousands of digits
+        raise PearError(f"{source}: not a valid {what} JSON file ({exc})") from None
+    if not isinstance(doc, dict):
+        raise PearError(f"{source}: not a pear-edge {what} file (expected a JSON object, got {_type(doc)})")
+    return doc
+
+
+def _type(value: Any) -> str:
+    return {bool: "true/false", dict: "an object", list: "a list", str: "a string", int: "an integer",
+            float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _integer(value: Any, where: str, low: int, high: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise PearError(f"{where} must be an integer, not {_type(value)} {json.dumps(value)[:40]}")
+    if not low <= value <= high:
+        raise PearError(f"{where} is {value}; it must be between {low} and {high}")
+    return value
+
+
+def _number(value: Any, where: str) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise PearError(f"{where} must be a number, not {_type(value)} {json.dumps(value)[:40]}")
+    try:
+        x = float(value)
+    except OverflowError:
+        x = math.inf
+    if not math.isfinite(x):
+        raise PearError(f"{where} is {value}; it must be finite")
+    return x
+
+
+def _string(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise PearError(f"{where} must be a string, not {_type(value)}")
+    return value
+
+
+def _object(value: Any, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise PearError(f"{where} must be a JSON object, not {_type(value)}")
+    return value
+
+
+def _list(value: Any, where: str) -> list:
+    if not isinstance(value, list):
+        raise PearError(f"{where} must be a list, not {_type(value)}")
+    return value
+
+
+def _no_unknown_keys(doc: dict, known: set[str], where: str) -> None:
+    unknown = sorted(set(doc) - known)
+    if unknown:
+        raise PearError(f"{where} has unknown field(s) {', '.join(map(repr, unknown[:5]))}; "
+                        f"known: {', '.join(sorted(known))}")
+
+
+def _required(doc: dict, key: str, where: str) -> Any:
+    if key not in doc:
+        raise PearError(f"{where} lacks the field {key!r}")
+    return doc[key]
+
+
+def parse_fingerprint(m: Any, where: str) -> ModelFingerprint:
+    """A model fingerprint object (coefficients and head-scores files): every field typed and finite."""
+    m = _object(m, where)
+    _no_unknown_keys(m, _MODEL_KEYS, where)
+    model_type = _string(_required(m, "model_type", where), f"{where}.model_type")
+    if not model_type.strip():
+        raise PearError(f"{where}.model_type is empty")
+    dims = {k: _integer(_required(m, k, where), f"{where}.{k}", 1, MAX_DIMENSION)
+            for k in ("num_layers", "num_heads", "head_dim", "hidden_size")}
+    sha = _string(m.get("weights_sha256", ""), f"{where}.weights_sha256")
+    if sha and not (len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
+        raise PearError(f"{where}.weights_sha256 must be 64 lowercase hex digits (or empty)")
+    norms = _numbers(m.get("o_proj_norms", []), f"{where}.o_proj_norms", (0, dims["num_layers"]))
+    if any(x < 0 for x in norms):
+        raise PearError(f"{where}.o_proj_norms has a negative norm")
+    sketch = _numbers(m.get("o_proj_sketch", []), f"{where}.o_proj_sketch", (0, dims["num_layers"] * SKETCH_SIZE))
+    name = _string(m.get("name", ""), f"{where}.name")
+    return ModelFingerprint(model_type, dims["num_layers"], dims["num_heads"], dims["head_dim"],
+                            dims["hidden_size"], sha, norms, name, sketch)
+
+
+def _numbers(value: Any, where: str, lengths: tuple[int, ...]) -> tuple[float, ...]:
+    items = _list(value, where)
+    if len(items) not in lengths:
+        raise PearError(f"{where} has {len(items)} values; expected {' or '.join(map(str, lengths))}")
+    return tuple(_number(x, f"{where}[{i}]") for i, x in enumerate(items))
+
+
+def _parse_head(h: Any, where: str, bound: float) -> HeadCoefficient:
+    h = _object(h, where)
+    _no_unknown_keys(h, _HEAD_KEYS, where)
+    layer = _integer(_required(h, "layer", where), f"{where}.layer", 0, MAX_DIMENSION)
+    head = _integer(_required(h, "head", where), f"{where}.head", 0, MAX_DIMENSION)
+    c = _number(_required(h, "coefficient", where), f"coefficient of L{layer}H{head}")
+    if abs(c) > bound:
+        raise PearError(f"coefficient of L{layer}H{head} is {c:g}, beyond ±{bound:g}; if this is intended, "
+                        f"set PEAR_EDGE_MAX_COEFFICIENT")
+    score = h.get("score")
+    return HeadCoefficient(layer, head, c, None if score is None else _number(score, f"{where}.score"))
+
+
+def _check_version(doc: dict, source: str) -> None:
+    version = _required(doc, "version", source)
+    if isinstance(version, int) and not isinstance(version, bool) and version == VERSION:
+        return
+    if isinstance(version, int) and not isinstance(version, bool):
+        raise PearError(f"{source}: coefficients format version {version} is not supported "
+                        f"(this pear-edge reads version {VERSION})")
+    raise PearError(f"{source}: field 'version' must be the integer {VERSION}, not {_type(version)} "
+                    f"{json.dumps(version)[:20]}")
+
+
+def parse_document(doc: dict, source: str) -> Coefficients:
+    """Check a parsed coefficients document field by field: format, version, the model fingerprint, a
+    non-empty list of distinct heads inside the model with finite, bounded coefficients, and
+    calibration/metrics objects. Raises PearError naming the first problem."""
+    if doc.get("format") != FORMAT:
+        raise PearError(f"{source}: not a pear-edge coefficients file (missing format={FORMAT!r})")
+    _check_version(doc, source)
+    _no_unknown_keys(doc, _TOP_KEYS, source)
+    model = parse_fingerprint(_required(doc, "model", source), f"{source}: model")
+    heads = _list(_required(doc, "heads", source), f"{source}: heads")
+    if not heads:
+        raise PearError(f"{source}: the heads list is empty; there is nothing to apply")
+    bound = max_coefficient()
+    parsed = [_parse_head(h, f"{source}: heads[{i}]", bound) for i, h in enumerate(heads)]  # ranges: validate()
+    calibration = _object(doc.get("calibration", {}), f"{source}: calibration")
+    metrics = _object(doc.get("metrics", {}), f"{source}: metrics")
+    try:
+        return Coefficients(model, parsed, calibration, metrics)
+    except PearError as exc:
+        raise PearError(f"{source}: {exc}") from None
+
+
 def _reject_constant(name: str) -> float:
     raise ValueError(f"{name} is not allowed")
-
-
-def _finite(value: Any, head: dict) -> float:
-    x = float(value)
-    if not math.isfinite(x):
-        raise ValueError(f"coefficient of L{head.get('layer')}H{head.get('head')} is {value}")
-    return x

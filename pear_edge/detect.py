@@ -13,6 +13,7 @@ exact and attribution scores are averaged over several sequence lengths n.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -185,20 +186,26 @@ class HeadScores:
 
     @classmethod
     def load(cls, path: str | Path) -> "HeadScores":
-        from .coefficients import Coefficients
+        """Read a head-scores file strictly (the fingerprint with the coefficients reader's rules)."""
+        from .coefficients import parse_fingerprint, parse_json_object
+        from .inputs import read_text
 
-        p = Path(path)
-        try:
-            doc = json.loads(p.read_text())
-            if doc.get("format") != "pear-edge/head-scores":
-                raise ValueError("missing format=pear-edge/head-scores")
-            model = Coefficients.from_json(json.dumps({
-                "format": "pear-edge/coefficients", "version": 1, "model": doc["model"], "heads": []})).model
-            return cls(torch.tensor(doc["scores"], dtype=torch.float32), model, doc.get("settings", {}))
-        except FileNotFoundError:
-            raise PearError(f"head scores file {p} not found") from None
-        except (ValueError, KeyError, TypeError) as exc:
-            raise PearError(f"{p}: not a pear-edge head-scores file ({exc})") from None
+        source = str(path)
+        doc = parse_json_object(read_text(path, "head scores file"), source, "head-scores")
+        if doc.get("format") != "pear-edge/head-scores":
+            raise PearError(f"{source}: not a pear-edge head-scores file (missing format='pear-edge/head-scores')")
+        model = parse_fingerprint(doc.get("model"), f"{source}: model")
+        scores = doc.get("scores")
+        shape = (model.num_layers, model.num_heads)
+        if not (isinstance(scores, list) and len(scores) == shape[0]
+                and all(isinstance(row, list) and len(row) == shape[1] for row in scores)
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                        for row in scores for v in row)):
+            raise PearError(f"{source}: 'scores' must be {shape[0]} x {shape[1]} finite numbers")
+        settings = doc.get("settings", {})
+        if not isinstance(settings, dict):
+            raise PearError(f"{source}: 'settings' must be a JSON object")
+        return cls(torch.tensor(scores, dtype=torch.float32), model, settings)
 
 
 def save_heatmap(scores: HeadScores, path: Path, top_k: int = 0) -> Path:

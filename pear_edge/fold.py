@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .atomic import atomic_dir, check_output_path
+from .atomic import Kind, atomic_dir, check_output
 from .coefficients import Coefficients
 from .errors import PearError
 
@@ -39,10 +39,11 @@ def fold_model(loaded, coefficients: Coefficients) -> str:
     return match
 
 
-def save_folded(loaded, coefficients: Coefficients, output: str | Path) -> Path:
-    """Save a folded model as a Hugging Face folder (safetensors, config, tokenizer, coefficients)."""
-    out = check_output_path(output, loaded.source)
-    with atomic_dir(out) as tmp:
+def save_folded(loaded, coefficients: Coefficients, output: str | Path, replace: bool = False) -> Path:
+    """Save a folded model as a Hugging Face folder (safetensors, config, tokenizer, coefficients);
+    `replace`: --force (see pear_edge.atomic)."""
+    out = check_output(output, loaded.source, kind=Kind.FOLDER, replace=replace)
+    with atomic_dir(out, replace=replace) as tmp:
         loaded.model.save_pretrained(tmp, safe_serialization=True)
         loaded.tokenizer.save_pretrained(tmp)
         coefficients.save(tmp / COEFFICIENTS_FILENAME)

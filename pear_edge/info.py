@@ -1,77 +1,99 @@
-"""`pear-edge info`: a human summary of any file pear-edge reads or writes."""
+"""`pear-edge info`: a human summary of any file pear-edge reads or writes, read with the same strict
+readers the other commands use (an invalid file is reported as invalid, exit 2)."""
 from __future__ import annotations
 
-import json
+import math
 from pathlib import Path
 
 from .errors import PearError
 
 
-def describe_coefficients(doc: dict) -> str:
-    m = doc["model"]
-    lines = [f"PEAR coefficients v{doc['version']} for {m.get('name') or m['model_type']} "
-             f"({m['model_type']}, {m['num_layers']} layers x {m['num_heads']} heads x {m['head_dim']})",
-             f"weights sha256 {m.get('weights_sha256', '')[:16]}…"]
-    for h in doc["heads"]:
-        score = "" if h.get("score") is None else f"  score {h['score']:+.4f}"
-        lines.append(f"  L{h['layer']:>2}H{h['head']:<2} coefficient {h['coefficient']:.4f}{score}")
-    summary = proxy_summary(doc.get("metrics", {}))
+def describe_coefficients(coeffs) -> str:
+    """Coefficients (already validated by the strict reader) as text."""
+    from .coefficients import VERSION
+
+    m = coeffs.model
+    lines = [f"PEAR coefficients v{VERSION} for {m.name or m.model_type} "
+             f"({m.model_type}, {m.num_layers} layers x {m.num_heads} heads x {m.head_dim})",
+             f"weights sha256 {m.weights_sha256[:16]}…"]
+    for h in coeffs.heads:
+        score = "" if h.score is None else f"  score {h.score:+.4f}"
+        lines.append(f"  L{h.layer:>2}H{h.head:<2} coefficient {h.coefficient:.4f}{score}")
+    summary = proxy_summary(coeffs.metrics)
     if summary:
         lines.append(summary)
     return "\n".join(lines)
 
 
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
 def proxy_summary(metrics: dict) -> str:
-    """'held-out copy proxy: copy_loss 4.12 -> 3.80, copy_accuracy 31.0% -> 35.2%' (empty if absent)."""
-    proxy = metrics.get("held_out_proxy")
-    if not proxy:
+    """'held-out copy proxy: copy_loss 4.12 -> 3.80, copy_accuracy 31.0% -> 35.2%' (empty if absent or
+    not in the expected shape: metrics are free-form)."""
+    proxy = metrics.get("held_out_proxy") if isinstance(metrics, dict) else None
+    if not isinstance(proxy, dict) or not isinstance(proxy.get("before"), dict) or not isinstance(proxy.get("after"), dict):
         return ""
     before, after = proxy["before"], proxy["after"]
-    parts = [f"{k} {before[k]:.3f} -> {after[k]:.3f}" for k in before if k in after]
-    return f"held-out {proxy.get('proxy', 'copy')} proxy: " + ", ".join(parts)
+    parts = [f"{k} {before[k]:.3f} -> {after[k]:.3f}" for k in before
+             if k in after and _is_number(before[k]) and _is_number(after[k])]
+    return f"held-out {proxy.get('proxy', 'copy')} proxy: " + ", ".join(parts) if parts else ""
 
 
-def describe_head_scores(doc: dict) -> str:
-    s = doc.get("settings", {})
+def describe_head_scores(scores) -> str:
+    s = scores.settings
     lines = [f"head scores ({s.get('method')}, lengths {s.get('lengths')}, positions {s.get('positions')}) "
-             f"for {doc['model'].get('name') or doc['model']['model_type']}"]
-    lines += [f"  L{r['layer']:>2}H{r['head']:<2} {r['score']:+.4f}" for r in doc["ranking"][:10]]
+             f"for {scores.model.name or scores.model.model_type}"]
+    lines += [f"  L{l:>2}H{h:<2} {v:+.4f}" for l, h, v in scores.ranking()[:10]]
     return "\n".join(lines)
+
+
+def describe_json(path: Path) -> str:
+    from .coefficients import FORMAT, Coefficients, parse_json_object
+    from .inputs import read_text
+
+    text = read_text(path, "JSON file")
+    kind = parse_json_object(text, str(path), "pear-edge").get("format")
+    if kind == FORMAT:
+        return describe_coefficients(Coefficients.from_json(text, source=str(path)))
+    if kind == "pear-edge/head-scores":
+        from .detect import HeadScores
+
+        return describe_head_scores(HeadScores.load(path))
+    raise PearError(f"{path}: not a pear-edge JSON file (no known 'format' field)")
+
+
+def describe_folder(path: Path) -> str:
+    from .coefficients import Coefficients, parse_json_object
+    from .fold import COEFFICIENTS_FILENAME
+    from .inputs import read_text
+
+    if not (path / "config.json").is_file():
+        raise PearError(f"{path} is not a model folder (no config.json)")
+    config = parse_json_object(read_text(path / "config.json", "model config"), str(path / "config.json"), "config")
+    architectures = config.get("architectures") or []
+    names = ", ".join(map(str, architectures)) if isinstance(architectures, list) else str(architectures)
+    text = f"Hugging Face model folder: {config.get('model_type')} ({names})"
+    if (path / "model.onnx").is_file():
+        from .converters.onnx_graph import describe_export
+
+        text = describe_export(path)
+    coeffs = path / COEFFICIENTS_FILENAME
+    if coeffs.exists():
+        return text + "\nPEAR-patched with:\n" + describe_coefficients(Coefficients.load(coeffs))
+    return text + "\nnot PEAR-patched"
 
 
 def describe(path: Path) -> str:
     if not path.exists():
         raise PearError(f"{path} not found")
     if path.is_dir():
-        from .fold import COEFFICIENTS_FILENAME
-
-        if not (path / "config.json").is_file():
-            raise PearError(f"{path} is not a model folder (no config.json)")
-        config = json.loads((path / "config.json").read_text())
-        text = f"Hugging Face model folder: {config.get('model_type')} ({', '.join(config.get('architectures', []))})"
-        if (path / "model.onnx").is_file():
-            from .converters.onnx_graph import describe_export
-
-            text = describe_export(path)
-        coeffs = path / COEFFICIENTS_FILENAME
-        if coeffs.is_file():
-            text += "\nPEAR-patched with:\n" + describe_coefficients(json.loads(coeffs.read_text()))
-        else:
-            text += "\nnot PEAR-patched"
-        return text
-    if path.suffix == ".json":
-        try:
-            doc = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise PearError(f"{path}: invalid JSON ({exc})") from None
-        kind = doc.get("format") if isinstance(doc, dict) else None
-        if kind == "pear-edge/coefficients":
-            return describe_coefficients(doc)
-        if kind == "pear-edge/head-scores":
-            return describe_head_scores(doc)
-        raise PearError(f"{path}: not a pear-edge JSON file")
+        return describe_folder(path)
+    if path.suffix.lower() == ".json":
+        return describe_json(path)
     if path.suffix.lower() == ".gguf":
         from .converters.gguf_layout import describe_gguf
 
-        return describe_gguf(path, describe_coefficients)
+        return describe_gguf(path)
     raise PearError(f"{path}: unknown file type (expected .json, a model folder, or .gguf)")

@@ -3,6 +3,7 @@ import json
 
 import pytest
 
+from pear_edge.atomic import MARKER
 from pear_edge.eval.harness import EvalResults, ExampleResult, paired_compare
 from pear_edge.eval.report import Run, write_report
 from pear_edge.eval.speed import Pair, SpeedReport, write_speed_report
@@ -26,7 +27,8 @@ def test_write_report_table_json_and_plot(tmp_path):
     doc = json.loads((tmp_path / "r" / "results.json").read_text())
     assert doc["runs"][0]["comparison"]["by_position"]["9"]["delta"] == 0.0
     assert (tmp_path / "r" / "accuracy_by_position.png").read_bytes()[:4] == b"\x89PNG"
-    assert not [p for p in (tmp_path / "r").iterdir() if p.name.startswith(".")]  # no temp files left
+    # no temp files left; the marker says pear-edge wrote the folder
+    assert [p.name for p in (tmp_path / "r").iterdir() if p.name.startswith(".")] == [MARKER]
 
 
 def test_speed_summary_uses_per_round_ratios(tmp_path):

@@ -10,6 +10,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from pear_edge.atomic import MARKER
 from pear_edge.cli import main
 from pear_edge.coefficients import Coefficients, HeadCoefficient
 from pear_edge.converters.gguf_layout import pear_metadata, read_gguf
@@ -44,7 +45,8 @@ def test_export_f16_q8_0_loads_and_matches_torch(tmp_path, tiny_hf, capsys):
     out = tmp_path / "gguf"
     assert main(["-q", "export", "gguf", "--model", str(tiny_hf), "--coefficients", str(tmp_path / "c.json"),
                  "--quant", "f16,q8_0", "-o", str(out)]) == 0
-    files = sorted(out.iterdir())
+    files = sorted(out.glob("*.gguf"))
+    assert (out / MARKER).is_file()  # written by pear-edge: `--force` may replace it
     assert [f.name for f in files] == ["tiny-llama0-pear-F16.gguf", "tiny-llama0-pear-Q8_0.gguf"]
 
     tokens = [loaded.tokenizer(t)["input_ids"] for t in ("The capital of France is", "one two three four")]
@@ -84,7 +86,7 @@ def _llamacpp_tokens(path) -> str:
 def test_export_from_the_shipped_gguf_keeps_its_tokenizer(tmp_path):
     out = tmp_path / "gguf"
     assert main(["-q", "export", "gguf", "--model", "default", "--quant", "q8_0", "-o", str(out)]) == 0
-    exported = next(out.iterdir())
+    exported = next(out.glob("*.gguf"))
     shipped = read_gguf(default_gguf_path())
     ours = read_gguf(exported)
     for key in ("tokenizer.ggml.model", "tokenizer.ggml.pre", "tokenizer.ggml.tokens", "tokenizer.ggml.merges",

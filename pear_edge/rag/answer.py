@@ -47,14 +47,16 @@ class Answerer:
         self.models = [(model_label(p, llm), llm) for p in paths for llm in [open_gguf(p, n_ctx=n_ctx)]]
 
     def retrieve(self, question: str, k: int) -> list[Hit]:
-        if not question.strip():
-            raise PearError("the question is empty; ask something")
+        check_question(question)
         return self.index.search(self.embedder.embed([question])[0], k)
 
     def stream(self, llm, label: str, question: str, hits: list[Hit], max_tokens: int,
-               on_piece: Callable[[str], None]) -> Answer:
+               on_piece: Callable[[str], None], deadline: float | None = None) -> Answer:
+        """Stream one model's answer (at most `max_tokens`, and stopping at time.monotonic() `deadline`)."""
         from ..llamacpp import chat_stream
 
+        if max_tokens < 1:
+            raise PearError(f"max_tokens must be at least 1, got {max_tokens}")  # llama.cpp: <= 0 is unlimited
         answer = Answer(label)
         start = time.perf_counter()
         try:
@@ -63,12 +65,19 @@ class Answerer:
                     answer.first_token_s = time.perf_counter() - start
                 answer.text += piece
                 on_piece(piece)
+                if deadline is not None and time.monotonic() > deadline:
+                    break
         except ValueError as exc:  # llama.cpp: the prompt does not fit the context
             raise PearError(f"{label}: {exc}; lower -k or raise --n-ctx") from None
         answer.total_s = time.perf_counter() - start
         answer.text = answer.text.strip()
         answer.tokens = len(llm.tokenize(answer.text.encode(), add_bos=False, special=False)) if answer.text else 0
         return answer
+
+
+def check_question(question: str) -> None:
+    if not question.strip():
+        raise PearError("the question is empty; ask something")
 
 
 def model_label(path: Path, llm) -> str:

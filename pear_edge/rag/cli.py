@@ -4,6 +4,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..cli import add_force_option
+from ..errors import PearError
+
 
 def add_commands(subparsers) -> None:
     rag = subparsers.add_parser("rag", help="local RAG demo: index text files, answer with base vs PEAR GGUFs")
@@ -34,6 +37,7 @@ def add_commands(subparsers) -> None:
 
     p = sub.add_parser("pydoc-corpus", help="write Python's bundled docs as one .txt per topic/module (demo corpus)")
     p.add_argument("output", help="new folder to create")
+    add_force_option(p)
     p.set_defaults(func=cmd_pydoc_corpus)
 
 
@@ -68,21 +72,31 @@ def cmd_calibrate(args) -> int:
     return calibrate(args)
 
 
-def cmd_ask(args) -> int:
-    from .answer import ask_cli
+def check_answer_options(args) -> None:
+    """-k, --max-tokens and --n-ctx are positive (llama.cpp reads max_tokens <= 0 as "no limit")."""
+    for name, value in (("-k", args.k), ("--max-tokens", args.max_tokens), ("--n-ctx", args.n_ctx)):
+        if value < 1:
+            raise PearError(f"{name} must be at least 1, got {value}")
 
+
+def cmd_ask(args) -> int:
+    from .answer import ask_cli, check_question
+
+    check_question(args.question)  # before seconds of model loading
+    check_answer_options(args)
     return ask_cli(args)
 
 
 def cmd_serve(args) -> int:
     from .server import serve_forever
 
+    check_answer_options(args)
     return serve_forever(args)
 
 
 def cmd_pydoc_corpus(args) -> int:
     from .pydoc_corpus import write_pydoc_corpus
 
-    count = write_pydoc_corpus(args.output)
+    count = write_pydoc_corpus(args.output, replace=args.force)
     print(f"wrote {count} files to {Path(args.output)}")
     return 0

@@ -103,25 +103,39 @@ class RagIndex:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        if self.path.is_dir():
+            raise PearError(f"RAG index {self.path} is a folder; give the index file built by `pear-edge rag index`")
         if not self.path.is_file():
             raise PearError(f"RAG index {self.path} not found; build it with: "
                             f"pear-edge rag index DOCS_DIR --db {self.path}")
         self.conn = _connect(self.path, write=False)
         self.meta = _read_meta(self.conn, self.path)
 
+    def _query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        """Rows of one query; a damaged or locked index is one PearError, not an apsw traceback."""
+        import apsw
+
+        try:
+            return self.conn.execute(sql, params).fetchall()
+        except apsw.BusyError:
+            raise PearError(f"RAG index {self.path} is locked by another process; try again") from None
+        except apsw.Error as exc:
+            raise PearError(f"RAG index {self.path} is damaged ({type(exc).__name__}: {exc}); rebuild it with: "
+                            f"pear-edge rag index DOCS_DIR --db NEW_PATH") from None
+
     def count(self) -> tuple[int, int]:
-        files = self.conn.execute("SELECT count(*) FROM files").fetchall()[0][0]
-        chunks = self.conn.execute("SELECT count(*) FROM chunks").fetchall()[0][0]
+        files = self._query("SELECT count(*) FROM files")[0][0]
+        chunks = self._query("SELECT count(*) FROM chunks")[0][0]
         return files, chunks
 
     def search(self, query_vector: np.ndarray, k: int = 5) -> list[Hit]:
         if k < 1:
             raise PearError(f"-k must be at least 1, got {k}")
-        rows = self.conn.execute(
+        rows = self._query(
             "SELECT c.path, c.number, c.text, v.distance FROM "
             "(SELECT rowid, distance FROM vectors WHERE embedding MATCH ? AND k = ?) AS v "
             "JOIN chunks AS c ON c.id = v.rowid ORDER BY v.distance",
-            (np.asarray(query_vector, dtype=np.float32).tobytes(), k)).fetchall()
+            (np.asarray(query_vector, dtype=np.float32).tobytes(), k))
         return [Hit(path, number, text, 1.0 - distance) for path, number, text, distance in rows]
 
     def chunks(self) -> list[tuple[str, str]]:

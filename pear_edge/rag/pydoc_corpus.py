@@ -11,8 +11,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from ..atomic import atomic_dir
-from ..errors import PearError
+from ..atomic import Kind, atomic_dir, check_output
 
 SKIPPED_MODULES = {"antigravity", "this"}
 
@@ -49,13 +48,11 @@ def _module_docs(name: str) -> str:
     return "\n\n".join(parts) if len(parts) > 1 or ast.get_docstring(tree) else ""
 
 
-def write_pydoc_corpus(out_dir: str | Path) -> int:
-    """Write the corpus folder atomically; returns the number of files."""
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        raise PearError(f"{out} exists and is not empty; choose a new folder")
+def write_pydoc_corpus(out_dir: str | Path, replace: bool = False) -> int:
+    """Write the corpus folder atomically (`replace`: --force); returns the number of files."""
+    out = check_output(out_dir, kind=Kind.FOLDER, replace=replace)
     files = {**topic_files(), **module_files()}
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, replace=replace) as tmp:
         for rel, text in files.items():
             path = tmp / rel
             path.parent.mkdir(parents=True, exist_ok=True)
