@@ -1,35 +1,22 @@
 """Backends with one interface, so the same prompts run on torch, llama.cpp and onnxruntime:
 
     generate(messages, max_tokens) -> str      greedy, with the model's own chat template
-    nll(text) -> (summed NLL, predicted tokens)  / perplexity(text)
-    last_timing                                 tokens and seconds of the latest generate()
+    nll(text) -> (summed NLL, predicted tokens)
+    last_timing                                 tokens and seconds of the latest generate() (pear_edge.timing)
 
 torch runs an HF model as is, hooked with `scale_heads` (coefficients), or folded in place.
 """
 from __future__ import annotations
 
-import math
-import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pear_edge.errors import PearError
+from pear_edge.timing import Stopwatch, Timing
 
 KINDS = ("torch", "llamacpp", "onnx")
-
-
-@dataclass(frozen=True)
-class Timing:
-    prompt_tokens: int
-    output_tokens: int
-    seconds: float
-    first_token_s: float
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class Backend:
@@ -44,10 +31,6 @@ class Backend:
 
     def nll(self, text: str) -> tuple[float, int]:
         raise NotImplementedError
-
-    def perplexity(self, text: str) -> float:
-        total, count = self.nll(text)
-        return math.exp(total / count)
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "name": self.name, "source": self.source}
@@ -88,29 +71,20 @@ class _HFGenerating(Backend):
 
     def generate(self, messages, max_tokens=32):
         import torch
-        from transformers import LogitsProcessor, LogitsProcessorList
-
-        clock: list[float] = []
-
-        class StepClock(LogitsProcessor):
-            def __call__(self, input_ids, scores):
-                clock.append(time.perf_counter())
-                return scores
 
         ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
                                                  return_dict=True)
         ids = {k: v.to(self.model.device) for k, v in ids.items()}
-        start = time.perf_counter()
+        watch = Stopwatch()
         with torch.inference_mode(), self._forward_context():
             out = self.model.generate(**ids, max_new_tokens=max_tokens, do_sample=False, num_beams=1,
                                       eos_token_id=self.stop_ids, pad_token_id=self.stop_ids[0],
-                                      logits_processor=LogitsProcessorList([StepClock()]))
-        end = time.perf_counter()
+                                      logits_processor=watch.logits_processor())
+        watch.stop()
         new = out[0, ids["input_ids"].shape[1]:].tolist()
         while new and new[-1] in self.stop_ids:
             new.pop()
-        self.last_timing = Timing(ids["input_ids"].shape[1], len(new), end - start,
-                                  (clock[0] if clock else end) - start)
+        self.last_timing = watch.timing(ids["input_ids"].shape[1], len(new))
         return self.tokenizer.decode(new, skip_special_tokens=True).strip()
 
     def nll(self, text):
@@ -232,19 +206,10 @@ class LlamaCppBackend(Backend):
         self._scorer = None
 
     def generate(self, messages, max_tokens=32):
-        from pear_edge.llamacpp import chat_stream
+        from pear_edge.llamacpp import timed_chat
 
-        pieces, first = [], None
-        start = time.perf_counter()
-        for piece in chat_stream(self.llm, messages, max_tokens):
-            first = first or time.perf_counter()
-            pieces.append(piece)
-        end = time.perf_counter()
-        text = "".join(pieces)
-        out_tokens = len(self.llm.tokenize(text.encode(), add_bos=False, special=False)) if text else 0
-        self.last_timing = Timing(max(0, self.llm.n_tokens - out_tokens), out_tokens, end - start,
-                                  (first or end) - start)
-        return text.strip()
+        text, self.last_timing = timed_chat(self.llm, messages, max_tokens)
+        return text
 
     def nll(self, text):
         from pear_edge.llamacpp import open_gguf

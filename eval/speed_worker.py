@@ -46,9 +46,10 @@ def measure_llamacpp(spec: dict) -> dict:
 
 
 def measure_hf(spec: dict) -> dict:
-    """onnxruntime (or torch) through generate(); a logits-processor clock splits prefill and decode."""
+    """onnxruntime (or torch) through generate(); the Stopwatch's first tick splits prefill and decode."""
     import torch
-    from transformers import LogitsProcessor, LogitsProcessorList
+
+    from pear_edge.timing import Stopwatch
 
     from .backends import open_backend
 
@@ -57,27 +58,20 @@ def measure_hf(spec: dict) -> dict:
     load = time.perf_counter() - start
     ids = _prompt_ids(lambda t: backend.tokenizer(t, add_special_tokens=False)["input_ids"], spec["prompt_tokens"])
     input_ids = torch.tensor([ids])
-    clock: list[float] = []
+    watch = Stopwatch()
 
-    class StepClock(LogitsProcessor):
-        def __call__(self, input_ids, scores):
-            clock.append(time.perf_counter())
-            return scores
-
-    def run(new_tokens: int) -> float:
-        clock.clear()
-        begin = time.perf_counter()
+    def run(new_tokens: int) -> None:
+        watch.restart()
         with torch.inference_mode():
             backend.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
                                    max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                                   pad_token_id=backend.stop_ids[0], logits_processor=LogitsProcessorList([StepClock()]))
-        return begin
+                                   pad_token_id=backend.stop_ids[0], logits_processor=watch.logits_processor())
+        watch.stop()
 
     run(2)  # warm-up
-    begin = run(spec["gen_tokens"] + 1)
-    end = time.perf_counter()
-    return {"prefill_tps": len(ids) / (clock[0] - begin), "decode_tps": spec["gen_tokens"] / (end - clock[0]),
-            "load_s": load}
+    run(spec["gen_tokens"] + 1)
+    return {"prefill_tps": len(ids) / watch.first_token_s,
+            "decode_tps": spec["gen_tokens"] / (watch.seconds - watch.first_token_s), "load_s": load}
 
 
 def main(argv: list[str]) -> int:

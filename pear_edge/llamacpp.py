@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from .errors import PearError
+from .timing import Stopwatch, Timing
 
 
 def open_gguf(path: str | Path, n_ctx: int = 4096, logits_all: bool = False, n_threads: int | None = None):
@@ -34,3 +36,23 @@ def chat_stream(llm, messages: list[dict[str, str]], max_tokens: int = 64) -> It
 
 def chat(llm, messages: list[dict[str, str]], max_tokens: int = 64) -> str:
     return "".join(chat_stream(llm, messages, max_tokens))
+
+
+def timed_chat(llm, messages: list[dict[str, str]], max_tokens: int = 64,
+               on_piece: Callable[[str], None] | None = None, deadline: float | None = None) -> tuple[str, Timing]:
+    """`chat_stream` timed with a Stopwatch (one tick per streamed piece): the answer, stripped, and its
+    Timing. `on_piece` sees every piece as it arrives; the stream stops early once time.monotonic()
+    passes `deadline`. Prompt tokens are those llama.cpp evaluated, less the answer's."""
+    pieces: list[str] = []
+    watch = Stopwatch()
+    for piece in chat_stream(llm, messages, max_tokens):
+        watch.tick()
+        pieces.append(piece)
+        if on_piece is not None:
+            on_piece(piece)
+        if deadline is not None and time.monotonic() > deadline:
+            break
+    watch.stop()
+    text = "".join(pieces)
+    out_tokens = len(llm.tokenize(text.encode(), add_bos=False, special=False)) if text else 0
+    return text.strip(), watch.timing(max(0, llm.n_tokens - out_tokens), out_tokens)

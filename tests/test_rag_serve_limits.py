@@ -14,6 +14,7 @@ import pytest
 from pear_edge.rag import server as rag_server
 from pear_edge.rag.answer import Answer, check_question
 from pear_edge.rag.index import Hit
+from pear_edge.timing import Timing
 
 
 class StandInIndex:
@@ -35,7 +36,7 @@ class StandInAnswerer:
         for piece in ("Pa", "ri", "s"):
             time.sleep(0.01)
             on_piece(piece)
-        return Answer(label, "Paris", 0.01, 0.03, 3)
+        return Answer(label, "Paris", Timing(prompt_tokens=20, output_tokens=3, seconds=0.03, first_token_s=0.01))
 
 
 @pytest.fixture(scope="module")

@@ -4,13 +4,13 @@ from __future__ import annotations
 import shutil
 import sys
 import textwrap
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 from ..errors import PearError
 from ..prompts import Document, mdqa_prompt, user_messages
+from ..timing import Timing
 from .embed import Embedder
 from .index import Hit, RagIndex
 
@@ -19,18 +19,12 @@ from .index import Hit, RagIndex
 class Answer:
     label: str
     text: str = ""
-    first_token_s: float = 0.0
-    total_s: float = 0.0
-    tokens: int = 0
-
-    def timing(self) -> str:
-        rate = self.tokens / self.total_s if self.total_s else 0.0
-        return (f"{self.tokens} tokens in {self.total_s:.2f} s (first token {self.first_token_s:.2f} s, "
-                f"{rate:.1f} tok/s)")
+    timing: Timing = Timing(0, 0, 0.0, 0.0)
 
     def as_dict(self) -> dict:
-        return {"label": self.label, "text": self.text, "first_token_s": round(self.first_token_s, 3),
-                "total_s": round(self.total_s, 3), "tokens": self.tokens}
+        """The server's `done` event (the page reads first_token_s, total_s and tokens)."""
+        return {"label": self.label, "text": self.text, "first_token_s": round(self.timing.first_token_s, 3),
+                "total_s": round(self.timing.seconds, 3), "tokens": self.timing.output_tokens}
 
 
 class Answerer:
@@ -53,26 +47,15 @@ class Answerer:
     def stream(self, llm, label: str, question: str, hits: list[Hit], max_tokens: int,
                on_piece: Callable[[str], None], deadline: float | None = None) -> Answer:
         """Stream one model's answer (at most `max_tokens`, and stopping at time.monotonic() `deadline`)."""
-        from ..llamacpp import chat_stream
+        from ..llamacpp import timed_chat
 
         if max_tokens < 1:
             raise PearError(f"max_tokens must be at least 1, got {max_tokens}")  # llama.cpp: <= 0 is unlimited
-        answer = Answer(label)
-        start = time.perf_counter()
         try:
-            for piece in chat_stream(llm, answer_messages(question, hits), max_tokens=max_tokens):
-                if not answer.text:
-                    answer.first_token_s = time.perf_counter() - start
-                answer.text += piece
-                on_piece(piece)
-                if deadline is not None and time.monotonic() > deadline:
-                    break
+            text, timing = timed_chat(llm, answer_messages(question, hits), max_tokens, on_piece, deadline)
         except ValueError as exc:  # llama.cpp: the prompt does not fit the context
             raise PearError(f"{label}: {exc}; lower -k or raise --n-ctx") from None
-        answer.total_s = time.perf_counter() - start
-        answer.text = answer.text.strip()
-        answer.tokens = len(llm.tokenize(answer.text.encode(), add_bos=False, special=False)) if answer.text else 0
-        return answer
+        return Answer(label, text, timing)
 
 
 def check_question(question: str) -> None:
@@ -99,7 +82,7 @@ def format_sources(hits: list[Hit]) -> Iterator[str]:
 def side_by_side(answers: list[Answer], width: int) -> str:
     col = max(20, (width - 3 * (len(answers) - 1)) // len(answers))
     columns = [[a.label[:col], "-" * min(col, len(a.label)), *textwrap.wrap(a.text or "(no answer)", col), "",
-                *textwrap.wrap(a.timing(), col)] for a in answers]
+                *textwrap.wrap(a.timing.describe(), col)] for a in answers]
     rows = max(len(c) for c in columns)
     return "\n".join(" | ".join(c[i].ljust(col) if i < len(c) else " " * col for c in columns).rstrip()
                      for i in range(rows))
@@ -116,7 +99,7 @@ def ask_cli(args) -> int:
         print(f"\n== {label} ==")
         answers.append(answerer.stream(llm, label, args.question, hits, args.max_tokens,
                                        lambda piece: print(piece, end="", flush=True)))
-        print(f"\n({answers[-1].timing()})")
+        print(f"\n({answers[-1].timing.describe()})")
     if len(answers) > 1:
         print("\n" + side_by_side(answers, shutil.get_terminal_size((100, 20)).columns))
     sys.stdout.flush()
