@@ -28,6 +28,12 @@ from .heads import edit_heads
 from .proxy import ProxyVocab, model_device, proxy_batch
 
 METHODS = ("exact", "attribution", "gradient")
+# What a score measures, by detection method: the heatmap's colour-bar label.
+SCORE_MEANINGS = {
+    "exact": "Δ(correct − mean logit) when mean-ablated",
+    "attribution": "first-order estimate of Δ(correct − mean logit) when mean-ablated",
+    "gradient": "d(proxy loss)/d(head scale) at scale 1",
+}
 POSITIONS = ("last", "copy")
 
 
@@ -208,6 +214,17 @@ class HeadScores:
         return cls(torch.tensor(scores, dtype=torch.float32), model, settings)
 
 
+def score_meaning(settings: dict) -> str:
+    """What the scores in a head-scores file measure, from the method that actually made them."""
+    return SCORE_MEANINGS.get(settings.get("method"), "suppression score (unknown method)")
+
+
+def heatmap_title(scores: HeadScores) -> str:
+    method = scores.settings.get("method", "?")
+    proxy = f", {scores.settings['proxy']} proxy" if method == "gradient" and scores.settings.get("proxy") else ""
+    return f"suppression score ({method}{proxy}, {scores.model.name or scores.model.model_type})"
+
+
 def save_heatmap(scores: HeadScores, path: Path, top_k: int = 0) -> Path:
     import matplotlib
 
@@ -221,8 +238,8 @@ def save_heatmap(scores: HeadScores, path: Path, top_k: int = 0) -> Path:
     im = ax.imshow(data, cmap="RdBu_r", vmin=-bound, vmax=bound, aspect="auto")
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
-    ax.set_title(f"suppression score ({scores.settings.get('method', '?')}, {scores.model.name})")
-    fig.colorbar(im, ax=ax, label="Δ(correct − mean logit) when mean-ablated")
+    ax.set_title(heatmap_title(scores))
+    fig.colorbar(im, ax=ax, label=score_meaning(scores.settings))
     for l, h, _ in scores.top(top_k):
         ax.add_patch(plt.Rectangle((h - 0.5, l - 0.5), 1, 1, fill=False, lw=1.5, ec="black"))
     fig.tight_layout()

@@ -32,10 +32,16 @@ def check_not_patched(source: Path) -> None:
 
 
 def fold_model(loaded, coefficients: Coefficients) -> str:
-    """Check that `coefficients` belong to `loaded`, then fold them in place. Returns the match kind."""
+    """Check that `coefficients` belong to `loaded`, then fold them in place. Returns the match kind.
+    A loaded model is folded once: a second fold (even of the same file) is refused, because the
+    weights it would be checked against are no longer the ones the coefficients were made for."""
     check_not_patched(loaded.source)
+    if loaded.folded is not None:
+        raise PearError(f"{loaded.name} in memory already has {len(loaded.folded.heads)} coefficients folded in; "
+                        "load the base model again to fold other coefficients")
     match = coefficients.model.check_matches(loaded.fingerprint(), what=str(loaded.source))
     fold_coefficients(loaded.model, loaded.adapter, coefficients)
+    loaded.mark_folded(coefficients)
     return match
 
 

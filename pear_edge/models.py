@@ -118,18 +118,28 @@ def check_gguf_readable(path: Path) -> None:
 
 @dataclass
 class LoadedModel:
+    """A model in memory. `folded`: the coefficients folded into its weights since it was loaded (a loaded
+    model is folded at most once; its fingerprint is taken afresh after the fold)."""
+
     model: torch.nn.Module
     tokenizer: object
     adapter: ArchAdapter
     source: Path
     name: str
+    folded: object | None = None  # pear_edge.coefficients.Coefficients
 
     @cached_property
     def _fingerprint(self) -> ModelFingerprint:
         return fingerprint(self.model, self.adapter, self.name)
 
     def fingerprint(self) -> ModelFingerprint:
+        """Cached: weights change only through `mark_folded`, which drops the cache."""
         return self._fingerprint
+
+    def mark_folded(self, coefficients) -> None:
+        """Record that `coefficients` were folded into the weights (see pear_edge.fold.fold_model)."""
+        self.folded = coefficients
+        self.__dict__.pop("_fingerprint", None)
 
 
 def _gguf_cache_folder(path: Path) -> Path:
