@@ -3,13 +3,12 @@
 Each format module contributes:
     add_export_parser(export_subparsers)   -> `pear-edge export <format> ...`
     add_commands(subparsers)               -> its patch-* command
-    verify(args) -> int                    -> `pear-edge verify` for files of that format
+    verify_format() -> ExportFormat        -> its files' plug-in for `pear-edge verify` (converters/verify.py)
 """
 from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Sequence
 
 from pear_edge.errors import PearError
 
@@ -24,27 +23,35 @@ def _format_of(path: Path) -> str:
     raise PearError(f"{path} is neither a .gguf file nor a folder with an ONNX model")
 
 
-def read_prompts(path: str | None, builtin: Sequence[str]) -> list[str]:
-    """`verify --prompts`: one prompt per non-empty line, `\\n` for a newline inside a prompt;
-    `builtin` when no file is given."""
-    from pear_edge.inputs import read_text
-
-    if path is None:
-        return list(builtin)
-    prompts = [line.replace("\\n", "\n") for line in read_text(path, "prompts file").splitlines() if line.strip()]
-    if not prompts:
-        raise PearError(f"prompts file {path} has no non-empty line")
-    return prompts
-
-
 def cmd_verify(args) -> int:
     from pear_edge.atomic import check_output_path
+
+    from .verify import run_verify
 
     fmt = _format_of(Path(args.patched))
     if args.output:  # the JSON report and its .png plot, checked before any work
         for path in (args.output, Path(args.output).with_suffix(".png")):
             check_output_path(path, args.patched, args.base, args.coefficients, args.prompts)
-    return importlib.import_module(FORMAT_MODULES[fmt]).verify(args)
+    return run_verify(importlib.import_module(FORMAT_MODULES[fmt]).verify_format(), args.patched, model=args.model,
+                      coefficients=args.coefficients, base=args.base, prompts=args.prompts, output=args.output,
+                      max_abs_logit_diff=args.max_logit_diff, min_top1_agreement=args.min_top1)
+
+
+def _bounded(low: float, high: float, what: str):
+    """argparse type: a float in (low, high] (`low` itself allowed when it is 0)."""
+    import argparse
+    import math
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (low < value <= high or value == low == 0) or math.isinf(value):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    return parse
 
 
 def add_commands(sub) -> None:
@@ -54,11 +61,18 @@ def add_commands(sub) -> None:
     for module in modules:
         module.add_export_parser(export_sub)
         module.add_commands(sub)
-    p = sub.add_parser("verify", help="compare a patched GGUF/ONNX model with torch running the folded model")
+    p = sub.add_parser("verify", help="compare a patched GGUF/ONNX model with torch running the folded model; "
+                                      "exit 0 on PASS, 2 on FAIL (tolerance by weight kind, see docs/gguf.md)")
     p.add_argument("patched", help="patched .gguf file or ONNX folder")
     p.add_argument("--model", default="default", help="SPEC of the base model (see `calibrate --model`)")
     p.add_argument("--coefficients", help="coefficients JSON (default: read from the patched file)")
     p.add_argument("--base", help="unpatched .gguf/ONNX folder, to show what the patch changed")
     p.add_argument("--prompts", help="text file, one prompt per line (default: built-in prompts)")
-    p.add_argument("-o", "--output", help="write the report as JSON here")
+    p.add_argument("--max-logit-diff", type=_bounded(0, float("inf"), "a number >= 0"), metavar="X",
+                   help="largest max |Δlogit| that passes (default: by weight kind: fp32 1e-3, fp16 0.5, "
+                        "8-bit 5, lower 15)")
+    p.add_argument("--min-top1", type=_bounded(0, 1, "a fraction between 0 and 1"), metavar="F",
+                   help="smallest top-1 agreement that passes, 0..1 (default: by weight kind: fp32 0.99, "
+                        "fp16 0.98, 8-bit 0.9, lower 0.8)")
+    p.add_argument("-o", "--output", help="write the report as JSON here (and a .png plot beside it)")
     p.set_defaults(func=cmd_verify)

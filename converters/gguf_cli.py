@@ -54,7 +54,7 @@ def add_commands(sub) -> None:
     p.set_defaults(func=cmd_patch)
 
 
-def verify(args) -> int:
-    from .gguf_verify import run_verify
+def verify_format():
+    from .gguf_verify import GgufFormat
 
-    return run_verify(args)
+    return GgufFormat()

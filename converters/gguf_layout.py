@@ -10,18 +10,25 @@ from __future__ import annotations
 import json
 import struct
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGUFReader, GGUFValueType
+from gguf import GGML_QUANT_SIZES, GGUFReader, GGUFValueType, Keys
 from gguf.quants import dequantize
 
 from pear_edge.coefficients import ModelFingerprint
 from pear_edge.errors import PearError
-from pear_edge.registry import REGISTRY
+from pear_edge.layout import HeadLayout
+from pear_edge.registry import caveat_note, model_type_for_gguf_arch
 
+# The pear.* keys `patch-gguf`/`export gguf` append (gguf-py has no constants for them: they are ours).
 PEAR_PREFIX = "pear."
+PEAR_VERSION = "pear.version"
+PEAR_TOOL = "pear.tool"
+PEAR_COEFFICIENTS = "pear.coefficients"      # the coefficients JSON
+PEAR_SOURCE_SHA256 = "pear.source_sha256"
+PEAR_REPORT = "pear.report"                  # per-tensor patch method and error, JSON
+READER_VERSION_FIELD = "GGUF.version"        # a pseudo-key GGUFReader adds for the header's version
 HEADER_BYTES = 24          # magic, version (u32), tensor count (u64), kv count (u64)
 COPY_CHUNK = 64 << 20
 
@@ -90,36 +97,26 @@ def _positive_int(value, what: str) -> int:
     return int(value)
 
 
-@dataclass(frozen=True)
-class GgufHeads:
-    arch: str
-    num_layers: int
-    num_heads: int
-    head_dim: int
-    hidden_size: int
-
-    @property
-    def model_type(self) -> str:
-        return next((s.model_types[0] for s in REGISTRY if s.gguf_arch == self.arch), self.arch)
-
-
-def head_layout(reader: GGUFReader, name: str = "GGUF") -> GgufHeads:
-    arch = kv(reader, "general.architecture")
+def head_layout(reader: GGUFReader, name: str = "GGUF") -> HeadLayout:
+    """The head layout from the GGUF's metadata (model_type: the registry's name for its architecture)."""
+    arch = kv(reader, Keys.General.ARCHITECTURE)
     if not arch or not isinstance(arch, str):
-        raise PearError(f"{name} has no general.architecture key; is it a model GGUF?")
-    keys = {k: kv(reader, f"{arch}.{k}") for k in ("block_count", "attention.head_count", "embedding_length")}
+        raise PearError(f"{name} has no {Keys.General.ARCHITECTURE} key; is it a model GGUF?")
+    keys = {k.format(arch=arch): kv(reader, k.format(arch=arch))
+            for k in (Keys.LLM.BLOCK_COUNT, Keys.Attention.HEAD_COUNT, Keys.LLM.EMBEDDING_LENGTH)}
     missing = [k for k, v in keys.items() if v is None]
     if missing:
-        raise PearError(f"{name} ({arch}) lacks {', '.join(f'{arch}.{k}' for k in missing)} metadata")
-    if isinstance(keys["attention.head_count"], list):
+        raise PearError(f"{name} ({arch}) lacks {', '.join(missing)} metadata")
+    head_count = Keys.Attention.HEAD_COUNT.format(arch=arch)
+    if isinstance(keys[head_count], list):
         raise PearError(f"{name} ({arch}) has a different head count per layer; not supported")
-    layers, heads, hidden = (_positive_int(v, f"{name}: {arch}.{k}") for k, v in keys.items())
-    head_dim = _positive_int(kv(reader, f"{arch}.attention.key_length", hidden // heads or 1),
-                             f"{name}: {arch}.attention.key_length")
-    return GgufHeads(arch, layers, heads, head_dim, hidden)
+    layers, heads, hidden = (_positive_int(v, f"{name}: {k}") for k, v in keys.items())
+    key_length = Keys.Attention.KEY_LENGTH.format(arch=arch)
+    head_dim = _positive_int(kv(reader, key_length, hidden // heads or 1), f"{name}: {key_length}")
+    return HeadLayout(model_type_for_gguf_arch(arch), layers, heads, head_dim, hidden)
 
 
-def attn_output_tensors(reader: GGUFReader, heads: GgufHeads, name: str = "GGUF") -> dict[int, object]:
+def attn_output_tensors(reader: GGUFReader, heads: HeadLayout, name: str = "GGUF") -> dict[int, object]:
     """blk.N.attn_output.weight for every layer, checked against the head layout."""
     by_name = {t.name: t for t in reader.tensors}
     out = {}
@@ -151,8 +148,7 @@ def gguf_fingerprint(reader: GGUFReader, name: str) -> ModelFingerprint:
         if not np.isfinite(w).all():
             raise PearError(f"{name}: {tensors[i].name} holds NaN or infinite values; the file is damaged")
         weights.append(w)
-    return ModelFingerprint.from_o_proj_weights(heads.model_type, heads.num_layers, heads.num_heads, heads.head_dim,
-                                                heads.hidden_size, weights, name=name)
+    return ModelFingerprint.from_o_proj_weights(heads, weights, name=name)
 
 
 def _encode_kv(key: str, value: str | int) -> bytes:
@@ -213,23 +209,24 @@ def describe_gguf(path: Path) -> str:
 
     reader = read_gguf(path)
     types = Counter(t.tensor_type.name for t in reader.tensors)
-    lines = [f"GGUF v{kv(reader, 'GGUF.version')}: {kv(reader, 'general.name', '?')} "
-             f"(arch {kv(reader, 'general.architecture', '?')}), {len(reader.tensors)} tensors: "
+    lines = [f"GGUF v{kv(reader, READER_VERSION_FIELD)}: {kv(reader, Keys.General.NAME, '?')} "
+             f"(arch {kv(reader, Keys.General.ARCHITECTURE, '?')}), {len(reader.tensors)} tensors: "
              + ", ".join(f"{n} {k}" for k, n in types.most_common())]
     try:
         h = head_layout(reader, str(path))
-        lines.append(f"{h.num_layers} layers x {h.num_heads} heads x head_dim {h.head_dim}, hidden {h.hidden_size}")
+        lines.append(h.describe())
+        lines += filter(None, [caveat_note(h.model_type)])
     except PearError as exc:
         lines.append(str(exc))
     meta = pear_metadata(reader)
     if not meta:
         return "\n".join(lines + ["not PEAR-patched"])
-    lines.append(f"PEAR-patched (pear.version {meta.get('pear.version')}, by {meta.get('pear.tool', '?')}), "
-                 f"source sha256 {str(meta.get('pear.source_sha256', ''))[:16]}…")
-    lines += _describe_report(meta.get("pear.report"))
-    if "pear.coefficients" not in meta:
-        raise PearError(f"{path} has pear.* metadata but no pear.coefficients; the file is damaged")
-    coeffs = Coefficients.from_json(str(meta["pear.coefficients"]), source=f"{path} pear.coefficients")
+    lines.append(f"PEAR-patched ({PEAR_VERSION} {meta.get(PEAR_VERSION)}, by {meta.get(PEAR_TOOL, '?')}), "
+                 f"source sha256 {str(meta.get(PEAR_SOURCE_SHA256, ''))[:16]}…")
+    lines += _describe_report(meta.get(PEAR_REPORT))
+    if PEAR_COEFFICIENTS not in meta:
+        raise PearError(f"{path} has pear.* metadata but no {PEAR_COEFFICIENTS}; the file is damaged")
+    coeffs = Coefficients.from_json(str(meta[PEAR_COEFFICIENTS]), source=f"{path} {PEAR_COEFFICIENTS}")
     lines.append(describe_coefficients(coeffs))
     return "\n".join(lines)
 

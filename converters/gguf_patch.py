@@ -18,8 +18,9 @@ from pear_edge.coefficients import Coefficients
 from pear_edge.errors import PearError
 from pear_edge.models import file_sha256
 
-from .gguf_layout import (attn_output_tensors, gguf_fingerprint, head_layout, pear_metadata, read_gguf,
-                          tensor_bytes, write_gguf_copy)
+from .gguf_layout import (PEAR_COEFFICIENTS, PEAR_REPORT, PEAR_SOURCE_SHA256, PEAR_TOOL, PEAR_VERSION,
+                          attn_output_tensors, gguf_fingerprint, head_layout, pear_metadata, read_gguf, tensor_bytes,
+                          write_gguf_copy)
 from .gguf_quant import check_supported, scale_head_columns
 
 PEAR_GGUF_VERSION = 1
@@ -27,11 +28,11 @@ PEAR_GGUF_VERSION = 1
 
 def pear_kv(coefficients: Coefficients, source_sha256: str, tool: str, report: dict) -> dict[str, str | int]:
     return {
-        "pear.version": PEAR_GGUF_VERSION,
-        "pear.tool": f"pear-edge {__version__} {tool}",
-        "pear.coefficients": coefficients.to_json(),
-        "pear.source_sha256": source_sha256,
-        "pear.report": json.dumps(report, allow_nan=False),
+        PEAR_VERSION: PEAR_GGUF_VERSION,
+        PEAR_TOOL: f"pear-edge {__version__} {tool}",
+        PEAR_COEFFICIENTS: coefficients.to_json(),
+        PEAR_SOURCE_SHA256: source_sha256,
+        PEAR_REPORT: json.dumps(report, allow_nan=False),
     }
 
 

@@ -29,17 +29,17 @@ def replace_tokenizer(source_gguf: Path, converted: Path, output: Path) -> None:
 
     source = gguf.GGUFReader(source_gguf)
     target = gguf.GGUFReader(converted)
-    tokens = source.fields.get("tokenizer.ggml.tokens")
+    tokens = source.fields.get(gguf.Keys.Tokenizer.LIST)
     embedding = next((t for t in target.tensors if t.name == "token_embd.weight"), None)
     if tokens is None or embedding is None:
         raise PearError(f"{source_gguf} has no tokenizer vocabulary to carry over")
     if len(tokens.data) != int(embedding.shape[-1]):
         raise PearError(f"{source_gguf} has {len(tokens.data)} tokens but the exported model embeds "
                         f"{int(embedding.shape[-1])}; the source GGUF is not this model's")
-    arch = target.fields["general.architecture"].contents()
+    arch = target.fields[gguf.Keys.General.ARCHITECTURE].contents()
     writer = gguf.GGUFWriter(output, arch=arch, endianess=target.endianess)
     for field in target.fields.values():
-        if field.name.startswith(("GGUF.", TOKENIZER_PREFIX)) or field.name == "general.architecture":
+        if field.name.startswith(("GGUF.", TOKENIZER_PREFIX)) or field.name == gguf.Keys.General.ARCHITECTURE:
             continue
         _copy_field(writer, field)
     for field in source.fields.values():

@@ -47,7 +47,7 @@ def cmd_patch_onnx(args) -> int:
     return 0
 
 
-def verify(args) -> int:
-    from .onnx_verify import verify as run
+def verify_format():
+    from .onnx_verify import OnnxFormat
 
-    return run(args)
+    return OnnxFormat()

@@ -19,6 +19,7 @@ from onnx.external_data_helper import load_external_data_for_model
 
 from pear_edge.coefficients import ModelFingerprint
 from pear_edge.errors import PearError
+from pear_edge.layout import HeadLayout, layout_from_config
 from pear_edge.registry import ArchSpec, spec_for
 
 MODEL_FILENAME = "model.onnx"
@@ -28,27 +29,13 @@ QUANTIZED_OPS = {"MatMulInteger", "DynamicQuantizeLinear", "MatMulNBits", "Dequa
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
 
 
-@dataclass(frozen=True)
-class OnnxLayout:
-    """Head layout from the folder's config.json (the same numbers a torch fingerprint holds)."""
-
-    model_type: str
-    num_layers: int
-    num_heads: int
-    head_dim: int
-    hidden_size: int
-
-    def tuple(self) -> tuple[int, int, int, int]:
-        return (self.num_layers, self.num_heads, self.head_dim, self.hidden_size)
-
-
 @dataclass
 class OnnxExport:
     """A loaded export folder: the graph with all weights in memory, plus its layout."""
 
     folder: Path
     model: onnx.ModelProto
-    layout: OnnxLayout
+    layout: HeadLayout
     external_files: set[str]
 
     @property
@@ -67,25 +54,15 @@ def model_path(folder: Path) -> Path:
     return path
 
 
-def read_layout(folder: Path) -> OnnxLayout:
+def read_layout(folder: Path) -> HeadLayout:
+    """The head layout the folder's config.json describes (its text_config for multimodal configs)."""
     try:
         config = json.loads((folder / "config.json").read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise PearError(f"{folder / 'config.json'} is not valid JSON ({exc})") from None
-    text = config.get("text_config", config)
     model_type = str(config.get("model_type", ""))
     spec_for(model_type)  # refuses unsupported architectures with the supported list
-    heads = _first(text, ("num_attention_heads", "n_head", "num_heads"))
-    hidden = _first(text, ("hidden_size", "n_embd", "d_model"))
-    layers = _first(text, ("num_hidden_layers", "n_layer", "num_layers"))
-    return OnnxLayout(model_type, layers, heads, int(text.get("head_dim") or hidden // heads), hidden)
-
-
-def _first(config: dict, names: tuple[str, ...]) -> int:
-    for name in names:
-        if config.get(name) is not None:
-            return int(config[name])
-    raise PearError(f"config.json has none of {names}")
+    return layout_from_config(model_type, config.get("text_config", config), where=str(folder / "config.json"))
 
 
 def load_export(folder: str | Path) -> OnnxExport:
@@ -189,8 +166,7 @@ def fingerprint(export: OnnxExport, weights: list[OProjWeight]) -> ModelFingerpr
     lay = export.layout
     # ONNX MatMul weights are (in, out); fingerprints use the (out, in) layout.
     arrays = [weight_array(export, w.initializer).astype(np.float64).T for w in weights]
-    return ModelFingerprint.from_o_proj_weights(lay.model_type, lay.num_layers, lay.num_heads, lay.head_dim,
-                                                lay.hidden_size, arrays, name=export.folder.name)
+    return ModelFingerprint.from_o_proj_weights(lay, arrays, name=export.folder.name)
 
 
 def op_counts(model: onnx.ModelProto) -> dict[str, int]:

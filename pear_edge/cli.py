@@ -202,6 +202,7 @@ def cmd_train(args) -> int:
     check_output_path(args.output, resolve_spec(args.model), args.heads)
     scores = HeadScores.load(args.heads)
     loaded = load_model(args.model, device=args.device)
+    _note_caveat(loaded)
     scores.model.check_matches(loaded.fingerprint(), what=args.model)
     coeffs = train_from_scores(loaded, scores, _settings(args), progress=_progress(args))
     coeffs.save(args.output)
@@ -226,6 +227,7 @@ def cmd_calibrate(args) -> int:
         check_output_path(path, *inputs)
     settings = _settings(args)
     loaded = load_model(args.model, device=args.device)
+    _note_caveat(loaded)
     proxy = make_proxy(loaded, settings.train)  # built once: the RAG proxies tokenize thousands of prompts
     scores = detect_heads(loaded, settings, progress=_progress(args), proxy=proxy)
     scores.save(heads_path, top_k=settings.top_k)
@@ -240,6 +242,15 @@ def cmd_calibrate(args) -> int:
     _print_summary(coeffs)
     print(f"wrote {out} and {heads_path} (+ .png) in {time.perf_counter() - start:.0f} s")
     return 0
+
+
+def _note_caveat(loaded) -> None:
+    """The registry's caveat for this model family, if any, as one `pear-edge: note:` line on stderr."""
+    from .registry import caveat_note
+
+    note = caveat_note(loaded.adapter.model_type)
+    if note:
+        print(note, file=sys.stderr)
 
 
 def _print_summary(coeffs) -> None:

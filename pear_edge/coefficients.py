@@ -16,6 +16,7 @@ from typing import Any, Iterable, Sequence
 
 from .atomic import write_text_atomic
 from .errors import PearError
+from .layout import HeadLayout
 
 import numpy as np
 
@@ -48,37 +49,53 @@ def sketch_cosine(a: Sequence[float], b: Sequence[float]) -> float:
 
 @dataclass(frozen=True)
 class ModelFingerprint:
-    model_type: str
-    num_layers: int
-    num_heads: int
-    head_dim: int
-    hidden_size: int
+    """Which model coefficients belong to: its head layout, the sha256 of its fp32 weights (torch only),
+    and per-layer o_proj norms and sketches (comparable across torch, GGUF and ONNX). In a file the
+    layout's fields are written flat beside the others (README "Coefficients file")."""
+
+    layout: HeadLayout
     weights_sha256: str
     o_proj_norms: tuple[float, ...]
     name: str = ""
     o_proj_sketch: tuple[float, ...] = ()
 
     @classmethod
-    def from_o_proj_weights(cls, model_type: str, num_layers: int, num_heads: int, head_dim: int,
-                            hidden_size: int, weights: Sequence[np.ndarray], weights_sha256: str = "",
+    def from_o_proj_weights(cls, layout: HeadLayout, weights: Sequence[np.ndarray], weights_sha256: str = "",
                             name: str = "") -> "ModelFingerprint":
         """Fingerprint from per-layer o_proj weights laid out (out, in) — usable from torch, GGUF or ONNX."""
         norms = tuple(float(np.linalg.norm(np.asarray(w, dtype=np.float64))) for w in weights)
         sketch = tuple(x for layer, w in enumerate(weights) for x in o_proj_sketch(w, layer))
-        return cls(model_type, num_layers, num_heads, head_dim, hidden_size, weights_sha256, norms, name, sketch)
+        return cls(layout, weights_sha256, norms, name, sketch)
 
-    def layout(self) -> tuple[int, int, int, int]:
-        return (self.num_layers, self.num_heads, self.head_dim, self.hidden_size)
+    @property
+    def model_type(self) -> str:
+        return self.layout.model_type
+
+    @property
+    def num_layers(self) -> int:
+        return self.layout.num_layers
+
+    @property
+    def num_heads(self) -> int:
+        return self.layout.num_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.layout.head_dim
+
+    @property
+    def hidden_size(self) -> int:
+        return self.layout.hidden_size
 
     def check_matches(self, other: "ModelFingerprint", what: str = "this model") -> str:
         """Raise PearError unless `other` is the model these coefficients were made for.
 
         Returns "exact" (same weights) or "compatible" (same layout, o_proj norms within tolerance).
         """
-        if self.layout() != other.layout():
+        if self.layout.counts() != other.layout.counts():
             raise PearError(
                 f"coefficients are for a {self.model_type} with layers/heads/head_dim/hidden "
-                f"{self.layout()}, but {what} has {other.layout()}; calibrate for this model instead"
+                f"{self.layout.counts()}, but {what} has {other.layout.counts()}; calibrate for this model instead"
             )
         if self.weights_sha256 and self.weights_sha256 == other.weights_sha256:
             return "exact"
@@ -188,7 +205,9 @@ class Coefficients:
 
 
 def _fingerprint_dict(model: ModelFingerprint) -> dict[str, Any]:
-    return {**asdict(model), "o_proj_norms": list(model.o_proj_norms), "o_proj_sketch": list(model.o_proj_sketch)}
+    """The file form: the layout's fields flat, then the weight checks (the order files always had)."""
+    return {**asdict(model.layout), "weights_sha256": model.weights_sha256, "o_proj_norms": list(model.o_proj_norms),
+            "name": model.name, "o_proj_sketch": list(model.o_proj_sketch)}
 
 
 # --------------------------------------------------------------------------- the strict reader
@@ -302,8 +321,7 @@ def parse_fingerprint(m: Any, where: str) -> ModelFingerprint:
         raise PearError(f"{where}.o_proj_norms has a negative norm")
     sketch = _numbers(m.get("o_proj_sketch", []), f"{where}.o_proj_sketch", (0, dims["num_layers"] * SKETCH_SIZE))
     name = _string(m.get("name", ""), f"{where}.name")
-    return ModelFingerprint(model_type, dims["num_layers"], dims["num_heads"], dims["head_dim"],
-                            dims["hidden_size"], sha, norms, name, sketch)
+    return ModelFingerprint(HeadLayout(model_type, **dims), sha, norms, name, sketch)
 
 
 def _numbers(value: Any, where: str, lengths: tuple[int, ...]) -> tuple[float, ...]:

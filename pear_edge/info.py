@@ -68,6 +68,7 @@ def describe_folder(path: Path) -> str:
     from .coefficients import Coefficients, parse_json_object
     from .fold import COEFFICIENTS_FILENAME
     from .inputs import read_text
+    from .registry import caveat_note
 
     if not (path / "config.json").is_file():
         raise PearError(f"{path} is not a model folder (no config.json)")
@@ -79,6 +80,7 @@ def describe_folder(path: Path) -> str:
         from .converters.onnx_graph import describe_export
 
         text = describe_export(path)
+    text += "".join("\n" + note for note in filter(None, [caveat_note(str(config.get("model_type")))]))
     coeffs = path / COEFFICIENTS_FILENAME
     if coeffs.exists():
         return text + "\nPEAR-patched with:\n" + describe_coefficients(Coefficients.load(coeffs))

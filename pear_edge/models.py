@@ -216,9 +216,7 @@ def fingerprint(model: torch.nn.Module, adapter: ArchAdapter, name: str = "") ->
     for layer in range(adapter.num_layers):
         w = adapter.o_proj_weight(layer).detach().to(torch.float32)
         weights.append((w if adapter.spec.in_features_dim == 1 else w.T).numpy())
-    lay = adapter.layout
-    return ModelFingerprint.from_o_proj_weights(adapter.model_type, lay.num_layers, lay.num_heads, lay.head_dim,
-                                                lay.hidden_size, weights, digest.hexdigest(), name)
+    return ModelFingerprint.from_o_proj_weights(adapter.layout, weights, digest.hexdigest(), name)
 
 
 def wrap_model(model: torch.nn.Module, tokenizer, name: str = "in-memory", source: Path | None = None) -> LoadedModel:

@@ -1,62 +1,61 @@
-"""Architecture registry: everything pear-edge must know about a model family, as data.
+"""Architecture registry: everything pear-edge must know about a model family, as keyword data.
 
-For each Hugging Face `model_type` we record where the attention output projection lives, how its
-input splits into heads, whether it has a bias (never scaled), the position-embedding kind and
-caveats. Code elsewhere reads these records; it never branches on the architecture name.
+For each Hugging Face `model_type` we record where the decoder blocks and the attention output
+projection live, which weight axis indexes the concatenated heads, the architecture name llama.cpp's
+GGUF files use, and a caveat the user must hear when calibrating such a model. Code elsewhere reads
+these fields; it never branches on the architecture name. Every field is read: `model_types`,
+`layers`, `o_proj`, `in_features_dim` by ArchAdapter (and the ONNX graph scopes), `gguf_arch` by the
+GGUF readers, `caveat` by `calibrate`/`train` (a `pear-edge: note:` line) and `info`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from .errors import PearError
+from .layout import HeadLayout, layout_from_config
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ArchSpec:
     """How one model family lays out attention heads at the output projection.
 
-    layers: attribute path from the top model to the list of decoder blocks.
+    model_types: Hugging Face config `model_type` names of the family.
+    layers: attribute paths from the top model to the list of decoder blocks (the first that exists).
     o_proj: attribute path from a block to the attention output projection.
     in_features_dim: weight axis that indexes the projection's *input* (the concatenated heads):
         1 for nn.Linear (weight is out x in), 0 for GPT-2's Conv1D (weight is in x out).
+    gguf_arch: `general.architecture` of the family's GGUF files (None: llama.cpp has no converter for it).
+    caveat: what a user calibrating this family must know, or None.
     """
 
     model_types: tuple[str, ...]
-    layers: tuple[str, ...]
-    o_proj: str
-    in_features_dim: int
-    has_bias: bool
-    position_embedding: str
-    gguf_arch: str | None = None
-    caveats: tuple[str, ...] = field(default_factory=tuple)
+    layers: tuple[str, ...] = ("model.layers",)
+    o_proj: str = "self_attn.o_proj"
+    in_features_dim: int = 1
+    gguf_arch: str | None
+    caveat: str | None = None
 
+
+GEMMA_POST_NORM = ("a post-attention RMSNorm follows o_proj: scaling every head of a layer by the same factor is "
+                   "undone by the norm, so only the heads' relative coefficients within a layer matter")
 
 REGISTRY: tuple[ArchSpec, ...] = (
-    ArchSpec(("llama",), ("model.layers",), "self_attn.o_proj", 1, False, "rope", "llama"),
-    ArchSpec(("mistral",), ("model.layers",), "self_attn.o_proj", 1, False, "rope", "llama"),
-    ArchSpec(("qwen2",), ("model.layers",), "self_attn.o_proj", 1, False, "rope", "qwen2"),
-    ArchSpec(("qwen3",), ("model.layers",), "self_attn.o_proj", 1, False, "rope", "qwen3"),
-    ArchSpec(("phi3",), ("model.layers",), "self_attn.o_proj", 1, False, "rope", "phi3"),
-    ArchSpec(
-        ("gemma2",), ("model.layers",), "self_attn.o_proj", 1, False, "rope", "gemma2",
-        caveats=("post-attention RMSNorm follows o_proj: scaling every head of a layer by the same "
-                 "factor is undone by the norm; only relative head weights matter",),
-    ),
-    ArchSpec(
-        ("gemma3_text", "gemma3"),
-        ("model.language_model.layers", "model.layers", "language_model.model.layers"),
-        "self_attn.o_proj", 1, False, "rope", "gemma3",
-        caveats=("post-attention RMSNorm follows o_proj: scaling every head of a layer by the same "
-                 "factor is undone by the norm; only relative head weights matter",),
-    ),
-    ArchSpec(("gpt2",), ("transformer.h",), "attn.c_proj", 0, True, "learned", "gpt2",
-             caveats=("Conv1D weight is stored (in, out): heads are rows, not columns",)),
-    ArchSpec(("opt",), ("model.decoder.layers",), "self_attn.out_proj", 1, True, "learned", None),
-    ArchSpec(("bloom",), ("transformer.h",), "self_attention.dense", 1, True, "alibi", "bloom"),
-    ArchSpec(("gpt_neox",), ("gpt_neox.layers",), "attention.dense", 1, True, "rope", "gptneox",
-             caveats=("rotary embedding covers only part of each head (rotary_pct)",)),
+    ArchSpec(model_types=("llama",), gguf_arch="llama"),
+    ArchSpec(model_types=("mistral",), gguf_arch="llama"),
+    ArchSpec(model_types=("qwen2",), gguf_arch="qwen2"),
+    ArchSpec(model_types=("qwen3",), gguf_arch="qwen3"),
+    ArchSpec(model_types=("phi3",), gguf_arch="phi3"),
+    ArchSpec(model_types=("gemma2",), gguf_arch="gemma2", caveat=GEMMA_POST_NORM),
+    ArchSpec(model_types=("gemma3_text", "gemma3"),
+             layers=("model.language_model.layers", "model.layers", "language_model.model.layers"),
+             gguf_arch="gemma3", caveat=GEMMA_POST_NORM),
+    ArchSpec(model_types=("gpt2",), layers=("transformer.h",), o_proj="attn.c_proj", in_features_dim=0,
+             gguf_arch="gpt2"),
+    ArchSpec(model_types=("opt",), layers=("model.decoder.layers",), o_proj="self_attn.out_proj", gguf_arch=None),
+    ArchSpec(model_types=("bloom",), layers=("transformer.h",), o_proj="self_attention.dense", gguf_arch="bloom"),
+    ArchSpec(model_types=("gpt_neox",), layers=("gpt_neox.layers",), o_proj="attention.dense", gguf_arch="gptneox"),
 )
 
 _BY_TYPE = {t: spec for spec in REGISTRY for t in spec.model_types}
@@ -75,21 +74,22 @@ def spec_for(model_type: str) -> ArchSpec:
         ) from None
 
 
+def model_type_for_gguf_arch(arch: str) -> str:
+    """The Hugging Face model_type of a GGUF `general.architecture` (the arch itself if unregistered)."""
+    return next((s.model_types[0] for s in REGISTRY if s.gguf_arch == arch), arch)
+
+
+def caveat_note(model_type: str) -> str | None:
+    """'pear-edge: note: <model_type>: <caveat>' for a registered family with a caveat, else None."""
+    spec = _BY_TYPE.get(model_type)
+    return f"pear-edge: note: {model_type}: {spec.caveat}" if spec and spec.caveat else None
+
+
 def _get_attr_path(root: object, path: str) -> object:
     obj = root
     for part in path.split("."):
         obj = getattr(obj, part)
     return obj
-
-
-@dataclass(frozen=True)
-class HeadLayout:
-    """Counts that identify a model's head layout (also part of the coefficients fingerprint)."""
-
-    num_layers: int
-    num_heads: int
-    head_dim: int
-    hidden_size: int
 
 
 class ArchAdapter:
@@ -101,17 +101,15 @@ class ArchAdapter:
         self.spec = spec_for(self.model_type)
         text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
         self.layers = self._find_layers(model)
-        num_heads = _first_attr(text_config, ("num_attention_heads", "n_head", "num_heads"))
-        hidden = _first_attr(text_config, ("hidden_size", "n_embd", "d_model"))
-        head_dim = getattr(text_config, "head_dim", None) or hidden // num_heads
+        self.layout: HeadLayout = layout_from_config(self.model_type, text_config.to_dict(),
+                                                     where=f"{self.model_type} config", num_layers=len(self.layers))
         self.o_projs: list[torch.nn.Module] = [_get_attr_path(b, self.spec.o_proj) for b in self.layers]
         in_features = self.o_projs[0].weight.shape[self.spec.in_features_dim]
-        if in_features != num_heads * head_dim:
+        if in_features != self.layout.num_heads * self.layout.head_dim:
             raise PearError(
-                f"{self.model_type}: o_proj input width {in_features} != heads {num_heads} x head_dim "
-                f"{head_dim}; this checkpoint does not match the registry entry"
+                f"{self.model_type}: o_proj input width {in_features} != heads {self.layout.num_heads} x head_dim "
+                f"{self.layout.head_dim}; this checkpoint does not match the registry entry"
             )
-        self.layout = HeadLayout(len(self.layers), num_heads, head_dim, hidden)
 
     def _find_layers(self, model: torch.nn.Module) -> list[torch.nn.Module]:
         for path in self.spec.layers:
@@ -146,10 +144,3 @@ class ArchAdapter:
         index[self.spec.in_features_dim] = self.head_slice(head)
         return weight[tuple(index)]
 
-
-def _first_attr(config: object, names: tuple[str, ...]) -> int:
-    for name in names:
-        value = getattr(config, name, None)
-        if value is not None:
-            return int(value)
-    raise PearError(f"config has none of {names}")

@@ -21,11 +21,32 @@ from pear_edge.train import TrainSettings, train_coefficients
 ARCHS = sorted(TINY_CONFIGS)
 
 
-def test_registry_covers_rope_learned_and_alibi():
-    kinds = {spec.position_embedding for spec in REGISTRY}
-    assert {"rope", "learned", "alibi"} <= kinds
+def test_registry_covers_rope_learned_and_alibi_families():
+    # rope (llama ... gpt_neox), learned positions (gpt2, opt) and ALiBi (bloom)
     for required in ("llama", "mistral", "qwen2", "gemma3_text", "phi3", "gpt2", "opt", "bloom", "gpt_neox"):
         assert required in supported_model_types()
+
+
+def test_tiny_models_cover_every_registry_entry():
+    """Every entry is exercised by the per-architecture tests below (ARCHS = the tiny configs)."""
+    uncovered = [spec.model_types for spec in REGISTRY if not set(spec.model_types) & set(TINY_CONFIGS)]
+    assert not uncovered, f"tests/tiny.py has no tiny config for {uncovered}"
+    assert set(TINY_CONFIGS) <= set(supported_model_types())
+
+
+def test_registry_entries_are_keyword_data_with_caveats_for_the_user():
+    from dataclasses import fields
+
+    from pear_edge.registry import ArchSpec, caveat_note, model_type_for_gguf_arch
+
+    with pytest.raises(TypeError):
+        ArchSpec(("llama",), ("model.layers",), "self_attn.o_proj", 1, "llama")  # positional rows are refused
+    assert {f.name for f in fields(ArchSpec)} == {"model_types", "layers", "o_proj", "in_features_dim", "gguf_arch",
+                                                   "caveat"}
+    assert "post-attention RMSNorm" in caveat_note("gemma3_text") and caveat_note("gemma3_text").startswith(
+        "pear-edge: note: gemma3_text: ")
+    assert caveat_note("llama") is None and caveat_note("mamba") is None
+    assert model_type_for_gguf_arch("gemma3") == "gemma3_text" and model_type_for_gguf_arch("gptneox") == "gpt_neox"
 
 
 def test_unsupported_model_type_lists_supported():

@@ -10,6 +10,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
 
 from pear_edge.cli import main
 from pear_edge.coefficients import Coefficients, HeadCoefficient, ModelFingerprint
+from pear_edge.layout import HeadLayout
 
 from gguf_tiny import coefficients_for, write_tiny_gguf
 
@@ -72,7 +73,7 @@ def test_unsupported_tensor_type(tmp_path, capsys):
     raw[..., :2] = np.array([0.01], np.float16).view(np.uint8)
     src = write_tiny_gguf(tmp_path / "iq.gguf", T.IQ4_NL, raw_attn_output=raw.reshape(64, -1))
     coeffs = tmp_path / "c.json"
-    Coefficients(ModelFingerprint("llama", 2, 4, 32, 64, "", (1.0, 1.0)), [HeadCoefficient(0, 1, 0.5)]).save(coeffs)
+    Coefficients(ModelFingerprint(HeadLayout("llama", 2, 4, 32, 64), "", (1.0, 1.0)), [HeadCoefficient(0, 1, 0.5)]).save(coeffs)
     run_fails(capsys, tmp_path, ["patch-gguf", str(src), "--coefficients", str(coeffs)], [src, coeffs],
               "IQ4_NL, which pear-edge cannot patch")
 

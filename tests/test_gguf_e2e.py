@@ -9,7 +9,8 @@ import pytest
 from pear_edge.coefficients import Coefficients, HeadCoefficient
 from pear_edge.converters.gguf_layout import read_gguf, tensor_signature
 from pear_edge.converters.gguf_patch import patch_gguf
-from pear_edge.converters.gguf_verify import DEFAULT_PROMPTS, compare, gguf_logits, torch_logits
+from pear_edge.converters.gguf_verify import gguf_logits
+from pear_edge.converters.verify import BUILTIN_PROMPTS, compare, torch_logits
 from pear_edge.fold import fold_model
 from pear_edge.models import default_gguf_path, load_model
 
@@ -26,17 +27,17 @@ def test_patched_default_gguf_matches_folded_torch(tmp_path):
     assert report["methods"] == {"scale-edit": 5} and report["max_rel_error"] < 2e-3
     assert tensor_signature(read_gguf(patched)) == tensor_signature(read_gguf(base))
 
-    tokens = [loaded.tokenizer(t)["input_ids"] for t in DEFAULT_PROMPTS[:2]]
+    tokens = [loaded.tokenizer(t)["input_ids"] for t in BUILTIN_PROMPTS[:2]]
     unpatched_torch = torch_logits(loaded.model, tokens)
     fold_model(loaded, coeffs)
     folded_torch = torch_logits(loaded.model, tokens)
     base_gguf, patched_gguf = gguf_logits(base, tokens), gguf_logits(patched, tokens)
 
-    floor = compare(base_gguf, unpatched_torch)          # quantized-activation noise of llama.cpp
-    got = compare(patched_gguf, folded_torch)
-    change = compare(base_gguf, patched_gguf)
-    assert got["mean_abs_logit_diff"] <= 1.5 * floor["mean_abs_logit_diff"]
-    assert got["top1_agreement"] >= floor["top1_agreement"] - 0.05
+    floor = compare("floor", base_gguf, unpatched_torch)          # quantized-activation noise of llama.cpp
+    got = compare("patched", patched_gguf, folded_torch)
+    change = compare("change", base_gguf, patched_gguf)
+    assert got.mean_abs_logit_diff <= 1.5 * floor.mean_abs_logit_diff
+    assert got.top1_agreement >= floor.top1_agreement - 0.05
     # and the patch really changed the computation, the way torch says it should
-    assert change["mean_abs_logit_diff"] > 3 * got["mean_abs_logit_diff"]
+    assert change.mean_abs_logit_diff > 3 * got.mean_abs_logit_diff
     assert np.abs(np.concatenate(patched_gguf) - np.concatenate(base_gguf)).max() > 1.0

@@ -14,7 +14,8 @@ from pear_edge.atomic import MARKER
 from pear_edge.cli import main
 from pear_edge.coefficients import Coefficients, HeadCoefficient
 from pear_edge.converters.gguf_layout import pear_metadata, read_gguf
-from pear_edge.converters.gguf_verify import compare, gguf_logits, torch_logits
+from pear_edge.converters.gguf_verify import gguf_logits
+from pear_edge.converters.verify import compare, torch_logits
 from pear_edge.fold import fold_model
 from pear_edge.models import _gguf_cache_folder, default_gguf_path, load_model
 
@@ -58,10 +59,18 @@ def test_export_f16_q8_0_loads_and_matches_torch(tmp_path, tiny_hf, capsys):
         assert Coefficients.from_json(meta["pear.coefficients"]).as_dict() == coeffs.as_dict()
         got = gguf_logits(f, tokens)
         scale = np.abs(np.concatenate(folded)).max()
-        assert compare(got, folded)["max_abs_logit_diff"] < tol * scale, f.name
-        assert compare(got, folded)["top1_agreement"] >= 0.9
+        vs_folded = compare(f.name, got, folded)
+        assert vs_folded.max_abs_logit_diff < tol * scale, f.name
+        assert vs_folded.top1_agreement >= 0.9
         # the folded heads matter: the file is closer to folded than to unpatched torch
-        assert compare(got, folded)["mean_abs_logit_diff"] < compare(got, unpatched)["mean_abs_logit_diff"]
+        assert vs_folded.mean_abs_logit_diff < compare(f.name, got, unpatched).mean_abs_logit_diff
+    # `pear-edge verify` on the same files: PASS (exit 0) within the policy, FAIL (exit 2, one line) beyond it
+    capsys.readouterr()
+    assert main(["-q", "verify", str(files[0]), "--model", str(tiny_hf)]) == 0
+    assert "PASS: GGUF vs folded torch within the fp16 tolerance" in capsys.readouterr().out
+    assert main(["-q", "verify", str(files[1]), "--model", str(tiny_hf), "--max-logit-diff", "1e-9"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("pear-edge: error: verify FAILED: GGUF vs folded torch: max |Δlogit|") and "\n" not in err
 
 
 def test_export_unknown_quant_leaves_nothing(tmp_path, tiny_hf, capsys):

@@ -155,18 +155,31 @@ def test_verify_reports_fp32_match_and_patch_effect(work, tmp_path, capsys):
     assert main(["verify", str(work["folded"]), "--model", str(work["hf"]), "--base", str(work["base"]),
                  "-o", str(report_path)]) == 0
     report = json.loads(report_path.read_text())
-    patched, base, effect = report["comparisons"]
+    patched, base, effect, intended = report["comparisons"]
     assert patched["max_abs_logit_diff"] < 1e-4 and patched["top1_agreement"] == 1.0
     assert base["max_abs_logit_diff"] < 1e-4
     assert effect["max_abs_logit_diff"] > 1e-2
-    assert report["greedy"]["identical"] and report["ok"]
-    assert "ONNX vs torch folded" in capsys.readouterr().out
+    assert abs(effect["mean_abs_logit_diff"] - intended["mean_abs_logit_diff"]) < 1e-3  # the change torch predicts
+    assert report["greedy"]["identical"] and report["ok"] and report["weights"] == "fp32"
+    out = capsys.readouterr().out
+    assert "ONNX vs folded torch" in out and "PASS: ONNX vs folded torch within the fp32 tolerance" in out
     assert report_path.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_verify_int4_reports_quantization_not_failure(work):
+def test_verify_int4_is_judged_by_the_low_bit_tolerance(work, capsys):
     args = ["verify", str(work["folded_int4"]), "--model", str(work["hf"])]
     assert main(args) == 0
+    assert "PASS: ONNX vs folded torch within the low-bit tolerance" in capsys.readouterr().out
+
+
+def test_verify_fail_exits_2_with_one_line_after_writing_the_report(work, tmp_path, capsys):
+    report_path = tmp_path / "verify.json"
+    assert main(["verify", str(work["folded"]), "--model", str(work["hf"]), "--max-logit-diff", "1e-12",
+                 "-o", str(report_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("pear-edge: error: verify FAILED: ONNX vs folded torch: max |Δlogit|") and "\n" not in err
+    report = json.loads(report_path.read_text())
+    assert report["ok"] is False and report["tolerance"] == {"max_abs_logit_diff": 1e-12, "min_top1_agreement": 0.99}
 
 
 def test_verify_refuses_a_torch_model_of_another_layout(work, tmp_path, capsys):
