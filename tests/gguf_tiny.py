@@ -25,10 +25,11 @@ def encode(values: np.ndarray, qtype: T) -> np.ndarray:
 
 
 def write_tiny_gguf(path: Path, qtype: T, num_heads: int = 4, head_dim: int = 32, hidden: int = 64,
-                    layers: int = 2, seed: int = 0, raw_attn_output: np.ndarray | None = None) -> Path:
-    """A llama-arch GGUF with just enough metadata and tensors for patch-gguf."""
+                    layers: int = 2, seed: int = 0, raw_attn_output: np.ndarray | None = None,
+                    arch: str = "llama") -> Path:
+    """A GGUF (llama arch by default) with just enough metadata and tensors for patch-gguf."""
     rng = np.random.default_rng(seed)
-    w = GGUFWriter(str(path), "llama")
+    w = GGUFWriter(str(path), arch)
     w.add_name(f"tiny-{qtype.name}")
     w.add_block_count(layers)
     w.add_head_count(num_heads)

@@ -2,7 +2,10 @@
 line on stderr, and `info` shows it for a Gemma model folder (tiny config-built model, offline)."""
 from __future__ import annotations
 
+from gguf import GGMLQuantizationType as T
+
 from pear_edge.cli import main
+from tests.gguf_tiny import write_tiny_gguf
 from tests.test_onnx_converter import save_tiny_llama
 
 
@@ -21,4 +24,15 @@ def test_calibrate_and_info_tell_the_gemma_post_norm_caveat(tmp_path, capsys):
 def test_no_note_for_a_family_without_caveat(tmp_path, capsys):
     folder = save_tiny_llama(tmp_path / "llama")
     assert main(["info", str(folder)]) == 0
+    assert "note:" not in capsys.readouterr().out
+
+
+def test_info_of_a_gemma_gguf_tells_the_caveat(tmp_path, capsys):
+    gemma = write_tiny_gguf(tmp_path / "gemma.gguf", T.F32, arch="gemma3")
+    assert main(["info", str(gemma)]) == 0
+    out = capsys.readouterr().out
+    assert "2 layers x 4 heads x head_dim 32, hidden 64" in out
+    assert "pear-edge: note: gemma3_text: a post-attention RMSNorm" in out
+    llama = write_tiny_gguf(tmp_path / "llama.gguf", T.F32)
+    assert main(["info", str(llama)]) == 0
     assert "note:" not in capsys.readouterr().out
