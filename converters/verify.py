@@ -29,7 +29,7 @@ from typing import Protocol, Sequence
 import numpy as np
 import torch
 
-from pear_edge.atomic import atomic_file, write_text_atomic
+from pear_edge.atomic import write_text_atomic
 from pear_edge.coefficients import Coefficients
 from pear_edge.errors import PearError
 from pear_edge.prompts import Document, mdqa_prompt
@@ -265,12 +265,9 @@ def format_table(report: VerifyReport) -> str:
 def plot_report(report: VerifyReport, path: Path) -> Path:
     """Per-prompt max |Δlogit| of each comparison, log scale, with the tolerance: export error vs the patch's
     own effect. Written atomically."""
-    import matplotlib
+    from pear_edge.plots import pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    fig, ax = pyplot().subplots(figsize=(7.5, 3.8))
     for c in report.comparisons:
         values = [max(v, 1e-9) for v in c.per_prompt_max_abs]
         ax.plot(range(1, len(values) + 1), values, marker="o", label=f"{c.name} (top-1 {c.top1_agreement:.0%})")
@@ -281,10 +278,7 @@ def plot_report(report: VerifyReport, path: Path) -> Path:
                  f"{'PASS' if report.ok else 'FAIL'}")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    with atomic_file(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 def run_verify(fmt: ExportFormat, patched: str | Path, *, model: str = "default", coefficients: str | None = None,

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 from tqdm import tqdm
 
-from pear_edge.atomic import atomic_file, report_folder, write_text_atomic
+from pear_edge.atomic import report_folder, write_text_atomic
 from pear_edge.errors import PearError
 
 from .backends import infer_kind
@@ -144,10 +144,7 @@ def speed_markdown(report: SpeedReport) -> str:
 
 def plot_speed(report: SpeedReport, path: Path) -> Path:
     """Box plot of per-round patched/base ratios, one box per backend and metric."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from pear_edge.plots import pyplot, save_png
 
     labels, data = [], []
     for pair in report.pairs:
@@ -155,17 +152,14 @@ def plot_speed(report: SpeedReport, path: Path) -> Path:
         for metric in METRICS:
             labels.append(f"{pair.label}\n{metric.replace('_', ' ')}")
             data.append(summ[metric]["ratios"])
-    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(labels)), 4))
+    fig, ax = pyplot().subplots(figsize=(max(5, 1.6 * len(labels)), 4))
     ax.boxplot(data)
     ax.set_xticks(range(1, len(labels) + 1), labels, fontsize=8)
     ax.axhline(1.0, color="grey", lw=1, ls="--")
     ax.set_ylabel("patched / base (per round)")
     ax.set_title("PEAR-patched vs base: speed and peak memory")
     fig.tight_layout()
-    with atomic_file(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 def write_speed_report(report: SpeedReport, outdir: str | Path) -> list[Path]:

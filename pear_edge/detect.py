@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .atomic import atomic_file, write_text_atomic
+from .atomic import write_text_atomic
 from .coefficients import ModelFingerprint
 from .errors import PearError
 from .heads import edit_heads
@@ -226,11 +226,10 @@ def heatmap_title(scores: HeadScores) -> str:
 
 
 def save_heatmap(scores: HeadScores, path: Path, top_k: int = 0) -> Path:
-    import matplotlib
+    """Scores (layers x heads) as a diverging heatmap, the top-k heads outlined, labelled by the method used."""
+    from .plots import pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     data = scores.scores.numpy()
     L, H = data.shape
     bound = float(abs(data).max()) or 1.0
@@ -243,10 +242,7 @@ def save_heatmap(scores: HeadScores, path: Path, top_k: int = 0) -> Path:
     for l, h, _ in scores.top(top_k):
         ax.add_patch(plt.Rectangle((h - 0.5, l - 0.5), 1, 1, fill=False, lw=1.5, ec="black"))
     fig.tight_layout()
-    with atomic_file(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    return save_png(fig, path, dpi=110)
 
 
 def scale_gradient_scores(loaded, proxy, batches: int, seed: int = 0, progress: bool = True) -> torch.Tensor:

@@ -50,3 +50,12 @@ def test_prompts_file(tmp_path):
     (tmp_path / "p.txt").write_text("first\\nline\n\n second \n")
     assert read_prompts(str(tmp_path / "p.txt")) == ["first\nline", " second "]
     assert len(read_prompts(None)) == 4
+
+
+def test_table_and_plot(tmp_path):
+    from pear_edge.converters.verify import format_table, plot_report
+
+    report = _report(5e-5, 1.0)
+    assert format_table(report).splitlines()[-1].startswith("PASS: ONNX vs folded torch within the fp32 tolerance")
+    assert plot_report(report, tmp_path / "v.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["v.png"]  # no temporary left behind

@@ -144,23 +144,18 @@ def measure(store_cls, ids, vectors, paths) -> dict:
 
 
 def write_plot(results: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ..plots import pyplot, save_png
 
     metrics = [("build_s", "build (s)"), ("query_ms_median", "query, median (ms)"),
                ("update_one_file_s", "replace one file (s)"), ("disk_mb", "on disk (MB)")]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(14, 3.2))
+    fig, axes = pyplot().subplots(1, len(metrics), figsize=(14, 3.2))
     for ax, (key, title) in zip(axes, metrics):
         ax.bar([r["store"].split(" (")[0] for r in results], [r[key] for r in results], color="#4a7")
         ax.set_title(title, fontsize=10)
         ax.tick_params(axis="x", labelsize=7, rotation=15)
     fig.suptitle(f"vector stores on {results[0]['vectors']} all-MiniLM-L6-v2 vectors (exact search, k={K})")
     fig.tight_layout()
-    with atomic_file(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_png(fig, path, dpi=110)
 
 
 def main(argv: list[str] | None = None) -> int:
