@@ -50,19 +50,28 @@ class GgufRunner:
 class GgufFormat:
     label = "GGUF"
 
+    def __init__(self) -> None:
+        self._readers: dict[Path, object] = {}
+
+    def _read(self, path: Path):
+        """Each file parsed once (gguf-py reads a 49k-token vocabulary for seconds)."""
+        if path not in self._readers:
+            self._readers[path] = read_gguf(path)
+        return self._readers[path]
+
     def weight_kind(self, path: Path) -> str:
         """Kind of the most common storage type among the 2-D weight tensors."""
-        types = Counter(t.tensor_type for t in read_gguf(path).tensors if len(t.shape) >= 2)
+        types = Counter(t.tensor_type for t in self._read(path).tensors if len(t.shape) >= 2)
         return WEIGHT_KINDS.get(types.most_common(1)[0][0], "low-bit") if types else "fp32"
 
     def layout(self, path: Path) -> tuple[int, int, int, int]:
-        return head_layout(read_gguf(path), str(path)).counts()
+        return head_layout(self._read(path), str(path)).counts()
 
     def is_patched(self, path: Path) -> bool:
-        return bool(pear_metadata(read_gguf(path)))
+        return bool(pear_metadata(self._read(path)))
 
     def stored_coefficients(self, path: Path) -> Coefficients:
-        meta = pear_metadata(read_gguf(path))
+        meta = pear_metadata(self._read(path))
         if PEAR_COEFFICIENTS not in meta:
             raise PearError(f"{path} has no {PEAR_COEFFICIENTS} metadata; pass --coefficients")
         return Coefficients.from_json(str(meta[PEAR_COEFFICIENTS]), source=f"{path} {PEAR_COEFFICIENTS}")
