@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGUFReader, GGUFValueType, Keys
+from gguf import GGML_QUANT_SIZES, MODEL_TENSOR, TENSOR_NAMES, GGUFReader, GGUFValueType, Keys
 from gguf.quants import dequantize
 
 from pear_edge.coefficients import ModelFingerprint
@@ -29,6 +29,7 @@ PEAR_COEFFICIENTS = "pear.coefficients"      # the coefficients JSON
 PEAR_SOURCE_SHA256 = "pear.source_sha256"
 PEAR_REPORT = "pear.report"                  # per-tensor patch method and error, JSON
 READER_VERSION_FIELD = "GGUF.version"        # a pseudo-key GGUFReader adds for the header's version
+ATTN_OUTPUT = TENSOR_NAMES[MODEL_TENSOR.ATTN_OUT]  # "blk.{bid}.attn_output": the heads' output projection
 HEADER_BYTES = 24          # magic, version (u32), tensor count (u64), kv count (u64)
 COPY_CHUNK = 64 << 20
 
@@ -121,9 +122,10 @@ def attn_output_tensors(reader: GGUFReader, heads: HeadLayout, name: str = "GGUF
     by_name = {t.name: t for t in reader.tensors}
     out = {}
     for layer in range(heads.num_layers):
-        t = by_name.get(f"blk.{layer}.attn_output.weight")
+        tensor_name = ATTN_OUTPUT.format(bid=layer) + ".weight"
+        t = by_name.get(tensor_name)
         if t is None:
-            raise PearError(f"{name} has no blk.{layer}.attn_output.weight; cannot locate the heads' output projection")
+            raise PearError(f"{name} has no {tensor_name}; cannot locate the heads' output projection")
         if len(t.shape) != 2 or int(t.shape[0]) != heads.num_heads * heads.head_dim:
             raise PearError(f"{t.name} has shape {list(map(int, t.shape))}, expected "
                             f"[{heads.num_heads * heads.head_dim}, {heads.hidden_size}] (heads x head_dim first)")

@@ -30,7 +30,8 @@ def replace_tokenizer(source_gguf: Path, converted: Path, output: Path) -> None:
     source = gguf.GGUFReader(source_gguf)
     target = gguf.GGUFReader(converted)
     tokens = source.fields.get(gguf.Keys.Tokenizer.LIST)
-    embedding = next((t for t in target.tensors if t.name == "token_embd.weight"), None)
+    embed_name = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.TOKEN_EMBD] + ".weight"
+    embedding = next((t for t in target.tensors if t.name == embed_name), None)
     if tokens is None or embedding is None:
         raise PearError(f"{source_gguf} has no tokenizer vocabulary to carry over")
     if len(tokens.data) != int(embedding.shape[-1]):
