@@ -55,6 +55,8 @@ def _bounded(low: float, high: float, what: str):
 
 
 def add_commands(sub) -> None:
+    from .verify import tolerances_help
+
     modules = [importlib.import_module(m) for m in FORMAT_MODULES.values()]
     export = sub.add_parser("export", help="fold coefficients and export to GGUF (llama.cpp) or ONNX (onnxruntime)")
     export_sub = export.add_subparsers(dest="format", metavar="FORMAT", required=True)
@@ -69,10 +71,10 @@ def add_commands(sub) -> None:
     p.add_argument("--base", help="unpatched .gguf/ONNX folder, to show what the patch changed")
     p.add_argument("--prompts", help="text file, one prompt per line (default: built-in prompts)")
     p.add_argument("--max-logit-diff", type=_bounded(0, float("inf"), "a number >= 0"), metavar="X",
-                   help="largest max |Δlogit| that passes (default: by weight kind: fp32 1e-3, fp16 0.5, "
-                        "8-bit 5, lower 15)")
+                   help="largest max |Δlogit| that passes (default by weight kind: "
+                        f"{tolerances_help('max_abs_logit_diff')})")
     p.add_argument("--min-top1", type=_bounded(0, 1, "a fraction between 0 and 1"), metavar="F",
-                   help="smallest top-1 agreement that passes, 0..1 (default: by weight kind: fp32 0.99, "
-                        "fp16 0.98, 8-bit 0.9, lower 0.8)")
+                   help="smallest top-1 agreement that passes, 0..1 (default by weight kind: "
+                        f"{tolerances_help('min_top1_agreement')})")
     p.add_argument("-o", "--output", help="write the report as JSON here (and a .png plot beside it)")
     p.set_defaults(func=cmd_verify)

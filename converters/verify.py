@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Protocol, Sequence
 
 import numpy as np
-import torch
 
 from pear_edge.atomic import write_text_atomic
 from pear_edge.coefficients import Coefficients
@@ -66,6 +65,11 @@ TOLERANCES: dict[str, Tolerance] = {
 }
 
 
+def tolerances_help(field: str) -> str:
+    """'fp32 0.001, fp16 0.5, ...' for one Tolerance field: the CLI's help, from the policy itself."""
+    return ", ".join(f"{kind} {getattr(t, field):g}" for kind, t in TOLERANCES.items())
+
+
 def tolerance_for(kind: str, max_abs_logit_diff: float | None = None,
                   min_top1_agreement: float | None = None) -> Tolerance:
     """The policy's thresholds for a weight kind, with either one overridden (CLI --max-logit-diff/--min-top1)."""
@@ -99,8 +103,11 @@ def compare(name: str, a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> Comp
                       [float(np.abs(p - q).max()) for p, q in zip(a, b)])
 
 
-def torch_logits(model: torch.nn.Module, token_lists: Sequence[Sequence[int]]) -> list[np.ndarray]:
-    """Logits (positions, vocab) per prompt, one unbatched forward pass each."""
+def torch_logits(model, token_lists: Sequence[Sequence[int]]) -> list[np.ndarray]:
+    """Logits (positions, vocab) per prompt from a transformers model (torch or onnxruntime), one unbatched
+    forward pass each."""
+    import torch
+
     with torch.no_grad():
         out = []
         for ids in token_lists:
@@ -111,6 +118,8 @@ def torch_logits(model: torch.nn.Module, token_lists: Sequence[Sequence[int]]) -
 
 def hf_greedy(model, ids: Sequence[int], pad_token_id: int, tokens: int = GREEDY_TOKENS) -> list[int]:
     """Greedy continuation through transformers' generate() (KV cache), for torch and onnxruntime models."""
+    import torch
+
     x = torch.tensor([list(ids)])
     with torch.no_grad():
         out = model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=tokens,
