@@ -7,18 +7,12 @@ import argparse
 from pathlib import Path
 
 from pear_edge.errors import PearError
+from pear_edge.options import int_list
 from pear_edge.prompts import WORDINGS
 
 from .realqa import DISTRACTORS, HALVES
 
 TASKS = ("mdqa", "counterfactual", "kv", "perplexity")
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def add_commands(sub) -> None:
@@ -37,7 +31,7 @@ def add_commands(sub) -> None:
     p.add_argument("--backend", choices=("torch", "llamacpp", "onnx"),
                    help="force the backend (default: from each path: .gguf -> llamacpp, ONNX folder -> onnx)")
     p.add_argument("--num-docs", type=int, default=10, help="documents per MDQA prompt (default: %(default)s)")
-    p.add_argument("--positions", type=_ints, help="gold positions, 0-based (default: first, middle, last)")
+    p.add_argument("--positions", type=int_list, help="gold positions, 0-based (default: first, middle, last)")
     p.add_argument("--distractors", choices=("own", "others"), default="own",
                    help="MDQA distractors: the record's own non-gold ctxs, or other records' gold passages")
     p.add_argument("--wording", choices=tuple(WORDINGS), default="short",
@@ -113,11 +107,13 @@ def add_commands(sub) -> None:
 def _add_variant_options(p, model_help: str, records: int, kv_records: int, passages: int) -> None:
     """What `sweep` and `search` share: the model, the variants, and the size of the validation sets."""
     p.add_argument("--model", default="default", help=model_help)
-    p.add_argument("--variants", help="JSON file {name: {setting: value}} (default: the built-in variants)")
+    p.add_argument("--variants", help="a bundled variant set (a file name in eval/variants/ without .json, e.g. "
+                                      "sweep-smollm2, search-smollm2, realtext-smollm2) or a JSON file "
+                                      "{name: {setting: value}} (default: sweep-smollm2)")
     p.add_argument("--only", help="comma-separated variant names to run")
     p.add_argument("--records", type=int, default=records, help="validation MDQA records (default: %(default)s)")
     p.add_argument("--num-docs", type=int, default=10)
-    p.add_argument("--positions", type=_ints, default=(0, 4, 9))
+    p.add_argument("--positions", type=int_list, default=(0, 4, 9))
     p.add_argument("--kv-records", type=int, default=kv_records)
     p.add_argument("--kv-pairs", type=int, default=8)
     p.add_argument("--passages", type=int, default=passages, help="pydoc passages for the perplexity guard")
@@ -287,60 +283,41 @@ def cmd_speed(args) -> int:
     return 0
 
 
-def _variants(args) -> dict:
-    import json
-    from pathlib import Path
+def _variant_run(args):
+    """What `search` and `sweep` share: the variants and the validation sets."""
+    from .variants import load_variants, validation_sets
 
-    from .sweep import BUILTIN_VARIANTS
-
-    variants = BUILTIN_VARIANTS
-    if args.variants:
-        try:
-            variants = json.loads(Path(args.variants).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise PearError(f"cannot read variants file {args.variants}: {exc}") from None
-    if args.only:
-        names = [n.strip() for n in args.only.split(",") if n.strip()]
-        missing = [n for n in names if n not in variants]
-        if missing:
-            raise PearError(f"unknown variants {missing}; known: {', '.join(variants)}")
-        variants = {n: variants[n] for n in names}
-    return variants
+    variants = load_variants(args.variants, args.only)
+    sets = validation_sets(args.records, args.num_docs, tuple(args.positions), args.kv_records, args.kv_pairs,
+                           args.passages, seed=args.seed, real=args.real, real_records=args.real_records)
+    return variants, sets
 
 
 def cmd_search(args) -> int:
-    from pathlib import Path
-
     from pear_edge.models import load_model
-    from pear_edge.proxy import model_device
 
-    from .search import run_search
-    from .sweep import validation_sets
+    from .variants import TorchScorer, run_variants
 
-    variants = _variants(args)
-    sets = validation_sets(args.records, args.num_docs, tuple(args.positions), args.kv_records, args.kv_pairs,
-                           args.passages, seed=args.seed, real=args.real, real_records=args.real_records)
+    variants, sets = _variant_run(args)
     loaded = load_model(args.model, device=args.device)
-    rows = run_search(loaded, variants, Path(args.output), sets, seed=args.seed, progress=not args.quiet)
-    print(f"wrote {Path(args.output) / 'sweep.md'} ({len(rows)} variants, {model_device(loaded.model)})")
+    scorer = TorchScorer(loaded)
+    rows = run_variants(loaded, variants, Path(args.output), sets, scorer, seed=args.seed, progress=not args.quiet)
+    print(f"wrote {Path(args.output) / 'sweep.md'} ({len(rows)} variants, {scorer.label})")
     return 0
 
 
 def cmd_sweep(args) -> int:
-    from pathlib import Path
+    from pear_edge.models import load_model, resolve_spec
 
-    from pear_edge.models import resolve_spec
-
-    from .sweep import run_sweep, validation_sets
+    from .variants import LlamaCppScorer, run_variants
 
     base = resolve_spec(args.model)
     if base.suffix.lower() != ".gguf":
         raise PearError("sweep patches the model's GGUF: give 'default', 'gemma3-270m' or a .gguf file "
                         "(export an HF folder with `pear-edge export gguf` first)")
-    variants = _variants(args)
-    sets = validation_sets(args.records, args.num_docs, tuple(args.positions), args.kv_records, args.kv_pairs,
-                           args.passages, seed=args.seed, real=args.real, real_records=args.real_records)
-    rows = run_sweep(args.model, base, variants, Path(args.output), sets, seed=args.seed, threads=args.threads,
-                     progress=not args.quiet)
-    print(f"wrote {Path(args.output) / 'sweep.md'} ({len(rows)} variants)")
+    variants, sets = _variant_run(args)
+    scorer = LlamaCppScorer(base, args.threads, progress=not args.quiet)
+    rows = run_variants(load_model(args.model), variants, Path(args.output), sets, scorer, seed=args.seed,
+                        progress=not args.quiet)
+    print(f"wrote {Path(args.output) / 'sweep.md'} ({len(rows)} variants, {scorer.label})")
     return 0

@@ -30,26 +30,14 @@ class CalibrationSettings:
 
     @classmethod
     def from_args(cls, args, base: "CalibrationSettings | None" = None) -> "CalibrationSettings":
-        """`base` (default: DEFAULTS) with every attribute present on `args` applied on top."""
-        base = base or DEFAULTS
-        get = lambda name, default: getattr(args, name, default)  # noqa: E731
-        seed = get("seed", base.seed)
-        train = TrainSettings(
-            steps=get("steps", base.train.steps), batch=get("batch", base.train.batch), n=get("n", base.train.n),
-            lr=get("lr", base.train.lr), constraint=get("constraint", base.train.constraint), seed=seed,
-            pull=get("pull", base.train.pull),
-            proxy=get("proxy", "cloze" if hasattr(args, "corpus") else base.train.proxy),
-            weight_decay=base.train.weight_decay, eval_batches=base.train.eval_batches, pool=get("pool", base.train.pool),
-            guard=get("guard", base.train.guard), guard_batch=base.train.guard_batch,
-            corpus=get("corpus", base.train.corpus),
-        )
-        settings = cls(method=get("method", base.method), lengths=tuple(get("lengths", base.lengths)),
-                       positions=get("positions", base.positions), detect_batch=get("detect_batch", base.detect_batch),
-                       gradient_batches=get("gradient_batches", base.gradient_batches),
-                       top_k=get("top_k", base.top_k), select=get("select", base.select), max_per_layer=get("max_per_layer", base.max_per_layer),
-                       train=train, seed=seed)
-        settings.check()
-        return settings
+        """`base` (default: DEFAULTS) with every option given on the command line applied on top
+        (`pear_edge.options`); --corpus without --proxy means the cloze proxy."""
+        from .options import given
+
+        overrides = given(args)
+        if "corpus" in overrides:
+            overrides.setdefault("proxy", "cloze")
+        return with_overrides(base or DEFAULTS, overrides, getattr(args, "seed", (base or DEFAULTS).seed))
 
     def check(self) -> None:
         if self.train.corpus is not None and self.train.proxy != "cloze":
@@ -87,6 +75,22 @@ PAPER = CalibrationSettings(method="exact", top_k=12,
 # proxies cannot build its prompts; it keeps the fast copy-proxy recipe (field defaults), which has NOT
 # been validated on it (README "Making PEAR help").
 PROFILES: dict[str, CalibrationSettings] = {"default": DEFAULTS, "gemma3-270m": CalibrationSettings()}
+
+
+def with_overrides(base: CalibrationSettings, overrides: dict, seed: int | None = None) -> CalibrationSettings:
+    """`base` with `overrides` ({field: value} of CalibrationSettings or its TrainSettings), checked; one seed
+    for detection and training. Used by the CLI (`from_args`), the variants files and the Python API."""
+    train_fields = {f.name for f in dataclasses.fields(TrainSettings)}
+    top_fields = {f.name for f in dataclasses.fields(CalibrationSettings)} - {"train"}
+    unknown = set(overrides) - train_fields - top_fields
+    if unknown:
+        raise PearError(f"unknown settings {sorted(unknown)}; use fields of CalibrationSettings/TrainSettings")
+    seed = base.seed if seed is None else seed
+    train = dataclasses.replace(base.train, seed=seed, **{k: v for k, v in overrides.items() if k in train_fields})
+    top = {k: (tuple(v) if k == "lengths" else v) for k, v in overrides.items() if k in top_fields}
+    settings = dataclasses.replace(base, train=train, seed=seed, **top)
+    settings.check()
+    return settings
 
 
 def profile_for(model: str) -> CalibrationSettings:

@@ -12,16 +12,10 @@ import time
 from pathlib import Path
 
 from .errors import PearError
+from .options import add_options
 
 # Modules contributing subcommands through add_commands(subparsers).
 COMMAND_MODULES: list[str] = ["pear_edge.converters.cli", "pear_edge.rag.cli", "pear_edge.eval.cli"]
-
-
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def _add_model(p: argparse.ArgumentParser, device: bool = False) -> None:
@@ -38,59 +32,10 @@ def add_force_option(p: argparse.ArgumentParser) -> None:
                    help="replace the output folder if pear-edge wrote it earlier (other folders are never replaced)")
 
 
-def _add_proxy_option(p: argparse.ArgumentParser, corpus: bool = True) -> None:
-    p.add_argument("--proxy", choices=("copy", "mdqa", "passage", "cloze"), default=argparse.SUPPRESS,
-                   help="proxy task: copy = random tokens repeated (paper); mdqa = multi-document QA about "
-                        "invented facts, loss on the answer; passage = the same prompts, loss on copying the "
-                        "gold passage; cloze = questions generated from real text (--corpus) with topical "
-                        "distractors, loss on the answer (used by --method gradient and by training)")
-    if corpus:
-        p.add_argument("--corpus", default=argparse.SUPPRESS,
-                       help="cloze proxy text (implies --proxy cloze): 'builtin' (FOLDOC + Jargon File, installed by "
-                            "setup), a folder of .txt/.md documents, or a `pear-edge rag index` .db: calibrate on "
-                            "your own material")
-
-
-def _add_detect_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("detection", "defaults: the model's calibration profile (pear-edge profiles)")
-    g.add_argument("--method", choices=("exact", "attribution", "gradient"), default=argparse.SUPPRESS,
-                   help="exact mean-ablation (paper), one-pass attribution of it (fast, for large models), or "
-                        "the gradient of the proxy loss with respect to each head's scale")
-    g.add_argument("--gradient-batches", type=int, default=argparse.SUPPRESS,
-                   help="proxy batches averaged by --method gradient")
-    g.add_argument("--lengths", type=_int_list, default=argparse.SUPPRESS,
-                   help="proxy lengths n to average over, e.g. 15,25,50")
-    g.add_argument("--positions", choices=("last", "copy"), default=argparse.SUPPRESS,
-                   help="ablate at the last predicting position (paper) or at every copy position")
-    g.add_argument("--detect-batch", type=int, default=argparse.SUPPRESS, help="sequences per length")
-
-
-def _add_train_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("training", "defaults: the model's calibration profile (pear-edge profiles)")
-    g.add_argument("-k", "--top-k", type=int, default=argparse.SUPPRESS, help="number of heads to train (0 = all)")
-    g.add_argument("--select", choices=("score", "abs"), default=argparse.SUPPRESS,
-                   help="train the top-K by score (suppressors, paper) or by |score| (also heads to strengthen)")
-    g.add_argument("--max-per-layer", type=int, default=argparse.SUPPRESS, help="cap on heads per layer")
-    g.add_argument("--steps", type=int, default=argparse.SUPPRESS)
-    g.add_argument("--batch", type=int, default=argparse.SUPPRESS, help="sequences per step")
-    g.add_argument("--n", type=int, default=argparse.SUPPRESS, help="proxy length for training")
-    g.add_argument("--lr", type=float, default=argparse.SUPPRESS)
-    g.add_argument("--constraint", choices=("none", "le1", "unit"), default=argparse.SUPPRESS,
-                   help="none = paper; le1 = only weaken; unit = clamp to [0, 1]")
-    g.add_argument("--pull", type=float, default=argparse.SUPPRESS,
-                   help="L2 pull of the coefficients towards 1 (0 = off)")
-    g.add_argument("--guard", type=float, default=argparse.SUPPRESS,
-                   help="weight of the language-model loss on natural text, a leash on perplexity (0 = off)")
-    g.add_argument("--pool", type=int, default=argparse.SUPPRESS,
-                   help="training prompts the mdqa/passage/cloze proxies draw from")
-
-
 def add_calibrate_options(p: argparse.ArgumentParser, corpus: bool = True) -> None:
     """`calibrate`'s options (also behind `pear-edge rag calibrate`, which sets the corpus itself)."""
     _add_model(p, device=True)
-    _add_proxy_option(p, corpus)
-    _add_detect_options(p)
-    _add_train_options(p)
+    add_options(p, ("proxy", "detection", "training"), skip=() if corpus else ("corpus",))
     p.add_argument("--validate", type=int, default=0, metavar="N",
                    help="also answer N validation MDQA records (x3 gold positions) with base and PEAR in torch "
                         "and warn if PEAR is worse (slow: ~4 s per answer on 2 cores; default: off)")
@@ -118,8 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("detect", help="score every head as a copy suppressor -> heads.json + heatmap PNG")
     _add_model(p, device=True)
-    _add_proxy_option(p)
-    _add_detect_options(p)
+    add_options(p, ("proxy", "detection"))
     p.add_argument("--plot-top", type=int, default=12, help="heads to outline in the heatmap")
     p.add_argument("-o", "--output", required=True, help="head scores JSON (a .png heatmap is written beside it)")
     p.set_defaults(func=cmd_detect)
@@ -127,8 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train one scalar per top-K head from heads.json -> coeffs.json")
     _add_model(p, device=True)
     p.add_argument("--heads", required=True, help="head scores JSON from `pear-edge detect`")
-    _add_proxy_option(p)
-    _add_train_options(p)
+    add_options(p, ("proxy", "training"))
     p.add_argument("-o", "--output", required=True, help="coefficients JSON")
     p.set_defaults(func=cmd_train)
 

@@ -12,7 +12,7 @@ from pear_edge.cli import main
 from pear_edge.coefficients import Coefficients
 from pear_edge.eval.backends import TorchBackend
 from pear_edge.eval.counterfactual import generate_counterfactual
-from pear_edge.eval.sweep import settings_from
+from pear_edge.eval.variants import settings_from
 from pear_edge.eval.tasks import mdqa_examples, parse_mdqa, pydoc_passages
 from pear_edge.guard import TextGuard, guard_text
 from pear_edge.models import load_model

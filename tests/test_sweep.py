@@ -1,9 +1,12 @@
-"""The sweep's variant settings resolve onto the calibration defaults, and reject typos."""
+"""Variant definitions (eval/variants/*.json): settings resolve onto the calibration field defaults, names
+are unambiguous across files, typos are refused."""
+import json
+
 import pytest
 
 from pear_edge.calibrate import DEFAULTS, CalibrationSettings
 from pear_edge.errors import PearError
-from pear_edge.eval.sweep import BUILTIN_VARIANTS, settings_from
+from pear_edge.eval.variants import all_variants, load_variants, results_from_dict, settings_from
 
 
 def test_variant_overrides_reach_detection_and_training():
@@ -14,16 +17,38 @@ def test_variant_overrides_reach_detection_and_training():
     assert s.train.constraint == CalibrationSettings().train.constraint  # variants ignore the chosen recipe
 
 
-def test_the_default_recipe_is_a_builtin_variant():
-    assert settings_from(BUILTIN_VARIANTS["passage-all-free-p1-g3-40x8"]) == DEFAULTS
+def test_the_default_recipe_is_a_bundled_variant():
+    assert any(settings_from(v) == DEFAULTS for v in all_variants().values())
 
 
-def test_builtin_variants_are_valid_and_typos_are_refused():
-    for overrides in BUILTIN_VARIANTS.values():
+def test_bundled_variants_are_valid_and_typos_are_refused():
+    for overrides in all_variants().values():  # also: no name means two settings across files
         settings_from(overrides)
-    with pytest.raises(PearError, match="unknown variant settings"):
+    with pytest.raises(PearError, match="unknown settings"):
         settings_from({"topk": 3})
     with pytest.raises(PearError, match="at least 1"):
         settings_from({"steps": 0})
     with pytest.raises(PearError, match="--guard must be 0"):
         settings_from({"guard": float("nan")})
+
+
+def test_a_user_file_may_not_reuse_a_bundled_name_for_other_settings(tmp_path):
+    name, overrides = next(iter(all_variants().items()))
+    mine = tmp_path / "v.json"
+    mine.write_text(json.dumps({name: {**overrides, "steps": 999}, "mine": {"top_k": 2}}))
+    with pytest.raises(PearError, match="mean other settings"):
+        load_variants(str(mine))
+    mine.write_text(json.dumps({name: overrides, "mine": {"top_k": 2}}))
+    assert list(load_variants(str(mine), only="mine")) == ["mine"]
+    with pytest.raises(PearError, match="unknown variants"):
+        load_variants(str(mine), only="nope")
+
+
+def test_cached_results_round_trip():
+    from pear_edge.eval.harness import EvalResults, ExampleResult, PassageResult
+
+    qa = EvalResults("nq", {"kind": "torch"}, [ExampleResult("0@0", 0, ("a", "b"), "a", True)], {"batch": 4})
+    ppl = EvalResults("perplexity", {"kind": "torch"}, [PassageResult("x", 12.5, 10)])
+    for r in (qa, ppl):
+        back = results_from_dict(json.loads(json.dumps(r.as_dict())))
+        assert back.items == r.items and back.score == r.score and back.task == r.task

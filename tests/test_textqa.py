@@ -157,3 +157,19 @@ def test_make_data_writes_a_real_half_that_eval_reads(tmp_path, capsys):
     assert examples[0].prompt.count("Document [") == 5 and "short phrase" not in examples[0].prompt
     assert main(["eval", "make-data", "--task", "nq", "-o", str(tmp_path / "x.jsonl")]) == 2
     assert "needs --source" in capsys.readouterr().err
+
+
+def test_builtin_corpus_is_real_prose_with_questions():
+    """The offline corpus installed by scripts/setup.sh (Debian dict-foldoc + dict-jargon)."""
+    from pear_edge.corpora import MAX_PASSAGES, corpus_passages, dict_dirs
+
+    if not any((d / "foldoc.index").is_file() for d in dict_dirs()):
+        pytest.skip("dict-foldoc not unpacked (scripts/setup.sh does it)")
+    passages = corpus_passages("builtin")
+    assert len(passages) == MAX_PASSAGES  # a seeded sample of ~8,000 entries
+    assert passages == corpus_passages(None)  # deterministic
+    words = [len(p.text.split()) for p in passages]
+    assert 15 <= min(words) and max(words) <= 100
+    assert sum("{" in p.text for p in passages) < 0.02 * len(passages)  # cross-reference braces are gone
+    questions = [q for p in passages[:500] for q in cloze_questions(p)]
+    assert len(questions) > 300 and {q.kind for q in questions} == {"year", "count", "name"}

@@ -1,0 +1,85 @@
+"""Calibration settings as command-line options: one help table, flags generated from it.
+
+Each row names a field of `CalibrationSettings` or `TrainSettings`; the flag is the field name with dashes
+(`top_k` -> `--top-k`), its type comes from the table, its default from the model's profile (a flag not
+given leaves the profile's value). `calibrate.with_overrides` applies what was given, the same way for the
+CLI, the variants files and the Python API.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    """'15,25,50' -> (15, 25, 50): the one parser of integer lists on the command line."""
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+@dataclass(frozen=True)
+class Option:
+    field: str
+    group: str  # proxy | detection | training
+    help: str
+    type: type | None = None
+    choices: tuple[str, ...] | None = None
+    short: str | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.field.replace("_", "-")
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("proxy", "proxy", "proxy task: copy = random tokens repeated (paper); mdqa = multi-document QA about "
+           "invented facts, loss on the answer; passage = the same prompts, loss on copying the gold passage; "
+           "cloze = questions generated from real text (--corpus) with topical distractors, loss on the answer "
+           "(used by --method gradient and by training)", choices=("copy", "mdqa", "passage", "cloze")),
+    Option("corpus", "proxy", "cloze proxy text (implies --proxy cloze): 'builtin' (FOLDOC + Jargon File, "
+           "installed by setup), a folder of .txt/.md documents, or a `pear-edge rag index` .db: calibrate on "
+           "your own material", str),
+    Option("method", "detection", "exact mean-ablation (paper), one-pass attribution of it (fast, for large "
+           "models), or the gradient of the proxy loss with respect to each head's scale",
+           choices=("exact", "attribution", "gradient")),
+    Option("gradient_batches", "detection", "proxy batches averaged by --method gradient", int),
+    Option("lengths", "detection", "copy-proxy lengths n to average over, e.g. 15,25,50", int_list),
+    Option("positions", "detection", "ablate at the last predicting position (paper) or at every copy position",
+           choices=("last", "copy")),
+    Option("detect_batch", "detection", "sequences per length", int),
+    Option("top_k", "training", "number of heads to train (0 = all)", int, short="-k"),
+    Option("select", "training", "train the top-K by score (suppressors, paper) or by |score| (also heads to "
+           "strengthen)", choices=("score", "abs")),
+    Option("max_per_layer", "training", "cap on heads per layer", int),
+    Option("steps", "training", "optimizer steps", int),
+    Option("batch", "training", "sequences per step", int),
+    Option("n", "training", "copy-proxy length for training", int),
+    Option("lr", "training", "AdamW learning rate", float),
+    Option("constraint", "training", "none = paper; le1 = only weaken; unit = clamp to [0, 1]",
+           choices=("none", "le1", "unit")),
+    Option("pull", "training", "L2 pull of the coefficients towards 1 (0 = off)", float),
+    Option("guard", "training", "weight of the language-model loss on natural text, a leash on perplexity "
+           "(0 = off)", float),
+    Option("pool", "training", "training prompts the mdqa/passage/cloze proxies draw from", int),
+)
+GROUP_TITLES = {"proxy": "proxy task", "detection": "detection", "training": "training"}
+
+
+def add_options(p: argparse.ArgumentParser, groups: tuple[str, ...], skip: tuple[str, ...] = ()) -> None:
+    """Flags for the OPTIONS of `groups`; an option not given is absent from the namespace (profile wins)."""
+    for group in groups:
+        g = p.add_argument_group(GROUP_TITLES[group], "defaults: the model's calibration profile "
+                                                      "(pear-edge profiles)")
+        for o in OPTIONS:
+            if o.group != group or o.field in skip:
+                continue
+            flags = (o.short, o.flag) if o.short else (o.flag,)
+            g.add_argument(*flags, dest=o.field, type=o.type, choices=o.choices, default=argparse.SUPPRESS,
+                           help=o.help)
+
+
+def given(args: argparse.Namespace) -> dict:
+    """The OPTIONS fields given on the command line."""
+    return {o.field: getattr(args, o.field) for o in OPTIONS if hasattr(args, o.field)}
