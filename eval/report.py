@@ -24,6 +24,11 @@ class Run:
                 "pear": self.pear.as_dict()}
 
 
+def _name(backend: dict[str, Any]) -> str:
+    """The model file's name, not its absolute path: reports get committed and shared."""
+    return Path(str(backend.get("source") or backend.get("name") or "?")).name
+
+
 def _fmt(x: float, metric: str) -> str:
     return f"{x:.2f}" if metric == "perplexity" else f"{x:.1%}"
 
@@ -45,7 +50,7 @@ def markdown(runs: Sequence[Run]) -> str:
         wins = "passages base better / PEAR better" if metric == "perplexity" else "only base / only PEAR right"
         test = "sign test p" if metric == "perplexity" else "McNemar p"
         lines += [f"### {run.label} — {run.comparison.task} ({metric})", "",
-                  f"base: `{run.base.backend.get('source')}`  ", f"PEAR: `{run.pear.backend.get('source')}`", "",
+                  f"base: `{_name(run.base.backend)}`  ", f"PEAR: `{_name(run.pear.backend)}`", "",
                   f"| gold position | n | base | PEAR | Δ | 95% CI | {wins} | {test} |",
                   "|---|---|---|---|---|---|---|---|",
                   _row("all", run.comparison.overall)]

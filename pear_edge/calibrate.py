@@ -37,7 +37,10 @@ class CalibrationSettings:
         overrides = given(args)
         if "corpus" in overrides:
             overrides.setdefault("proxy", "cloze")
-        return with_overrides(base or DEFAULTS, overrides, getattr(args, "seed", (base or DEFAULTS).seed))
+        base = base or DEFAULTS
+        if overrides.get("proxy") == "cloze" and base.train.proxy != "cloze":
+            base = with_overrides(base, CLOZE_RECIPE)  # the validated cloze settings, then the user's flags
+        return with_overrides(base, overrides, getattr(args, "seed", base.seed))
 
     def check(self) -> None:
         if self.train.corpus is not None and self.train.proxy != "cloze":
@@ -67,8 +70,24 @@ DEFAULTS = CalibrationSettings(
     train=TrainSettings(proxy="passage", constraint="none", pull=0.1, guard=3.0, steps=40, batch=8, lr=0.02,
                         pool=2000),
 )
-PAPER = CalibrationSettings(method="exact", top_k=12,
-                            train=TrainSettings(proxy="copy", constraint="none", steps=60, batch=20, lr=5e-3))
+
+# The real-text recipe (eval/variants/realtext-smollm2.json "cloze-all-free-p1-g3-30x4"): DEFAULTS with
+# questions generated from real text (the built-in corpus or --corpus) and answer-span targets. On NQ-open
+# validation (real Wikipedia passages, torch fp32, n = 90) it beat both the base and DEFAULTS, the middle
+# position most, but raised perplexity 2.8 % (bound: 2 %), so it is opt-in (--proxy cloze / --corpus) for
+# now; README "On real documents".
+CLOZE_RECIPE = {"proxy": "cloze", "steps": 30, "batch": 4, "lr": 0.025}
+
+# What is measured about each proxy on real retrieved passages, said after every calibration.
+PROXY_NOTES = {
+    "passage": "the passage proxy trains on invented documents in one template: on real NQ-open passages it gave "
+               "+8.9 pt (validation, torch, n=90, p=0.08) and +5.8 pt in llama.cpp Q4_1 (n=120, p=0.17); "
+               "see README 'On real documents'",
+    "mdqa": "the mdqa proxy shares the passage proxy's invented template and was not measured on real passages",
+    "cloze": "the cloze proxy (real text): +12.2 pt on NQ-open validation (torch, n=90, p=0.035; middle "
+             "position +20 pt) but perplexity +2.8 %; not yet confirmed on the test half in llama.cpp",
+    "copy": "the paper's copy proxy did not raise multi-document QA accuracy on SmolLM2-135M (README)",
+}
 
 # Per-model calibration profiles: the settings `pear-edge calibrate --model NAME` uses unless options
 # override them. The packaged Gemma-3-270M is a base model without a chat template, so the RAG-shaped
