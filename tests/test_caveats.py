@@ -15,8 +15,9 @@ def test_calibrate_and_info_tell_the_gemma_post_norm_caveat(tmp_path, capsys):
     assert main(["-q", "calibrate", "--model", str(folder), "--proxy", "copy", "--method", "exact", "--lengths", "4",
                  "--detect-batch", "2", "-k", "2", "--steps", "1", "--batch", "2", "--n", "4", "--guard", "0",
                  "-o", str(out)]) == 0
-    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("pear-edge: note:")]
-    assert len(notes) == 1 and "gemma3_text" in notes[0] and "post-attention RMSNorm" in notes[0]
+    notes = [line for line in capsys.readouterr().err.splitlines()
+             if line.startswith("pear-edge: note:") and "post-attention RMSNorm" in line]
+    assert len(notes) == 1 and "gemma3_text" in notes[0]
     assert main(["info", str(folder)]) == 0
     assert "pear-edge: note: gemma3_text: a post-attention RMSNorm" in capsys.readouterr().out
 

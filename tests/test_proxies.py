@@ -78,6 +78,8 @@ def test_cloze_proxy_on_a_user_corpus_targets_the_answer_span(default_model, tmp
         prompt = tok.decode(batch["input_ids"][row][batch["attention_mask"][row].bool()])
         question = prompt.split("Question: ")[-1].split("\n")[0]
         assert answer and answer not in question and "Document [3]" in prompt
-        assert sum(answer in doc for doc in prompt.split("Document [")[1:]) == 1  # only the gold holds it
+        documents = prompt.split("\n\nQuestion: ")[0]  # input_ids end with the answer itself
+        texts = [doc.split(") ", 1)[1] for doc in documents.split("Document [")[1:]]  # without "N](Title: …) "
+        assert sum(answer in text for text in texts) == 1  # only the gold passage holds it
     held = proxy.evaluate(default_model.model, proxy.held_out(1, 0))
     assert held["answer_loss"] > 0

@@ -269,7 +269,8 @@ sys.exit(main(sys.argv[2:]))
 # Where each command writes its output, and the function slowed down there.
 SLOW_POINTS = {"patch-gguf": ("pear_edge.converters.gguf_layout", "_copy"),
                "index": ("pear_edge.rag.index", "_insert_file"),
-               "pydoc-corpus": ("pathlib", "Path.write_text")}
+               "pydoc-corpus": ("pathlib", "Path.write_text"),
+               "fold": ("pear_edge.coefficients", "Coefficients.save")}
 
 
 def _start_slow(tmp_path: Path, argv: list[str]) -> subprocess.Popen:
@@ -425,3 +426,16 @@ def test_folder_output_interrupted_then_rerun(tmp_path):
     assert main(["-q", "rag", "pydoc-corpus", str(out)]) == 2  # ours, but only replaced with --force
     assert main(["-q", "rag", "pydoc-corpus", str(out), "--force"]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus"]
+
+
+@pytest.mark.slow
+def test_fold_sigterm_mid_write_leaves_nothing(tmp_path):
+    """`fold` of the real default model killed with SIGTERM while its folder is being written."""
+    out = tmp_path / "folded"
+    coeffs = Path(__file__).resolve().parents[1] / "docs" / "results" / "smollm2-135m.coeffs.json"
+    proc = _start_slow(tmp_path, ["fold", "--model", "default", "--coefficients", str(coeffs), "-o", str(out)])
+    assert _temporaries(tmp_path, out)  # weights already written into the temporary folder
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in err, err
+    assert not out.exists() and _temporaries(tmp_path, out) == []

@@ -61,4 +61,10 @@ def test_search_command_writes_a_sweep_style_report(tmp_path):
     rows = json.loads((out / "sweep.json").read_text())
     assert [r["variant"] for r in rows] == ["tiny"] and rows[0]["counterfactual"]["n"] == 1
     assert "| tiny |" in (out / "sweep.md").read_text() and (out / "sweep.png").stat().st_size > 0
-    assert len(Coefficients.load(out / "tiny.coeffs.json").heads) == 2
+    assert len(Coefficients.load(out / "tiny" / "coeffs.json").heads) == 2
+    # resumable: a second run reads the cached base results (JSON) and the finished row instead of recomputing
+    cached = {p: p.stat().st_mtime_ns for p in (out / "base-results.json", out / "tiny" / "row.json")}
+    assert main(["-q", "search", "--variants", str(variants), "--records", "1", "--positions", "0", "--num-docs", "2",
+                 "--kv-records", "1", "--kv-pairs", "2", "--passages", "1", "--device", "cpu", "-o", str(out)]) == 0
+    assert {p: p.stat().st_mtime_ns for p in cached} == cached
+    assert json.loads((out / "sweep.json").read_text()) == rows
