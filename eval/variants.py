@@ -287,7 +287,6 @@ def plot_variants(rows: list[dict], path: Path, scorer: str) -> Path:
     plt = pyplot()
     tasks = [t for t in QA_TASKS if t in rows[0]]
     fig, ax = plt.subplots(figsize=(8, 0.6 * len(rows) + 1.8))
-    fig.subplots_adjust(left=0.35)
     for offset, task in enumerate(tasks):
         y = [i + 0.15 * offset for i in range(len(rows))]
         d = [100 * r[task]["delta"] for r in rows]
@@ -298,6 +297,7 @@ def plot_variants(rows: list[dict], path: Path, scorer: str) -> Path:
     ax.set_yticks(range(len(rows)), [r["variant"] for r in rows])
     ax.set_xlabel(f"PEAR − base accuracy (points, 95% bootstrap CI), {scorer}")
     ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
     return save_png(fig, path)
 
 
