@@ -3,7 +3,6 @@
 patched/base speed and memory ratios (interleaved runs, one process per measurement)."""
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from pear_edge.errors import PearError
@@ -130,9 +129,8 @@ def _pairs(args) -> list[tuple[str, str]]:
 
 def build_examples(args):
     from . import tasks
-    from .counterfactual import generate_counterfactual
     from .kv import generate_kv
-    from .tasks import parse_kv, parse_mdqa
+    from .tasks import parse_kv
 
     if args.task == "perplexity":
         return tasks.pydoc_passages(args.passages, seed=args.seed)
@@ -146,8 +144,7 @@ def build_examples(args):
     if args.data:
         records = tasks.load_mdqa(args.data)
     elif args.task == "counterfactual":
-        records = [parse_mdqa(r) for r in generate_counterfactual(args.count, args.split, args.seed,
-                                                                  max(args.num_docs - 1, 0))]
+        records = tasks.counterfactual_records(args.count, args.split, args.num_docs, args.seed)
     else:
         raise PearError("--task mdqa needs --data FILE.jsonl (NQ-open / lost-in-the-middle format)")
     return tasks.mdqa_examples(records, args.num_docs, args.positions or _default_positions(args.num_docs),
@@ -163,7 +160,7 @@ def cmd_eval(args) -> int:
     from pear_edge.coefficients import Coefficients
 
     from .backends import TorchBackend, check_backend_input, infer_kind, open_backend
-    from .harness import evaluate, paired_compare
+    from .harness import paired_run
     from .report import Run, write_report
 
     if not args.task or not args.output:
@@ -185,16 +182,9 @@ def cmd_eval(args) -> int:
     runs = []
 
     def run(label, open_base, open_pear):
-        results = []
-        for opener in (open_base, open_pear):
-            backend = opener()
-            try:
-                results.append(evaluate(backend, examples, args.task, args.max_tokens, progress, settings,
-                                        batch=args.batch))
-            finally:
-                backend.close()
-        comparison = paired_compare(*results, seed=args.seed)
-        runs.append(Run(label, results[0], results[1], comparison))
+        base, pear, comparison = paired_run(open_base, open_pear, examples, args.task, args.max_tokens, progress,
+                                            settings, batch=args.batch, seed=args.seed)
+        runs.append(Run(label, base, pear, comparison))
         _print_comparison(label, comparison)
 
     if args.model:

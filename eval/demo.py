@@ -13,10 +13,10 @@ from pear_edge.atomic import Kind, check_output, report_folder, write_text_atomi
 from pear_edge.errors import PearError
 
 from .backends import open_backend
-from .harness import evaluate, paired_compare
+from .harness import paired_run
 from .report import Run, markdown, write_report
 from .speed import Pair, measure_pairs, speed_markdown, write_speed_report
-from .tasks import mdqa_examples, parse_mdqa, pydoc_passages
+from .tasks import counterfactual_records, mdqa_examples, pydoc_passages
 
 
 def _step(message: str) -> None:
@@ -26,14 +26,9 @@ def _step(message: str) -> None:
 def _pair_results(base_path: str, pear_path: str, label: str, sets: dict, progress: bool) -> list[Run]:
     runs = []
     for task, examples in sets.items():
-        results = []
-        for path in (base_path, pear_path):
-            backend = open_backend(path)
-            try:
-                results.append(evaluate(backend, examples, task, progress=progress))
-            finally:
-                backend.close()
-        runs.append(Run(f"{label} · {task}", results[0], results[1], paired_compare(*results)))
+        base, pear, comparison = paired_run(lambda: open_backend(base_path), lambda: open_backend(pear_path),
+                                            examples, task, progress=progress)
+        runs.append(Run(f"{label} · {task}", base, pear, comparison))
     return runs
 
 
@@ -46,7 +41,6 @@ def run_demo(outdir: Path, coefficients: str | None, quants: list[str], onnx: bo
     from pear_edge.converters.gguf_patch import patch_gguf
     from pear_edge.models import default_gguf_path, load_model
 
-    from .counterfactual import generate_counterfactual
 
     start = time.perf_counter()
     check_output(outdir, coefficients, kind=Kind.REPORTS)
@@ -83,8 +77,8 @@ def run_demo(outdir: Path, coefficients: str | None, quants: list[str], onnx: bo
 
     _step(f"4/5 evaluate base vs PEAR: counterfactual MDQA (test split, {records} records x positions "
           f"{list(positions)}, {num_docs} documents) and perplexity on {passages} Python-docs passages")
-    mdqa = [parse_mdqa(r) for r in generate_counterfactual(records, "test", seed, num_distractors=num_docs - 1)]
-    sets = {"counterfactual": mdqa_examples(mdqa, num_docs, positions, seed)}
+    sets = {"counterfactual": mdqa_examples(counterfactual_records(records, "test", num_docs, seed), num_docs,
+                                            positions, seed)}
     if passages:
         sets["perplexity"] = pydoc_passages(passages, seed=seed)
     runs = []

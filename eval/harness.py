@@ -179,3 +179,18 @@ def paired_compare(base: EvalResults, pear: EvalResults, resamples: int = 10_000
         idx = [k for k, i in enumerate(base.items) if i.position == pos]
         per[pos] = _paired_accuracy([base.items[k] for k in idx], [pear.items[k] for k in idx], resamples, seed)
     return Comparison(base.task, overall, per)
+
+
+def paired_run(open_base, open_pear, examples: Sequence[QAExample | TextExample], task: str = "",
+               max_tokens: int = DEFAULT_MAX_TOKENS, progress: bool = True, settings: dict[str, Any] | None = None,
+               batch: int = 1, seed: int = 0) -> tuple[EvalResults, EvalResults, Comparison]:
+    """Base then PEAR on the same examples (each backend opened, used and closed in turn), and their paired
+    comparison: the one "base vs PEAR over a task" loop behind eval, demo and calibrate --validate."""
+    results = []
+    for opener in (open_base, open_pear):
+        backend = opener()
+        try:
+            results.append(evaluate(backend, examples, task, max_tokens, progress, settings, batch))
+        finally:
+            backend.close()
+    return results[0], results[1], paired_compare(results[0], results[1], seed=seed)

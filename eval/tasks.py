@@ -137,6 +137,13 @@ def mdqa_examples(records: Sequence[MDQARecord], num_docs: int = 10, positions: 
     return out
 
 
+def counterfactual_records(count: int, split: str, num_docs: int, seed: int = 0) -> list[MDQARecord]:
+    """`count` generated counterfactual records of one split, with `num_docs - 1` distractors each."""
+    from .counterfactual import generate_counterfactual
+
+    return [parse_mdqa(r) for r in generate_counterfactual(count, split, seed, num_distractors=max(num_docs - 1, 0))]
+
+
 # --------------------------------------------------------------------------- key-value retrieval
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from pear_edge.coefficients import Coefficients
 from pear_edge.errors import PearError
 
 from .harness import EvalResults, ExampleResult, PassageResult, evaluate, paired_compare
-from .tasks import kv_examples, mdqa_examples, parse_kv, parse_mdqa, pydoc_passages
+from .tasks import counterfactual_records, kv_examples, mdqa_examples, parse_kv, pydoc_passages
 
 VARIANTS_DIR = Path(__file__).with_name("variants")
 DEFAULT_SET = "sweep-smollm2"
@@ -99,10 +99,9 @@ def validation_sets(records: int, num_docs: int, positions: tuple[int, ...], kv_
                     passages: int, seed: int = 0, real: str | None = None, real_records: int = 0) -> dict[str, list]:
     """Counterfactual MDQA (validation split), KV, perplexity; with `real` (an NQ-open oracle JSONL) also
     real questions from its *validation* half, random distractors, both instruction wordings."""
-    from .counterfactual import generate_counterfactual
     from .kv import generate_kv
 
-    mdqa = [parse_mdqa(r) for r in generate_counterfactual(records, "validation", seed, num_distractors=num_docs - 1)]
+    mdqa = counterfactual_records(records, "validation", num_docs, seed)
     kv = [parse_kv(r) for r in generate_kv(kv_records, kv_pairs, seed=seed + 1)]
     kv_positions = tuple(sorted({0, kv_pairs // 2, kv_pairs - 1}))
     sets = {"counterfactual": mdqa_examples(mdqa, num_docs, positions, seed),
@@ -221,7 +220,7 @@ def run_variants(loaded, variants: dict[str, dict], outdir: Path, sets: dict[str
     outdir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     base = _cached(outdir / "base-results.json", lambda: scorer.base(sets))
-    print(f"base: " + ", ".join(f"{t} {r.score:.4g}" for t, r in base.items())
+    print("base: " + ", ".join(f"{t} {r.score:.4g}" for t, r in base.items())
           + f" ({time.perf_counter() - start:.0f}s)", flush=True)
     rows = []
     for name, overrides in variants.items():
