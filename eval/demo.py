@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from pear_edge.atomic import Kind, check_output, report_folder, write_text_atomic
-from pear_edge.errors import PearError
+from pear_edge.options import int_list
 
 from .backends import open_backend
 from .harness import paired_run
@@ -111,18 +111,14 @@ def add_demo_command(sub) -> None:
     p.add_argument("--onnx", action="store_true", help="also export and compare ONNX int8 (slow)")
     p.add_argument("--records", type=int, default=10, help="test-split MDQA records (x positions; default: %(default)s)")
     p.add_argument("--num-docs", type=int, default=10)
-    p.add_argument("--positions", default="0,4,9")
+    p.add_argument("--positions", type=int_list, default=(0, 4, 9), help="gold positions (default: 0,4,9)")
     p.add_argument("--passages", type=int, default=4, help="perplexity passages (0 = skip)")
     p.add_argument("--speed-rounds", type=int, default=4)
     p.set_defaults(func=cmd_demo)
 
 
 def cmd_demo(args) -> int:
-    try:
-        positions = tuple(int(x) for x in args.positions.split(","))
-    except ValueError:
-        raise PearError(f"--positions must be comma-separated integers, not {args.positions!r}") from None
     quants = [q.strip() for q in args.quants.split(",") if q.strip()]
-    run_demo(Path(args.output), args.coefficients, quants, args.onnx, args.records, args.num_docs, positions,
+    run_demo(Path(args.output), args.coefficients, quants, args.onnx, args.records, args.num_docs, args.positions,
              args.passages, args.speed_rounds, args.seed, progress=not args.quiet)
     return 0
