@@ -34,6 +34,8 @@ class RAGProxy:
             raise PearError(f"the {name} proxy needs a tokenizer with a chat template; use --proxy copy")
         self.tokenizer, self.batch, self.name, self.info = tokenizer, batch, name, info or {}
         self._examples = {split: [self._encode(p, t) for p, t in pairs] for split, pairs in examples.items()}
+        train = self._examples["train"]
+        self._by_length = sorted(range(len(train)), key=lambda i: len(train[i][0]))
 
     def _encode(self, prompt: str, answer: str) -> tuple[list[int], int]:
         text = self.tokenizer.apply_chat_template(user_messages(prompt), add_generation_prompt=True, tokenize=False)
@@ -59,8 +61,6 @@ class RAGProxy:
         """`batch` random examples of similar length: a random window of the pool sorted by length, so
         left padding (compute spent on nothing) stays small when prompts hold 3 to 10 documents."""
         pool = self._examples["train"]
-        if not hasattr(self, "_by_length"):
-            self._by_length = sorted(range(len(pool)), key=lambda i: len(pool[i][0]))
         window = min(len(pool), 8 * self.batch)
         start = int(torch.randint(len(pool) - window + 1, (1,), generator=generator))
         picks = torch.randperm(window, generator=generator)[: self.batch].tolist()
