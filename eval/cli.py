@@ -275,8 +275,11 @@ def cmd_speed(args) -> int:
 
 def _variant_run(args):
     """What `search` and `sweep` share: the variants and the validation sets."""
+    from pear_edge.atomic import Kind, check_output
+
     from .variants import load_variants, validation_sets
 
+    check_output(args.output, args.variants, args.real, kind=Kind.REPORTS)  # before any model or data work
     variants = load_variants(args.variants, args.only)
     sets = validation_sets(args.records, args.num_docs, tuple(args.positions), args.kv_records, args.kv_pairs,
                            args.passages, seed=args.seed, real=args.real, real_records=args.real_records)

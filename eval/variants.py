@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from pear_edge.atomic import write_text_atomic
+from pear_edge.atomic import report_folder, write_text_atomic
 from pear_edge.calibrate import CalibrationSettings, detect_heads, train_from_scores, with_overrides
 from pear_edge.coefficients import Coefficients
 from pear_edge.errors import PearError
@@ -217,7 +217,7 @@ def variant_row(name: str, overrides: dict, coeffs: Coefficients, base: dict, pe
 def run_variants(loaded, variants: dict[str, dict], outdir: Path, sets: dict[str, list], scorer: Scorer,
                  seed: int = 0, progress: bool = True) -> list[dict]:
     """Calibrate every variant on `loaded`, score it with `scorer` against the base; resumable."""
-    outdir.mkdir(parents=True, exist_ok=True)
+    report_folder(outdir)  # new, or one pear-edge wrote earlier (resume); never a folder of the user's
     start = time.perf_counter()
     base = _cached(outdir / "base-results.json", lambda: scorer.base(sets))
     print("base: " + ", ".join(f"{t} {r.score:.4g}" for t, r in base.items())
