@@ -51,14 +51,17 @@ def add_commands(sub) -> None:
 
     d = eval_sub.add_parser("make-data", help="write the built-in counterfactual or KV data set, or a real-text "
                                               "NQ half with distractors, as JSONL")
-    d.add_argument("--task", choices=("counterfactual", "kv", "nq"), required=True)
+    d.add_argument("--task", choices=("counterfactual", "kv", "nq", "corpus"), required=True)
+    d.add_argument("--corpus", help="corpus: questions generated from the held-out files of this folder or rag "
+                                    "index (to measure `calibrate --corpus` on its own material)")
     d.add_argument("--source", help="nq: NQ-open oracle JSONL(.gz) with gold passages "
                                     "(e.g. ../shared/data/nq-open-dev.jsonl.gz)")
     d.add_argument("--half", choices=HALVES, default="test",
                    help="nq: fixed half by question hash: validation (choose recipes) or test (claims)")
     d.add_argument("--distractors", choices=DISTRACTORS, default="random",
-                   help="nq: random other gold passages, or topical ones nearest to the question (MiniLM)")
-    d.add_argument("--num-docs", type=int, default=10, help="nq: documents per prompt (default: %(default)s)")
+                   help="nq: random other gold passages, or topical ones nearest to the question (MiniLM); "
+                        "corpus: random passages, or those nearest to the gold one")
+    d.add_argument("--num-docs", type=int, default=10, help="nq, corpus: documents per prompt (default: %(default)s)")
     d.add_argument("--count", type=int, help="records (default: 200; nq: the whole half)")
     d.add_argument("--split", default="test", help="counterfactual: train, validation or test (disjoint entities)")
     d.add_argument("--num-distractors", type=int, default=9, help="counterfactual: distractor documents per record")
@@ -227,7 +230,18 @@ def cmd_make_data(args) -> int:
     from .jsonl import write_jsonl
     from .kv import generate_kv
 
-    out = check_output_path(args.output, args.source)
+    out = check_output_path(args.output, *[x for x in (args.source, args.corpus) if x])
+    if args.task == "corpus":
+        from .realqa import as_jsonl_records, corpus_records
+
+        if not args.corpus:
+            raise PearError("make-data --task corpus needs --corpus DIR|index.db")
+        records = as_jsonl_records(corpus_records(args.corpus, args.count or 100, args.num_docs,
+                                                  args.distractors, args.seed))
+        write_jsonl(out, records)
+        print(f"wrote {len(records)} questions about the held-out files of {args.corpus} ({args.distractors} "
+              f"distractors, {args.num_docs} documents) to {out}")
+        return 0
     if args.task == "nq":
         from .realqa import as_jsonl_records, load_half, with_distractors
 

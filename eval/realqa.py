@@ -90,6 +90,29 @@ def as_jsonl_records(records: Sequence[MDQARecord]) -> list[dict]:
             for r in records]
 
 
+def corpus_records(corpus: str, count: int, num_docs: int, mode: str = "topical", seed: int = 0) -> list[MDQARecord]:
+    """Questions about a user's corpus (a folder or a rag index), to measure `calibrate --corpus` on its own
+    material: generated from the corpus' *held-out* files (textqa.split_of by title, which calibration never
+    trains on) by the cloze question generator, with `num_docs - 1` distractors from the whole corpus —
+    the passages nearest to the gold one (`topical`) or random ones — none containing the answer.
+    The questions share the cloze proxy's generator, so they rank calibrations against each other on this
+    corpus (e.g. --corpus vs the built-in default); they are not a claim about real users' questions."""
+    from pear_edge.corpora import corpus_passages, embed_passages
+    from pear_edge.textqa import qa_records, split_of
+
+    if mode not in DISTRACTORS:
+        raise PearError(f"distractors must be one of {', '.join(DISTRACTORS)}, not {mode!r}")
+    passages = corpus_passages(corpus, seed)
+    held = [i for i, p in enumerate(passages) if split_of(p.title) == "held_out"]
+    if not held:
+        raise PearError(f"{corpus}: no file falls in the held-out share (10 % of titles); give a larger corpus")
+    vectors = embed_passages(passages) if mode == "topical" else None
+    generated = qa_records(passages, vectors, count, seed=seed + 7, num_docs=(num_docs, num_docs),
+                           topical_share=1.0 if mode == "topical" else 0.0, gold=held)
+    return [MDQARecord(r.question, (r.answer,), r.documents[r.position],
+                       tuple(d for i, d in enumerate(r.documents) if i != r.position)) for r in generated]
+
+
 def real_examples(path: str | Path, half: str, records: int | None, num_docs: int, positions: Sequence[int],
                   mode: str = "random", wording: str = "short", seed: int = 0, embed=None):
     """QAExamples for one half: the first `records` records (distractors drawn from the whole half),

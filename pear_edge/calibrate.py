@@ -38,8 +38,9 @@ class CalibrationSettings:
         if "corpus" in overrides:
             overrides.setdefault("proxy", "cloze")
         base = base or DEFAULTS
-        if overrides.get("proxy") == "cloze" and base.train.proxy != "cloze":
-            base = with_overrides(base, CLOZE_RECIPE)  # the validated cloze settings, then the user's flags
+        proxy = overrides.get("proxy")
+        if proxy in PROXY_SETTINGS and base.train.proxy != proxy:
+            base = with_overrides(base, PROXY_SETTINGS[proxy])  # that proxy's validated settings, then the flags
         return with_overrides(base, overrides, getattr(args, "seed", base.seed))
 
     def check(self) -> None:
@@ -51,6 +52,8 @@ class CalibrationSettings:
                             ("detect-batch", self.detect_batch), ("n", self.train.n)):
             if value < 1:
                 raise PearError(f"--{name} must be at least 1 (got {value})")
+        if self.train.micro_batch < 0:
+            raise PearError(f"--micro-batch must be 0 (the whole batch) or more (got {self.train.micro_batch})")
         if not self.train.lr > 0:
             raise PearError(f"--lr must be positive (got {self.train.lr})")
         for name, value in (("pull", self.train.pull), ("guard", self.train.guard)):
@@ -61,23 +64,18 @@ class CalibrationSettings:
         return dataclasses.asdict(self)
 
 
-# The recipe chosen by `pear-edge search` on validation data (README "Making PEAR help", eval/variants/):
-# every head gets a coefficient, free in sign and size but held near 1 by an L2 pull and by the language-
-# model loss on natural text (guard), trained on the RAG-shaped passage proxy (copy the gold passage out
-# of ten). The paper's recipe (copy proxy, top-K suppressors) did not raise RAG accuracy on SmolLM2-135M.
-DEFAULTS = CalibrationSettings(
-    method="gradient", top_k=0, gradient_batches=2,
-    train=TrainSettings(proxy="passage", constraint="none", pull=0.1, guard=3.0, steps=40, batch=8, lr=0.02,
-                        pool=2000),
-)
-
-# The real-text recipe (eval/variants/realtext-smollm2.json "cloze-all-free-p1-g3-30x4"): DEFAULTS with
-# questions generated from real text (the built-in corpus or --corpus) and answer-span targets. On NQ-open
-# validation (real Wikipedia passages, torch fp32, n = 90) it beat both the base and DEFAULTS, the middle
-# position most; with guard 3 perplexity rose 2.8 %, with guard 6 (below) 1.0 %. Opt-in (--proxy cloze /
-# --corpus) until its test-half claim exists; README "On real documents".
-CLOZE_RECIPE = {"proxy": "cloze", "steps": 30, "batch": 4, "lr": 0.025, "guard": 6.0}  # "cloze-all-free-p1-g6-30x4"
-
+# Validated settings of each RAG-shaped proxy (eval/variants/, README "On real documents" and "Making PEAR
+# help"). Both re-weight every head (one scalar each, free in sign and size) held near 1 by an L2 pull and by
+# the language-model loss on natural text (guard); the paper's recipe (copy proxy, top-K suppressors) did not
+# raise RAG accuracy on SmolLM2-135M. Choosing `--proxy X` (or --corpus: cloze) on a profile with another
+# proxy starts from PROXY_SETTINGS[X], then applies the user's other flags.
+# - passage: copy the gold passage out of ten invented documents (one template) - "all-free-p1-g3";
+# - cloze: questions generated from real text (the built-in corpus or --corpus), answer-span target, 3-10
+#   documents with retrieved distractors - "cloze-all-free-p1-g6-30x4" (eval/variants/realtext-smollm2.json).
+PROXY_SETTINGS = {
+    "passage": {"proxy": "passage", "steps": 40, "batch": 8, "lr": 0.02, "guard": 3.0},
+    "cloze": {"proxy": "cloze", "steps": 30, "batch": 4, "lr": 0.025, "guard": 6.0},
+}
 # What is measured about each proxy on real retrieved passages, said after every calibration.
 PROXY_NOTES = {
     "passage": "the passage proxy trains on invented documents in one template: on real NQ-open passages it gave "
@@ -88,12 +86,6 @@ PROXY_NOTES = {
              "position +20 pt), perplexity +1.0 %; not yet confirmed on the test half in llama.cpp",
     "copy": "the paper's copy proxy did not raise multi-document QA accuracy on SmolLM2-135M (README)",
 }
-
-# Per-model calibration profiles: the settings `pear-edge calibrate --model NAME` uses unless options
-# override them. The packaged Gemma-3-270M is a base model without a chat template, so the RAG-shaped
-# proxies cannot build its prompts; it keeps the fast copy-proxy recipe (field defaults), which has NOT
-# been validated on it (README "Making PEAR help").
-PROFILES: dict[str, CalibrationSettings] = {"default": DEFAULTS, "gemma3-270m": CalibrationSettings()}
 
 
 def with_overrides(base: CalibrationSettings, overrides: dict, seed: int | None = None) -> CalibrationSettings:
@@ -112,6 +104,16 @@ def with_overrides(base: CalibrationSettings, overrides: dict, seed: int | None 
     return settings
 
 
+_COMMON = CalibrationSettings(method="gradient", top_k=0, gradient_batches=2,
+                              train=TrainSettings(constraint="none", pull=0.1, pool=2000, micro_batch=1))
+DEFAULTS = with_overrides(_COMMON, PROXY_SETTINGS["passage"])  # what `calibrate` uses on the default model
+# Per-model calibration profiles: the settings `pear-edge calibrate --model NAME` uses unless options
+# override them. The packaged Gemma-3-270M is a base model without a chat template, so the RAG-shaped
+# proxies cannot build its prompts; it keeps the fast copy-proxy recipe (field defaults), which has NOT
+# been validated on it (README "Making PEAR help").
+PROFILES: dict[str, CalibrationSettings] = {"default": DEFAULTS, "gemma3-270m": CalibrationSettings()}
+
+
 def profile_for(model: str) -> CalibrationSettings:
     return PROFILES.get(model, DEFAULTS)
 
@@ -120,7 +122,8 @@ def detect_heads(loaded, settings: CalibrationSettings, progress: bool = True, p
     if settings.method == "gradient" and proxy is None:
         proxy = make_proxy(loaded, settings.train)
     return detect(loaded, settings.method, settings.lengths, settings.detect_batch, settings.seed,
-                  settings.positions, progress, proxy=proxy, gradient_batches=settings.gradient_batches)
+                  settings.positions, progress, proxy=proxy, gradient_batches=settings.gradient_batches,
+                  micro_batch=settings.train.micro_batch)
 
 
 def train_from_scores(loaded, scores: HeadScores, settings: CalibrationSettings,

@@ -157,8 +157,10 @@ def cmd_train(args) -> int:
 def cmd_calibrate(args) -> int:
     from .atomic import check_output_path
     from .calibrate import detect_heads, train_from_scores
-    from .train import make_proxy
     from .models import load_model, resolve_spec
+    from .proxy import model_device
+    from .timing import run_cost
+    from .train import make_proxy
 
     start = time.perf_counter()
     source = resolve_spec(args.model)
@@ -180,10 +182,13 @@ def cmd_calibrate(args) -> int:
 
         coeffs.metrics["validation"] = validate_coefficients(loaded, coeffs, args.validate, seed=args.seed,
                                                              progress=_progress(args))
-    coeffs.calibration["wall_seconds"] = round(time.perf_counter() - start, 1)
+    coeffs.calibration["cost"] = run_cost(start, model_device(loaded.model))
+    coeffs.calibration["wall_seconds"] = coeffs.calibration["cost"]["wall_seconds"]
     coeffs.save(out)
     _print_summary(coeffs)
-    print(f"wrote {out} and {heads_path} (+ .png) in {time.perf_counter() - start:.0f} s")
+    cost = coeffs.calibration["cost"]
+    print(f"wrote {out} and {heads_path} (+ .png) in {cost['wall_seconds']:.0f} s, peak RSS "
+          f"{cost['peak_rss_mib'] / 1024:.2f} GiB ({cost['machine']}, {cost['torch_threads']} threads)")
     return 0
 
 

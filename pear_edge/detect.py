@@ -245,9 +245,12 @@ def save_heatmap(scores: HeadScores, path: Path, top_k: int = 0) -> Path:
     return save_png(fig, path, dpi=110)
 
 
-def scale_gradient_scores(loaded, proxy, batches: int, seed: int = 0, progress: bool = True) -> torch.Tensor:
-    """d(loss)/d(scale) of every head at scale 1, averaged over `batches` proxy batches."""
+def scale_gradient_scores(loaded, proxy, batches: int, seed: int = 0, progress: bool = True,
+                          micro_batch: int = 0) -> torch.Tensor:
+    """d(loss)/d(scale) of every head at scale 1, averaged over `batches` proxy batches (each backpropagated
+    `micro_batch` prompts at a time, the same gradient: proxy.backward_in_parts)."""
     from .heads import scale_heads
+    from .proxy import backward_in_parts
 
     adapter = loaded.adapter
     heads = [(l, h) for l in range(adapter.num_layers) for h in range(adapter.num_heads)]
@@ -255,20 +258,21 @@ def scale_gradient_scores(loaded, proxy, batches: int, seed: int = 0, progress: 
     gen = torch.Generator().manual_seed(seed + 20_000)
     with scale_heads(adapter, heads=heads, values=values), torch.enable_grad():
         for _ in tqdm(range(batches), desc=f"detect (gradient, {proxy.name} proxy)", disable=not progress):
-            (proxy.loss(loaded.model, proxy.sample(gen)) / batches).backward()
+            batch = proxy.sample(gen)
+            backward_in_parts(lambda part: proxy.loss(loaded.model, part), proxy.parts(batch, micro_batch), 1 / batches)
     return values.grad.detach().cpu().view(adapter.num_layers, adapter.num_heads)
 
 
 def detect(loaded, method: str = "exact", lengths: tuple[int, ...] = (15, 25, 50), batch: int = 20,
            seed: int = 0, positions: str = "last", progress: bool = True, proxy=None,
-           gradient_batches: int = 8) -> HeadScores:
+           gradient_batches: int = 8, micro_batch: int = 0) -> HeadScores:
     """Score every head of `loaded` (a models.LoadedModel) as a suppressor; `proxy` is used by
     method="gradient" (default: the copy proxy with n = max(lengths))."""
     if method == "gradient":
         from .proxy import CopyProxy
 
         proxy = proxy or CopyProxy(loaded, max(lengths), batch)
-        scores = scale_gradient_scores(loaded, proxy, gradient_batches, seed, progress)
+        scores = scale_gradient_scores(loaded, proxy, gradient_batches, seed, progress, micro_batch)
         settings = {"method": method, **proxy.describe(), "batches": gradient_batches, "seed": seed}
         return HeadScores(scores, loaded.fingerprint(), settings)
     if method not in METHODS:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import PearError
-from .proxy import model_device
+from .proxy import model_device, row_parts
 
 GUARD_MODULES = (
     "argparse", "asyncio", "base64", "bisect", "calendar", "collections", "configparser", "contextlib", "copy",
@@ -51,7 +51,10 @@ class TextGuard:
         starts = torch.randint(len(self.ids) - self.tokens, (self.batch,), generator=generator)
         return torch.stack([self.ids[s : s + self.tokens] for s in starts.tolist()])
 
+    def parts(self, windows: torch.Tensor, micro: int) -> list[tuple[torch.Tensor, float]]:
+        return row_parts(windows, micro)  # equal-length windows: equal weights
+
     def loss(self, model: torch.nn.Module, windows: torch.Tensor) -> torch.Tensor:
         windows = windows.to(model_device(model))
-        logits = model(input_ids=windows).logits[:, :-1]
+        logits = model(input_ids=windows, use_cache=False).logits[:, :-1]
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), windows[:, 1:].reshape(-1))

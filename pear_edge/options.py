@@ -11,6 +11,14 @@ import argparse
 from dataclasses import dataclass
 
 
+def on_off(text: str) -> bool:
+    """'on' / 'off' (also yes/no, true/false, 1/0) -> bool: the one parser of switches given a value."""
+    value = {"on": True, "yes": True, "true": True, "1": True, "off": False, "no": False, "false": False, "0": False}
+    if text.lower() not in value:
+        raise argparse.ArgumentTypeError(f"expected on or off, got {text!r}")
+    return value[text.lower()]
+
+
 def int_list(text: str) -> tuple[int, ...]:
     """'15,25,50' -> (15, 25, 50): the one parser of integer lists on the command line."""
     try:
@@ -62,6 +70,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("pull", "training", "L2 pull of the coefficients towards 1 (0 = off)", float),
     Option("guard", "training", "weight of the language-model loss on natural text, a leash on perplexity "
            "(0 = off)", float),
+    Option("micro_batch", "training", "backpropagate this many prompts at a time (0 = the whole batch): the "
+           "same gradient with one micro-batch's activation memory", int),
+    Option("checkpoint", "training", "on = recompute each decoder layer in the backward pass: activation "
+           "memory of one layer instead of all, about one more forward of time", on_off),
     Option("pool", "training", "training prompts the mdqa/passage/cloze proxies draw from", int),
 )
 GROUP_TITLES = {"proxy": "proxy task", "detection": "detection", "training": "training"}

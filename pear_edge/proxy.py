@@ -29,13 +29,40 @@ def model_device(model: torch.nn.Module) -> torch.device:
 def tail_logits(model: torch.nn.Module, input_ids: torch.Tensor, keep: int, **kwargs) -> torch.Tensor:
     """Logits of the last `keep` positions only: the LM head over a 49k vocabulary at every position
     is a large share of a small model's forward pass, and proxy losses only need the tail.
-    Inputs move to the model's device (batches are built on the CPU)."""
+    Inputs move to the model's device (batches are built on the CPU). No KV cache is kept (one pass)."""
     device = model_device(model)
     input_ids = input_ids.to(device)
     kwargs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
     if "logits_to_keep" in inspect.signature(model.forward).parameters:
-        return model(input_ids=input_ids, logits_to_keep=keep, **kwargs).logits
-    return model(input_ids=input_ids, **kwargs).logits[:, -keep:]
+        return model(input_ids=input_ids, logits_to_keep=keep, use_cache=False, **kwargs).logits
+    return model(input_ids=input_ids, use_cache=False, **kwargs).logits[:, -keep:]
+
+
+Part = tuple[object, float]
+"""A slice of a batch and its weight: the share of the batch's loss terms it holds."""
+
+
+def row_parts(rows: torch.Tensor, micro: int) -> list[tuple[torch.Tensor, float]]:
+    """Equal-weight row slices of a (batch, ...) tensor whose loss is a mean over equal-length rows;
+    micro = 0: the whole batch."""
+    size = rows.shape[0]
+    if not micro or micro >= size:
+        return [(rows, 1.0)]
+    return [(rows[i : i + micro], min(micro, size - i) / size) for i in range(0, size, micro)]
+
+
+def backward_in_parts(loss_fn, parts: list[Part], scale: float = 1.0) -> float:
+    """Backpropagate scale * (the batch's loss) one part at a time and return the batch's loss.
+
+    A batch loss that is a mean over its terms equals sum(weight_i * loss(part_i)) with weight_i the part's
+    share of the terms, so the accumulated gradient is the batch's own (up to float summation order), while
+    only one part's activations are alive at a time: peak memory is one part's, not the batch's."""
+    total = 0.0
+    for part, weight in parts:
+        loss = loss_fn(part) * weight
+        (loss * scale).backward()
+        total += float(loss.detach())
+    return total
 
 
 @dataclass(frozen=True)
@@ -111,6 +138,9 @@ class CopyProxy:
         n = tokens.shape[1] // 2
         tail = tail_logits(model, tokens, n)  # positions n .. 2n-1, the copy half
         return F.cross_entropy(tail[:, :-1].reshape(-1, tail.shape[-1]).float(), tokens[:, n + 1 :].reshape(-1))
+
+    def parts(self, batch: dict[str, torch.Tensor], micro: int) -> list[Part]:
+        return [({"input_ids": rows}, w) for rows, w in row_parts(batch["input_ids"], micro)]
 
     def held_out(self, count: int, seed: int) -> list[dict[str, torch.Tensor]]:
         return [{"input_ids": t} for t in held_out_batches(self.vocab, self.n, self.batch, count, seed)]

@@ -55,7 +55,18 @@ class RAGProxy:
             mask[row, pad:] = 1
             labels[row, pad + start :] = torch.tensor(ids[start:])
         answer_span = max(len(ids) - start for ids, start in items)
-        return {"input_ids": input_ids, "attention_mask": mask, "labels": labels, "keep": answer_span + 1}
+        return {"input_ids": input_ids, "attention_mask": mask, "labels": labels, "keep": answer_span + 1,
+                "items": items}
+
+    def parts(self, batch: dict, micro: int) -> list[tuple[dict, float]]:
+        """The batch as micro-batches of `micro` prompts (0: whole), each padded only to its own longest
+        prompt, weighted by its share of the batch's answer tokens (the loss is a mean over them)."""
+        items = batch["items"]
+        if not micro or micro >= len(items):
+            return [(batch, 1.0)]
+        tokens = sum(len(ids) - start for ids, start in items)
+        chunks = [items[i : i + micro] for i in range(0, len(items), micro)]
+        return [(self._collate(c), sum(len(ids) - start for ids, start in c) / tokens) for c in chunks]
 
     def sample(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """`batch` random examples of similar length: a random window of the pool sorted by length, so

@@ -121,8 +121,10 @@ class QARecord:
 
 
 def qa_records(passages: Sequence[Passage], vectors: np.ndarray | None, count: int, seed: int = 0,
-               num_docs: tuple[int, int] = (3, 10), topical_share: float = 0.6) -> list[QARecord]:
-    """`count` questions over `passages`, each with num_docs[0]..num_docs[1] documents.
+               num_docs: tuple[int, int] = (3, 10), topical_share: float = 0.6,
+               gold: Sequence[int] | None = None) -> list[QARecord]:
+    """`count` questions over `passages` (asked about `gold` ones only, if given: indices into `passages`),
+    each with num_docs[0]..num_docs[1] documents.
 
     Distractors: with probability `topical_share` the passages nearest to the gold one by embedding
     cosine (`vectors`, unit rows), otherwise random ones; never the gold's title, never one that
@@ -131,7 +133,8 @@ def qa_records(passages: Sequence[Passage], vectors: np.ndarray | None, count: i
         raise PearError(f"a corpus of {len(passages)} passages is too small for {num_docs[1]}-document prompts; "
                         f"give at least {num_docs[1] + 1} passages (more than 200 is better)")
     rng = random.Random(f"textqa:{seed}")
-    candidates = [(i, q) for i, p in enumerate(passages) for q in cloze_questions(p)]
+    askable = range(len(passages)) if gold is None else sorted(set(gold))
+    candidates = [(i, q) for i in askable for q in cloze_questions(passages[i])]
     if not candidates:
         raise PearError("no questions could be generated from this corpus: it needs sentences holding years, "
                         "numbers or capitalised names")

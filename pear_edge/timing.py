@@ -78,3 +78,35 @@ class Stopwatch:
                 return scores
 
         return LogitsProcessorList([Tick()])
+
+
+def machine() -> str:
+    """'AMD EPYC 7B13, 2 cores' from /proc/cpuinfo (the platform's name elsewhere): said beside every cost."""
+    import os
+    import platform
+
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} cores"
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory so far, MiB (Linux reports KiB, macOS bytes)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+
+
+def run_cost(start: float, device: str = "cpu") -> dict[str, Any]:
+    """What a run cost from `start` (a perf_counter value) to now: wall seconds, peak RSS, device, machine,
+    torch threads. Recorded in every coefficients file (`calibration.cost`)."""
+    import torch
+
+    return {"wall_seconds": round(time.perf_counter() - start, 1), "peak_rss_mib": peak_rss_mib(),
+            "device": str(device), "machine": machine(), "torch_threads": torch.get_num_threads()}

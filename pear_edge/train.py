@@ -9,18 +9,21 @@ Constraints on the coefficients (measured on the default model, see README "Maki
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
+from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 
 from .coefficients import Coefficients, HeadCoefficient
 from .errors import PearError
 from .guard import TextGuard
 from .heads import scale_heads
-from .proxy import model_device
+from .proxy import backward_in_parts, model_device
 
 CONSTRAINTS = {"none": (-math.inf, math.inf), "le1": (-math.inf, 1.0), "unit": (0.0, 1.0)}
 PROXIES = ("copy", "mdqa", "passage", "cloze")
@@ -42,6 +45,8 @@ class TrainSettings:
     guard: float = 0.0
     guard_batch: int = 4
     corpus: str | None = None  # cloze proxy: None = the built-in real-text corpus, or a folder / rag index
+    checkpoint: bool = False  # recompute each decoder layer in the backward pass (memory for time)
+    micro_batch: int = 0  # backpropagate this many prompts at a time (0: the whole batch); same gradient
 
 
 def make_proxy(loaded, settings: TrainSettings):
@@ -60,6 +65,25 @@ def make_proxy(loaded, settings: TrainSettings):
 
         return ClozeProxy(loaded, batch=settings.batch, pool=settings.pool, seed=settings.seed, corpus=settings.corpus)
     raise PearError(f"unknown proxy {settings.proxy!r}; choose one of {', '.join(PROXIES)}")
+
+
+@contextlib.contextmanager
+def checkpointed_layers(layers: list[torch.nn.Module]) -> Iterator[None]:
+    """Gradient checkpointing per decoder layer, for the duration of the block: each layer's forward keeps
+    only its inputs, and is run again during the backward pass. Activation memory drops from every layer's
+    intermediates (~num_layers x) to one layer's plus the layer inputs; time grows by about one forward.
+    Math is unchanged (same ops, same order). Forwards must not fill a KV cache (`use_cache=False`)."""
+    for layer in layers:
+        def forward(*args, _forward=layer.forward, **kwargs):
+            if not torch.is_grad_enabled():
+                return _forward(*args, **kwargs)
+            return checkpoint(_forward, *args, use_reentrant=False, **kwargs)
+        layer.forward = forward  # an instance attribute shadows the class's forward
+    try:
+        yield
+    finally:
+        for layer in layers:
+            vars(layer).pop("forward", None)
 
 
 def train_coefficients(loaded, heads: list[tuple[int, int, float]], settings: TrainSettings,
@@ -83,23 +107,27 @@ def train_coefficients(loaded, heads: list[tuple[int, int, float]], settings: Tr
     guard = TextGuard(loaded.tokenizer, settings.guard_batch) if settings.guard else None
     losses, guard_losses = [], []
     start = time.perf_counter()
-    with scale_heads(adapter, heads=keys, values=values), torch.enable_grad():
+    recompute = checkpointed_layers(adapter.layers) if settings.checkpoint else contextlib.nullcontext()
+    with scale_heads(adapter, heads=keys, values=values), recompute, torch.enable_grad():
         bar = tqdm(range(settings.steps), desc=f"train ({proxy.name} proxy)", disable=not progress)
         for _ in bar:
-            loss = proxy.loss(model, proxy.sample(gen))
-            objective = loss + settings.pull * ((values - 1) ** 2).sum() if settings.pull else loss
-            if guard is not None:
-                guard_loss = guard.loss(model, guard.sample(gen))
-                objective = objective + settings.guard * guard_loss
-                guard_losses.append(float(guard_loss.detach()))
+            # objective = proxy loss + pull * sum((c - 1)^2) + guard * LM loss, backpropagated term by term
+            # (and the batches part by part, settings.micro_batch): the same gradient, less memory.
             optim.zero_grad()
-            objective.backward()
+            batch = proxy.sample(gen)
+            loss = backward_in_parts(lambda part: proxy.loss(model, part), proxy.parts(batch, settings.micro_batch))
+            if settings.pull:
+                (settings.pull * ((values - 1) ** 2).sum()).backward()
+            if guard is not None:
+                windows = guard.sample(gen)
+                guard_losses.append(backward_in_parts(lambda part: guard.loss(model, part),
+                                                      guard.parts(windows, settings.micro_batch), settings.guard))
             optim.step()
             with torch.no_grad():
                 values.clamp_(low, high)
             if not torch.isfinite(values).all():
                 raise PearError("training diverged (non-finite coefficient); lower --lr")
-            losses.append(float(loss.detach()))
+            losses.append(loss)
             c = values.detach()
             bar.set_postfix(loss=f"{losses[-1]:.3f}", cmin=f"{float(c.min()):.2f}", cmax=f"{float(c.max()):.2f}")
         after = proxy.evaluate(model, held_out)

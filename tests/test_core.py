@@ -1,6 +1,8 @@
 """Calibration core on tiny config-built models of every registry architecture."""
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import math
 
@@ -194,6 +196,26 @@ def test_training_is_deterministic_constrained_and_lowers_loss():
     pinned = [i for i, h in enumerate(a.heads) if h.coefficient == 1.0]
     assert pinned, "the constrained run never reached its bound; this test no longer tells the two apart"
     assert all(free.heads[i].coefficient > 1.0 for i in pinned)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3_text", "gpt2"])
+def test_checkpointed_and_micro_batched_training_give_the_same_coefficients(arch):
+    from pear_edge.train import checkpointed_layers
+
+    lm = tiny_model(arch)
+    heads = [(layer, head, 0.0) for layer in range(lm.adapter.num_layers) for head in range(lm.adapter.num_heads)]
+    plain = TrainSettings(steps=4, batch=4, n=8, lr=0.05, constraint="none", pull=0.1, guard=0.0)
+    a = train_coefficients(lm, heads, plain, progress=False)
+    b = train_coefficients(lm, heads, dataclasses.replace(plain, checkpoint=True), progress=False)
+    c = train_coefficients(lm, heads, dataclasses.replace(plain, micro_batch=1), progress=False)
+    assert [h.coefficient for h in a.heads] == pytest.approx([h.coefficient for h in b.heads], abs=1e-6)
+    assert [h.coefficient for h in a.heads] == pytest.approx([h.coefficient for h in c.heads], abs=1e-5)
+    assert a.calibration["loss_curve"] == pytest.approx(c.calibration["loss_curve"], abs=1e-4)
+    assert all("forward" not in vars(layer) for layer in lm.adapter.layers)  # the class's forward again
+    with checkpointed_layers(lm.adapter.layers):
+        assert all("forward" in vars(layer) for layer in lm.adapter.layers)
+        with torch.no_grad():  # inference inside the block runs the layers as they are
+            lm.model(input_ids=torch.tensor([[3, 4, 5]]), use_cache=False)
 
 
 def test_coefficients_roundtrip_and_validation(tmp_path):

@@ -44,6 +44,11 @@ def test_mdqa_proxy_targets_only_the_answer_and_matches_full_logits(default_mode
         expected.append(F.cross_entropy(logits[0, :-1], labels[0, 1:], ignore_index=-100, reduction="sum"))
     tokens = int((batch["labels"] != -100).sum())
     assert torch.allclose(proxy.loss(default_model.model, batch), sum(expected) / tokens, atol=1e-4)
+    # Micro-batches (each padded to its own longest prompt) weighted by their answer tokens: the same loss.
+    parts = proxy.parts(batch, 2)
+    assert [p["input_ids"].shape[0] for p, _ in parts] == [2, 1] and sum(w for _, w in parts) == pytest.approx(1)
+    parted = sum(w * proxy.loss(default_model.model, p) for p, w in parts)
+    assert torch.allclose(parted, sum(expected) / tokens, atol=1e-4)
     held = proxy.evaluate(default_model.model, proxy.held_out(1, 0))
     assert held["answer_loss"] > 0 and 0 <= held["answer_exact"] <= 1
 

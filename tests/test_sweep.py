@@ -55,14 +55,15 @@ def test_cached_results_round_trip():
 
 
 def test_corpus_or_cloze_flags_start_from_the_validated_cloze_recipe():
-    from pear_edge.calibrate import CLOZE_RECIPE, CalibrationSettings, profile_for
+    from pear_edge.calibrate import PROXY_SETTINGS, CalibrationSettings, profile_for
     from pear_edge.cli import build_parser
 
     for argv, corpus in ((["--corpus", "docs"], "docs"), (["--proxy", "cloze"], None)):
         args = build_parser().parse_args(["calibrate", *argv, "--lr", "0.03", "-o", "c.json"])
         s = CalibrationSettings.from_args(args, profile_for("default"))
         assert (s.train.proxy, s.train.corpus, s.train.lr) == ("cloze", corpus, 0.03)  # the user's flag wins
-        assert (s.train.steps, s.train.batch) == (CLOZE_RECIPE["steps"], CLOZE_RECIPE["batch"])
+        cloze = PROXY_SETTINGS["cloze"]
+        assert (s.train.steps, s.train.batch) == (cloze["steps"], cloze["batch"])
     args = build_parser().parse_args(["calibrate", "--corpus", "docs", "--proxy", "copy", "-o", "c.json"])
     with pytest.raises(PearError, match="--corpus goes with the cloze proxy"):
         CalibrationSettings.from_args(args, profile_for("default"))

@@ -173,3 +173,26 @@ def test_builtin_corpus_is_real_prose_with_questions():
     assert sum("{" in p.text for p in passages) < 0.02 * len(passages)  # cross-reference braces are gone
     questions = [q for p in passages[:500] for q in cloze_questions(p)]
     assert len(questions) > 300 and {q.kind for q in questions} == {"year", "count", "name"}
+
+
+def test_make_data_corpus_asks_only_about_held_out_files(tmp_path, capsys):
+    """Questions to measure `calibrate --corpus` on its own material: gold from held-out files only."""
+    from pear_edge.cli import main
+    from pear_edge.eval.tasks import load_mdqa
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for k in range(60):
+        (docs / f"system{k}.txt").write_text(
+            f"The Orion{k} controller was designed by Maria Keller{k} at Vantor Labs. It shipped in {1900 + k} "
+            f"with {k + 3} channels and replaced the older Castor{k} unit used by the Harbor{k} authority.")
+    held = {f"system{k}" for k in range(60) if split_of(f"system{k}") == "held_out"}
+    assert held  # 10 % of titles by hash: a few of 60
+    out = tmp_path / "corpus.jsonl"
+    assert main(["eval", "make-data", "--task", "corpus", "--corpus", str(docs), "--distractors", "random",
+                 "--num-docs", "4", "--count", "20", "-o", str(out)]) == 0
+    records = load_mdqa(out)
+    assert records and all(r.gold.title in held and len(r.distractors) == 3 for r in records)
+    assert all(not best_subspan_em(d.text, r.answers) for r in records for d in r.distractors)
+    assert main(["eval", "make-data", "--task", "corpus", "-o", str(tmp_path / "x.jsonl")]) == 2
+    assert "needs --corpus" in capsys.readouterr().err
