@@ -63,6 +63,16 @@ class CalibrationSettings:
     def as_record(self) -> dict:
         return dataclasses.asdict(self)
 
+    def recipe(self) -> dict:
+        """The settings that decide what is computed: as_record() without the execution-only fields
+        (EXECUTION_FIELDS change memory and time, not the result beyond float rounding)."""
+        record = self.as_record()
+        record["train"] = {k: v for k, v in record["train"].items() if k not in EXECUTION_FIELDS}
+        return record
+
+
+EXECUTION_FIELDS = ("micro_batch", "checkpoint")
+
 
 # Validated settings of each RAG-shaped proxy (eval/variants/, README "On real documents" and "Making PEAR
 # help"). Both re-weight every head (one scalar each, free in sign and size) held near 1 by an L2 pull and by
