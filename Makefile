@@ -2,13 +2,23 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.pear-edge-setup
 
-.PHONY: setup test demo clean
+.PHONY: setup setup-cuda gpu-check test demo clean
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml scripts/setup.sh scripts/llama_cmake_args.py
 	bash scripts/setup.sh
 	touch $@
+
+# A GPU machine: torch's CUDA build, llama-cpp-python built with CUDA for this GPU, onnxruntime-gpu.
+# Marks the set-up as done, so `make test` / `make demo` keep the CUDA builds.
+setup-cuda:
+	bash scripts/setup.sh --cuda
+	touch $(STAMP)
+
+# The prepared GPU measurements of issue 17 (set-up included), into OUT (default: out/gpu-check).
+gpu-check:
+	bash scripts/gpu_check.sh $(or $(OUT),out/gpu-check)
 
 test: setup
 	$(BIN)/python -m pytest -q tests

@@ -1,7 +1,7 @@
 """`pear-edge export gguf`: fold in PyTorch, convert with llama.cpp's own converter, quantize with
 llama.cpp's own quantizer, stamp pear.* metadata on each file.
 
-Steps: fold_model + save_folded (temp HF folder) -> convert_hf_to_gguf.py --outtype f32 (subprocess,
+Steps: fold_model + save_model_folder (temp HF folder) -> convert_hf_to_gguf.py --outtype f32 (subprocess,
 PYTHONPATH = the sdist's gguf-py) -> llama_model_quantize per requested type -> add pear.* keys.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from tqdm import tqdm
 from pear_edge.atomic import Kind, atomic_dir, check_output
 from pear_edge.coefficients import Coefficients
 from pear_edge.errors import PearError
-from pear_edge.fold import check_not_patched, fold_model, save_folded
+from pear_edge.fold import check_not_patched, fold_model, save_model_folder
 from pear_edge.models import file_sha256, load_model, resolve_spec
 
 from .gguf_patch import add_pear_metadata
@@ -61,7 +61,8 @@ def convert_to_gguf(hf_folder: Path, outfile: Path) -> None:
         raise PearError(f"llama.cpp's {CONVERTER} failed: {lines[-1]}")
 
 
-def quantize(f32_gguf: Path, outfile: Path, quant: str) -> None:
+def quantize(f32_gguf: Path, outfile: Path, quant: str, allow_requantize: bool = False) -> None:
+    """llama.cpp's quantizer; `allow_requantize`: the input may itself be quantized (e.g. the shipped Q4_1)."""
     import llama_cpp
     from llama_cpp import _logger
 
@@ -69,6 +70,7 @@ def quantize(f32_gguf: Path, outfile: Path, quant: str) -> None:
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_{QUANT_FTYPES[quant]}")
     params.nthread = max(1, os.cpu_count() or 1)
+    params.allow_requantize = allow_requantize
     rc = llama_cpp.llama_model_quantize(str(f32_gguf).encode(), str(outfile).encode(), params)
     if rc != 0 or not outfile.is_file():
         raise PearError(f"llama_model_quantize to {quant} failed (code {rc})")
@@ -97,11 +99,7 @@ def export_gguf(model: str, coefficients_path: str | None, quants: list[str], ou
     written = []
     with tempfile.TemporaryDirectory(prefix="pear-export-") as work, atomic_dir(out, replace=replace) as final:
         work = Path(work)
-        if coeffs:
-            save_folded(loaded, coeffs, work / "hf")
-        else:
-            loaded.model.save_pretrained(work / "hf", safe_serialization=True)
-            loaded.tokenizer.save_pretrained(work / "hf")
+        save_model_folder(loaded, coeffs, work / "hf")
         _drop_foreign_tokenizer_model(work / "hf")
         del loaded
         steps.update()

@@ -16,7 +16,7 @@ from tqdm import tqdm
 from pear_edge.atomic import Kind, atomic_dir, check_output, scratch_dir
 from pear_edge.coefficients import Coefficients
 from pear_edge.errors import PearError
-from pear_edge.fold import COEFFICIENTS_FILENAME, check_not_patched, fold_model, save_folded
+from pear_edge.fold import COEFFICIENTS_FILENAME, check_not_patched, fold_model, save_model_folder
 
 from .onnx_graph import MODEL_FILENAME
 from .onnx_quantize import QUANTIZATIONS, quantize
@@ -54,12 +54,7 @@ def export_onnx(model_spec: str, coefficients: str | Path | None, output: str | 
         step(1)
         match = fold_model(loaded, coeffs) if coeffs is not None else "base"
         step(2)
-        hf_dir = Path(scratch) / "hf"
-        if coeffs is not None:
-            save_folded(loaded, coeffs, hf_dir)
-        else:
-            loaded.model.save_pretrained(hf_dir, safe_serialization=True)
-            loaded.tokenizer.save_pretrained(hf_dir)
+        hf_dir = save_model_folder(loaded, coeffs, Path(scratch) / "hf")
         del loaded
         step(3)
         onnx_dir = Path(scratch) / "onnx"

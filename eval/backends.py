@@ -171,22 +171,28 @@ class TorchBackend(_HFGenerating):
 
 
 class OnnxBackend(_HFGenerating):
-    """An exported ONNX folder through optimum's ORTModelForCausalLM (onnxruntime, CPU)."""
+    """An exported ONNX folder through optimum's ORTModelForCausalLM (onnxruntime: the CPU, or the CUDA
+    execution provider of onnxruntime-gpu)."""
 
     kind = "onnx"
+    PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
-    def __init__(self, folder: str | Path):
+    def __init__(self, folder: str | Path, device: str = "cpu"):
         from optimum.onnxruntime import ORTModelForCausalLM
         from transformers import AutoTokenizer
 
         path = Path(folder)
         if not path.is_dir() or not any(path.glob("*.onnx")):
             raise PearError(f"{path} is not a folder with an exported ONNX model (*.onnx)")
+        provider = self.PROVIDERS[device]
         try:
-            model = ORTModelForCausalLM.from_pretrained(path, provider="CPUExecutionProvider")
+            model = ORTModelForCausalLM.from_pretrained(path, provider=provider)
             tokenizer = AutoTokenizer.from_pretrained(path)
         except Exception as exc:  # onnxruntime and optimum raise many types on broken folders
             raise PearError(f"onnxruntime cannot load {path}: {str(exc).splitlines()[0]}") from None
+        if model.providers[0] != provider:  # onnxruntime falls back to the CPU when CUDA libraries are missing
+            raise PearError(f"onnxruntime runs {path} on {model.providers[0]}, not {provider} (are the CUDA "
+                            "libraries of onnxruntime-gpu installed? `make setup-cuda`)")
         super().__init__(model, tokenizer, path.name, str(path))
 
 
@@ -196,13 +202,13 @@ class LlamaCppBackend(Backend):
     kind = "llamacpp"
     PPL_CONTEXT = 1024
 
-    def __init__(self, path: str | Path, n_ctx: int = 4096, n_threads: int | None = None):
+    def __init__(self, path: str | Path, n_ctx: int = 4096, n_threads: int | None = None, n_gpu_layers: int = 0):
         from pear_edge.llamacpp import open_gguf
 
         self.path = Path(path)
         super().__init__(self.path.name, str(self.path))
-        self.n_threads = n_threads
-        self.llm = open_gguf(self.path, n_ctx=n_ctx, n_threads=n_threads)
+        self.n_threads, self.n_gpu_layers = n_threads, n_gpu_layers
+        self.llm = open_gguf(self.path, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers)
         self._scorer = None
 
     def generate(self, messages, max_tokens=32):
@@ -215,7 +221,8 @@ class LlamaCppBackend(Backend):
         from pear_edge.llamacpp import open_gguf
 
         if self._scorer is None:  # a second context that keeps logits for every position
-            self._scorer = open_gguf(self.path, n_ctx=self.PPL_CONTEXT, logits_all=True, n_threads=self.n_threads)
+            self._scorer = open_gguf(self.path, n_ctx=self.PPL_CONTEXT, logits_all=True, n_threads=self.n_threads,
+                                     n_gpu_layers=self.n_gpu_layers)
         llm = self._scorer
         ids = _text_ids(lambda t: llm.tokenize(t.encode(), add_bos=False, special=False), text, self.PPL_CONTEXT)
         llm.reset()
@@ -257,15 +264,21 @@ def check_backend_input(spec: str, kind: str | None = None) -> None:
 
 
 def open_backend(spec: str, kind: str | None = None, coefficients=None, fold: bool = False,
-                 n_ctx: int = 4096, threads: int | None = None) -> Backend:
+                 n_ctx: int = 4096, threads: int | None = None, device: str = "cpu") -> Backend:
     """Open SPEC (a .gguf, an ONNX folder, an HF folder or a packaged model name) on a backend.
 
     `coefficients` (a Coefficients) apply PEAR on the fly and exist only for torch; GGUF and ONNX
     models are patched ahead of time with `pear-edge patch-gguf` / `pear-edge export onnx`.
-    `threads`: llama.cpp threads (on a machine shared with other jobs, 1 avoids spinning threads)."""
+    `threads`: llama.cpp threads (on a machine shared with other jobs, 1 avoids spinning threads).
+    `device`: cpu or cuda (llama.cpp: every layer offloaded; onnxruntime: the CUDA execution provider;
+    torch: the model moved to the GPU)."""
+    from pear_edge.llamacpp import ALL_LAYERS
+
     kind = kind or infer_kind(spec)
     if kind not in KINDS:
         raise PearError(f"backend must be one of {', '.join(KINDS)}, not {kind!r}")
+    if device not in ("cpu", "cuda"):
+        raise PearError(f"backend device must be cpu or cuda, not {device!r}")
     if coefficients is not None and kind != "torch":
         raise PearError(f"--coefficients only applies to the torch backend; for {kind}, patch the model first "
                         "(`pear-edge patch-gguf` / `pear-edge export onnx`) and pass the patched file")
@@ -275,9 +288,10 @@ def open_backend(spec: str, kind: str | None = None, coefficients=None, fold: bo
         path = resolve_spec(spec)
         if path.suffix.lower() != ".gguf":
             raise PearError(f"the llama.cpp backend needs a .gguf file, not {path}")
-        return LlamaCppBackend(path, n_ctx=n_ctx, n_threads=threads)
+        return LlamaCppBackend(path, n_ctx=n_ctx, n_threads=threads,
+                               n_gpu_layers=ALL_LAYERS if device == "cuda" else 0)
     if kind == "onnx":
-        return OnnxBackend(spec)
+        return OnnxBackend(spec, device)
     from pear_edge.models import load_model
 
-    return TorchBackend(load_model(spec), coefficients, fold=fold)
+    return TorchBackend(load_model(spec, device=device), coefficients, fold=fold)

@@ -7,6 +7,7 @@ Default runs: the model's profile as `pear-edge calibrate` uses it ("default"), 
 `--checkpoint on`. Every run writes its coefficients into DIR (default: a temporary folder), so a run can be
 scored afterwards (`pear-edge eval`). Printed: one row per run, the ratios to the first run, and the machine.
 Targets live here, not in timed tests (issue 14: the default recipe in <= 300 s and <= 3 GiB on 2 CPU cores).
+On a GPU: `--run "cuda=--device cuda"`; each row then also shows torch's peak GPU memory (`calibration.cost`).
 """
 from __future__ import annotations
 
@@ -57,20 +58,25 @@ def run_one(model: str, label: str, flags: list[str], folder: Path, threads: int
             "train_seconds": calibration.get("train_seconds"), "steps": train.get("steps"),
             "batch": train.get("batch"), "checkpoint": train.get("checkpoint", False),
             "held_out": {"metric": loss_key, "before": proxy["before"][loss_key], "after": proxy["after"][loss_key]},
-            "machine": cost["machine"], "torch_threads": cost["torch_threads"]}
+            "machine": cost["machine"], "torch_threads": cost["torch_threads"], "device": cost.get("device", "cpu"),
+            "device_name": cost.get("device_name"),
+            "peak_device_gib": round(cost["peak_device_mib"] / 1024, 2) if "peak_device_mib" in cost else None}
 
 
 def markdown(rows: list[dict]) -> str:
     first = rows[0]
-    lines = [f"Calibration cost on {first['machine']} ({first['torch_threads']} torch threads); targets: "
-             f"<= {TARGET_SECONDS:.0f} s, <= {TARGET_GIB:.0f} GiB peak RSS.", "",
-             "| run | flags | steps x batch | wall s (x first) | peak RSS GiB (x first) | held-out proxy "
-             f"{first['held_out']['metric']} before -> after |", "|---|---|---|---|---|---|"]
+    gpus = sorted({r["device_name"] for r in rows if r.get("device_name")})
+    lines = [f"Calibration cost on {first['machine']}{''.join(f', {g}' for g in gpus)} ({first['torch_threads']} "
+             f"torch threads); targets (2 CPU cores): <= {TARGET_SECONDS:.0f} s, <= {TARGET_GIB:.0f} GiB peak RSS.", "",
+             "| run | flags | device | steps x batch | wall s (x first) | peak RSS GiB (x first) | peak GPU GiB | "
+             f"held-out proxy {first['held_out']['metric']} before -> after |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ok = "" if r["wall_seconds"] <= TARGET_SECONDS and r["peak_rss_gib"] <= TARGET_GIB else " (over target)"
-        lines.append(f"| {r['label']}{ok} | `{r['flags'] or '(profile)'}` | {r['steps']} x {r['batch']} | "
+        gpu = f"{r['peak_device_gib']:.2f}" if r.get("peak_device_gib") is not None else "-"
+        lines.append(f"| {r['label']}{ok} | `{r['flags'] or '(profile)'}` | {r.get('device', 'cpu')} | "
+                     f"{r['steps']} x {r['batch']} | "
                      f"{r['wall_seconds']:.0f} ({r['wall_seconds'] / first['wall_seconds']:.2f}) | "
-                     f"{r['peak_rss_gib']:.2f} ({r['peak_rss_gib'] / max(first['peak_rss_gib'], 1e-9):.2f}) | "
+                     f"{r['peak_rss_gib']:.2f} ({r['peak_rss_gib'] / max(first['peak_rss_gib'], 1e-9):.2f}) | {gpu} | "
                      f"{r['held_out']['before']:.3f} -> {r['held_out']['after']:.3f} |")
     return "\n".join(lines) + "\n"
 

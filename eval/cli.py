@@ -72,12 +72,13 @@ def add_commands(sub) -> None:
     d.add_argument("-o", "--output", required=True, help="output .jsonl")
     d.set_defaults(func=cmd_make_data)
 
-    s = eval_sub.add_parser("speed", help="patched/base prefill, decode and peak-RSS ratios (interleaved runs)")
-    s.add_argument("--base", action="append", default=[], help="base .gguf or ONNX folder (repeatable)")
+    s = eval_sub.add_parser("speed", help="patched/base prefill, decode and peak-memory ratios (interleaved runs, "
+                                          "CPU or GPU)")
+    s.add_argument("--base", action="append", default=[],
+                   help="base .gguf, ONNX folder or Hugging Face folder (torch) (repeatable)")
     s.add_argument("--pear", action="append", default=[], help="patched counterpart of the matching --base")
     s.add_argument("--rounds", type=int, default=6, help="base/patched rounds (default: %(default)s)")
-    s.add_argument("--prompt-tokens", type=int, default=256)
-    s.add_argument("--gen-tokens", type=int, default=64)
+    add_speed_options(s)
     s.add_argument("--threads", type=int, help="llama.cpp threads (default: all cores)")
     s.add_argument("-o", "--output", required=True, help="output folder (speed.json, speed.md, speed.png)")
     s.set_defaults(func=cmd_speed)
@@ -104,6 +105,23 @@ def add_commands(sub) -> None:
     q.add_argument("--device", default="auto", help="torch device: auto (cuda if available), cpu, cuda, ...")
     q.add_argument("-o", "--output", required=True, help="output folder (sweep.json/.md/.png, coefficients)")
     q.set_defaults(func=cmd_search)
+
+
+def add_speed_options(p) -> None:
+    """What `eval speed` and `python -m pear_edge.eval.bench_speed` share: the device and the run sizes."""
+    from .speed import DEVICE_DEFAULTS
+
+    cpu, gpu = DEVICE_DEFAULTS["cpu"], DEVICE_DEFAULTS["cuda"]
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto (default): the GPU when nvidia-smi lists one and every backend can use it "
+                        "(llama.cpp CUDA build, onnxruntime-gpu, torch with CUDA), else the CPU; cuda: refuse "
+                        "to run without")
+    p.add_argument("--prompt-tokens", type=int, help=f"prompt length (default: {cpu['prompt_tokens']} on the CPU, "
+                                                     f"{gpu['prompt_tokens']} on a GPU)")
+    p.add_argument("--gen-tokens", type=int, help=f"decoded tokens (default: {cpu['gen_tokens']} on the CPU, "
+                                                  f"{gpu['gen_tokens']} on a GPU)")
+    p.add_argument("--repeats", type=int, help=f"timed passes per run, median reported (default: {cpu['repeats']} "
+                                               f"on the CPU, {gpu['repeats']} on a GPU)")
 
 
 def _add_variant_options(p, model_help: str, records: int, kv_records: int, passages: int) -> None:
@@ -269,19 +287,21 @@ def cmd_speed(args) -> int:
     from pear_edge.atomic import Kind, check_output
 
     from .backends import infer_kind
-    from .speed import Pair, measure_pairs, speed_markdown, write_speed_report
+    from .speed import Pair, measure_pairs, resolve_device, speed_markdown, write_speed_report
 
     pairs = _pairs(args)
     if not pairs:
-        raise PearError("give --base BASE --pear PATCHED (a .gguf file or ONNX folder each)")
+        raise PearError("give --base BASE --pear PATCHED (a .gguf file, ONNX folder or Hugging Face folder each)")
     check_output(args.output, *[x for pair in pairs for x in pair], kind=Kind.REPORTS)
     specs = []
     for base, pear in pairs:
         kind = infer_kind(base)
-        if kind == "torch":
-            raise PearError(f"{base}: speed runs compare .gguf files or ONNX folders")
+        if kind == "torch" and not (Path(base) / "config.json").is_file():
+            raise PearError(f"{base}: speed runs compare .gguf files, ONNX folders or Hugging Face model folders")
         specs.append(Pair(f"{kind}:{Path(base).name}", kind, base, pear))
-    report = measure_pairs(specs, args.rounds, args.prompt_tokens, args.gen_tokens, args.threads, not args.quiet)
+    device = resolve_device(args.device, [p.kind for p in specs])
+    report = measure_pairs(specs, args.rounds, args.prompt_tokens, args.gen_tokens, args.threads, not args.quiet,
+                           device=device, repeats=args.repeats)
     print(speed_markdown(report))
     print("wrote " + ", ".join(map(str, write_speed_report(report, args.output))))
     return 0

@@ -1,15 +1,22 @@
 """One speed measurement in a fresh process, so the parent can read this process's own peak RSS
-(os.wait4) and no allocator or page-cache state leaks between base and patched runs.
+(os.wait4) and no allocator, page-cache or GPU state leaks between base and patched runs.
 
-    python -m pear_edge.eval.speed_worker '{"kind": "llamacpp", "path": "m.gguf", "prompt_tokens": 256, ...}'
+    python -m pear_edge.eval.speed_worker '{"kind": "llamacpp", "path": "m.gguf", "prompt_tokens": 256,
+                                            "gen_tokens": 64, "threads": null, "device": "cpu", "repeats": 1}'
+    python -m pear_edge.eval.speed_worker --probe llamacpp      # can this backend run on the GPU here?
 
-Prints one JSON line: prefill and decode tokens/s, load seconds.
+Prints one JSON line: prefill and decode tokens/s (the median over `repeats` timed passes after a
+warm-up), load seconds and, on a GPU, `peak_device_mib` (pear_edge.device.PeakDeviceMemory: sampled
+before loading and after the warm-up and every timed pass, never inside one). `--probe` prints
+{"problem": null} or {"problem": "why not"} for the GPU (`cuda_problem`).
 """
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 import time
+from typing import Callable
 
 import numpy as np
 
@@ -24,28 +31,39 @@ def _prompt_ids(tokenize, count: int) -> list[int]:
     return ids[:count]
 
 
-def measure_llamacpp(spec: dict) -> dict:
-    from pear_edge.llamacpp import open_gguf
+def _rates(prompt_tokens: int, gen_tokens: int, passes: list[tuple[float, float]]) -> dict[str, float]:
+    """Median tokens/s over timed passes of (prefill seconds, decode seconds)."""
+    return {"prefill_tps": statistics.median(prompt_tokens / p for p, _ in passes),
+            "decode_tps": statistics.median(gen_tokens / d for _, d in passes)}
+
+
+def measure_llamacpp(spec: dict, checkpoint: Callable[[], None]) -> dict:
+    from pear_edge.llamacpp import ALL_LAYERS, open_gguf
 
     start = time.perf_counter()
-    llm = open_gguf(spec["path"], n_ctx=spec["prompt_tokens"] + spec["gen_tokens"] + 8, n_threads=spec.get("threads"))
+    llm = open_gguf(spec["path"], n_ctx=spec["prompt_tokens"] + spec["gen_tokens"] + 8, n_threads=spec.get("threads"),
+                    n_gpu_layers=ALL_LAYERS if spec.get("device") == "cuda" else 0)
     load = time.perf_counter() - start
     ids = _prompt_ids(lambda t: llm.tokenize(t.encode(), add_bos=False, special=False), spec["prompt_tokens"])
     llm.eval(ids[:16])  # warm-up: first-touch of weights and buffers
-    llm.reset()
-    start = time.perf_counter()
-    llm.eval(ids)
-    prefill = time.perf_counter() - start
-    token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-    start = time.perf_counter()
-    for _ in range(spec["gen_tokens"]):
-        llm.eval([token])
+    checkpoint()
+    passes = []
+    for _ in range(spec.get("repeats", 1)):
+        llm.reset()
+        start = time.perf_counter()
+        llm.eval(ids)  # reads the logits back, so a GPU has finished when this returns
+        prefill = time.perf_counter() - start
         token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-    decode = time.perf_counter() - start
-    return {"prefill_tps": len(ids) / prefill, "decode_tps": spec["gen_tokens"] / decode, "load_s": load}
+        start = time.perf_counter()
+        for _ in range(spec["gen_tokens"]):
+            llm.eval([token])
+            token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        passes.append((prefill, time.perf_counter() - start))
+        checkpoint()
+    return {**_rates(len(ids), spec["gen_tokens"], passes), "load_s": load}
 
 
-def measure_hf(spec: dict) -> dict:
+def measure_hf(spec: dict, checkpoint: Callable[[], None]) -> dict:
     """onnxruntime (or torch) through generate(); the Stopwatch's first tick splits prefill and decode."""
     import torch
 
@@ -54,10 +72,10 @@ def measure_hf(spec: dict) -> dict:
     from .backends import open_backend
 
     start = time.perf_counter()
-    backend = open_backend(spec["path"], kind=spec["kind"])
+    backend = open_backend(spec["path"], kind=spec["kind"], device=spec.get("device", "cpu"))
     load = time.perf_counter() - start
     ids = _prompt_ids(lambda t: backend.tokenizer(t, add_special_tokens=False)["input_ids"], spec["prompt_tokens"])
-    input_ids = torch.tensor([ids])
+    input_ids = torch.tensor([ids], device=backend.model.device)
     watch = Stopwatch()
 
     def run(new_tokens: int) -> None:
@@ -69,14 +87,52 @@ def measure_hf(spec: dict) -> dict:
         watch.stop()
 
     run(2)  # warm-up
-    run(spec["gen_tokens"] + 1)
-    return {"prefill_tps": len(ids) / watch.first_token_s,
-            "decode_tps": spec["gen_tokens"] / (watch.seconds - watch.first_token_s), "load_s": load}
+    checkpoint()
+    passes = []
+    for _ in range(spec.get("repeats", 1)):
+        run(spec["gen_tokens"] + 1)
+        passes.append((watch.first_token_s, watch.seconds - watch.first_token_s))
+        checkpoint()
+    return {**_rates(len(ids), spec["gen_tokens"], passes), "load_s": load}
+
+
+def cuda_problem(kind: str) -> str | None:
+    """Why backend KIND cannot run on the GPU with what is installed here, or None when it can."""
+    from importlib import metadata
+
+    from pear_edge.device import torch_cuda_problem
+
+    if kind == "llamacpp":
+        import llama_cpp
+
+        if llama_cpp.llama_supports_gpu_offload():
+            return None
+        return (f"llama-cpp-python {metadata.version('llama-cpp-python')} here is a CPU build "
+                "(`make setup-cuda` builds the CUDA one)")
+    if kind == "onnx":
+        import onnxruntime
+
+        if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+            return None
+        return (f"onnxruntime {onnxruntime.__version__} here has no CUDAExecutionProvider "
+                "(`make setup-cuda` installs onnxruntime-gpu)")
+    return torch_cuda_problem()
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["--probe"]:
+        print(json.dumps({"problem": cuda_problem(argv[1])}))
+        return 0
     spec = json.loads(argv[0])
-    result = measure_llamacpp(spec) if spec["kind"] == "llamacpp" else measure_hf(spec)
+    memory = None
+    if spec.get("device") == "cuda":
+        from pear_edge.device import PeakDeviceMemory
+
+        memory = PeakDeviceMemory()  # before anything in this process touches the GPU
+    measure = measure_llamacpp if spec["kind"] == "llamacpp" else measure_hf
+    result = measure(spec, memory.sample if memory else lambda: None)
+    if memory:
+        result["peak_device_mib"] = memory.added_mib
     print(json.dumps(result))
     return 0
 

@@ -187,8 +187,10 @@ def cmd_calibrate(args) -> int:
     coeffs.save(out)
     _print_summary(coeffs)
     cost = coeffs.calibration["cost"]
+    gpu = (f", peak GPU memory {cost['peak_device_mib'] / 1024:.2f} GiB on {cost['device_name']}"
+           if "peak_device_mib" in cost else "")
     print(f"wrote {out} and {heads_path} (+ .png) in {cost['wall_seconds']:.0f} s, peak RSS "
-          f"{cost['peak_rss_mib'] / 1024:.2f} GiB ({cost['machine']}, {cost['torch_threads']} threads)")
+          f"{cost['peak_rss_mib'] / 1024:.2f} GiB{gpu} ({cost['machine']}, {cost['torch_threads']} threads)")
     return 0
 
 

@@ -54,3 +54,15 @@ def save_folded(loaded, coefficients: Coefficients, output: str | Path, replace:
         loaded.tokenizer.save_pretrained(tmp)
         coefficients.save(tmp / COEFFICIENTS_FILENAME)
     return out
+
+
+def save_model_folder(loaded, coefficients: Coefficients | None, output: str | Path, replace: bool = False) -> Path:
+    """The loaded model as a Hugging Face folder: folded (`save_folded`, after `fold_model`) when
+    `coefficients` are given, else as it is (the base model of a comparison)."""
+    if coefficients is not None:
+        return save_folded(loaded, coefficients, output, replace=replace)
+    out = check_output(output, loaded.source, kind=Kind.FOLDER, replace=replace)
+    with atomic_dir(out, replace=replace) as tmp:
+        loaded.model.save_pretrained(tmp, safe_serialization=True)
+        loaded.tokenizer.save_pretrained(tmp)
+    return out

@@ -10,8 +10,13 @@ from .errors import PearError
 from .timing import Stopwatch, Timing
 
 
-def open_gguf(path: str | Path, n_ctx: int = 4096, logits_all: bool = False, n_threads: int | None = None):
-    """Load a GGUF into llama.cpp; one-line PearError if llama.cpp refuses it."""
+ALL_LAYERS = -1  # n_gpu_layers: offload every layer (llama-cpp-python's -1)
+
+
+def open_gguf(path: str | Path, n_ctx: int = 4096, logits_all: bool = False, n_threads: int | None = None,
+              n_gpu_layers: int = 0):
+    """Load a GGUF into llama.cpp; one-line PearError if llama.cpp refuses it. `n_gpu_layers`: layers
+    offloaded to the GPU (ALL_LAYERS with a CUDA build of llama-cpp-python; 0, the CPU, otherwise)."""
     import llama_cpp
 
     p = Path(path)
@@ -20,7 +25,7 @@ def open_gguf(path: str | Path, n_ctx: int = 4096, logits_all: bool = False, n_t
     threads = n_threads or max(1, os.cpu_count() or 1)
     try:
         return llama_cpp.Llama(str(p), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
-                               logits_all=logits_all, verbose=False, seed=0)
+                               logits_all=logits_all, verbose=False, seed=0, n_gpu_layers=n_gpu_layers)
     except (ValueError, RuntimeError, OSError) as exc:
         raise PearError(f"llama.cpp cannot load {p}: {exc}") from None
 

@@ -175,9 +175,13 @@ def _save_dequantized(model, folder: Path) -> None:
 
 def load_model(spec: str, dtype: torch.dtype = torch.float32, device: str = "cpu") -> LoadedModel:
     """Load model + tokenizer for a SPEC, in eval mode with gradients off, on `device` ("auto": a GPU
-    when torch sees one). The fingerprint is taken on the CPU first, so it is the same on any device."""
+    when torch sees one; "cuda" is refused before any loading when torch cannot use one). The
+    fingerprint is taken on the CPU first, so it is the same on any device."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .device import torch_device
+
+    device = torch_device(device)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     source = resolve_spec(spec)
     folder = source
@@ -195,8 +199,6 @@ def load_model(spec: str, dtype: torch.dtype = torch.float32, device: str = "cpu
     adapter = ArchAdapter(model)
     name = spec if spec in PACKAGED else source.name
     loaded = LoadedModel(model, tokenizer, adapter, source, name)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     if device != "cpu":
         loaded.fingerprint()
         try:

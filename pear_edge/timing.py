@@ -74,6 +74,10 @@ class Stopwatch:
 
         class Tick(LogitsProcessor):
             def __call__(self, input_ids, scores):
+                if scores.is_cuda:  # CUDA kernels run asynchronously: tick when this step's logits exist
+                    import torch
+
+                    torch.cuda.synchronize(scores.device)
                 watch.tick()
                 return scores
 
@@ -105,8 +109,12 @@ def peak_rss_mib() -> float:
 
 def run_cost(start: float, device: str = "cpu") -> dict[str, Any]:
     """What a run cost from `start` (a perf_counter value) to now: wall seconds, peak RSS, device, machine,
-    torch threads. Recorded in every coefficients file (`calibration.cost`)."""
+    torch threads; on a CUDA device also torch's peak GPU memory (`peak_device_mib`, allocated;
+    `peak_device_reserved_mib`) and the GPU's name. Recorded in every coefficients file (`calibration.cost`)."""
     import torch
 
+    from .device import peak_torch_memory
+
     return {"wall_seconds": round(time.perf_counter() - start, 1), "peak_rss_mib": peak_rss_mib(),
-            "device": str(device), "machine": machine(), "torch_threads": torch.get_num_threads()}
+            "device": str(device), "machine": machine(), "torch_threads": torch.get_num_threads(),
+            **peak_torch_memory(device)}

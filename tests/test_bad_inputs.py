@@ -415,6 +415,10 @@ OTHER_CASES = [
     ("eval speed --base without --pear", ["eval", "speed", "--base", "{tiny.gguf}", "-o", "{new}"], "one --pear"),
     ("eval speed -o existing file", ["eval", "speed", "--base", "{tiny.gguf}", "--pear", "{patched.gguf}", "-o",
                                      "{notes.txt}"], "is a file"),
+    ("eval speed --base a plain folder", ["eval", "speed", "--base", "{keep}", "--pear", "{hf}", "-o", "{new}"],
+     "Hugging Face model folders"),
+    ("eval speed --device gpu", ["eval", "speed", "--device", "gpu", "--base", "{tiny.gguf}", "--pear",
+                                 "{patched.gguf}", "-o", "{new}"], "invalid choice"),
     # detect / train / calibrate: outputs and the head-scores input
     ("detect -o folder", ["detect", "--model", "{hf}", "-o", "{keep}"], "is a folder"),
     ("detect -o under a file", ["detect", "--model", "{hf}", "-o", "{notes.txt}/h.json"], "is a file, not a folder"),

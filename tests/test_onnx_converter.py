@@ -150,6 +150,19 @@ def test_quantized_exports_load_and_generate(work, name, op):
     assert len(greedy(ort, x)) == 40
 
 
+def test_onnx_backend_runs_on_the_provider_asked_for(work):
+    import onnxruntime
+
+    from pear_edge.eval.backends import OnnxBackend
+
+    backend = OnnxBackend(work["base_int8"])
+    assert backend.model.providers[0] == "CPUExecutionProvider" and backend.nll("w3 w4 w5 w6")[1] == 3
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("onnxruntime-gpu is installed here: the CUDA provider is available")
+    with pytest.raises(PearError, match="CUDAExecutionProvider"):  # never a silent fallback to the CPU
+        OnnxBackend(work["base_int8"], device="cuda")
+
+
 def test_verify_reports_fp32_match_and_patch_effect(work, tmp_path, capsys):
     report_path = tmp_path / "verify.json"
     assert main(["verify", str(work["folded"]), "--model", str(work["hf"]), "--base", str(work["base"]),
