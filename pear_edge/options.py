@@ -70,7 +70,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("recipe", "recipe", "which foldable edits to make: " + recipe_help(), choices=tuple(RECIPES)),
     Option("positional_channel", "recipe", "positional recipes: scale this hidden channel (default: detect it)", int),
     Option("positional_candidates", "recipe", "positional recipes: detected channels to try", int),
-    Option("positional_scales", "recipe", "positional recipes: scales to try, e.g. 0.5,0,-0.5,-1", float_list),
+    Option("positional_scales", "recipe", "positional recipes: scales to try, e.g. 0.5,0,-0.5,-1 (a list that "
+           "starts with a minus: --positional-scales=-1,-0.5)", float_list),
     Option("positional_layers", "recipe", "positional recipes: layer ranges to try, e.g. 10-25,0-29 (default: all "
            "layers, the middle-to-late block, the second half)", range_list),
     Option("positional_length", "recipe", "positional recipes: tokens per random sequence for detection", int),
