@@ -26,7 +26,7 @@ def cmd_patch(args) -> int:
     coeffs = Coefficients.load(args.coefficients)
     report = patch_gguf(args.input, coeffs, args.output, progress=not args.quiet)
     methods = ", ".join(f"{m} x{n}" for m, n in report["methods"].items())
-    print(f"patched {len(coeffs.heads)} heads in {len(report['tensors'])} attn_output tensors ({methods}; "
+    print(f"patched {coeffs.describe_edits()} in {len(report['tensors'])} tensors ({methods}; "
           f"{report['match']} model match); max relative error {report['max_rel_error']:.2e}, "
           f"max RMS relative error {report['max_rms_rel_error']:.2e}")
     print(f"wrote {Path(args.output)}")
@@ -47,7 +47,8 @@ def add_export_parser(export_sub) -> None:
 
 
 def add_commands(sub) -> None:
-    p = sub.add_parser("patch-gguf", help="fold coefficients into an existing GGUF (edits only attn_output heads)")
+    p = sub.add_parser("patch-gguf", help="fold coefficients into an existing GGUF (edits only the attn_output "
+                                          "columns, and attn_q/attn_k columns, the coefficients name)")
     p.add_argument("input", help="unpatched .gguf file")
     p.add_argument("--coefficients", required=True, help="coefficients JSON for this model")
     p.add_argument("-o", "--output", required=True, help="patched .gguf file")

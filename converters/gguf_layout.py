@@ -30,6 +30,9 @@ PEAR_SOURCE_SHA256 = "pear.source_sha256"
 PEAR_REPORT = "pear.report"                  # per-tensor patch method and error, JSON
 READER_VERSION_FIELD = "GGUF.version"        # a pseudo-key GGUFReader adds for the header's version
 ATTN_OUTPUT = TENSOR_NAMES[MODEL_TENSOR.ATTN_OUT]  # "blk.{bid}.attn_output": the heads' output projection
+ATTN_Q = TENSOR_NAMES[MODEL_TENSOR.ATTN_Q]           # "blk.{bid}.attn_q": queries, input = hidden channels
+ATTN_K = TENSOR_NAMES[MODEL_TENSOR.ATTN_K]           # "blk.{bid}.attn_k": keys
+ATTN_QKV = TENSOR_NAMES[MODEL_TENSOR.ATTN_QKV]       # "blk.{bid}.attn_qkv": q, k, v fused (not patchable here)
 HEADER_BYTES = 24          # magic, version (u32), tensor count (u64), kv count (u64)
 COPY_CHUNK = 64 << 20
 
@@ -130,6 +133,30 @@ def attn_output_tensors(reader: GGUFReader, heads: HeadLayout, name: str = "GGUF
             raise PearError(f"{t.name} has shape {list(map(int, t.shape))}, expected "
                             f"[{heads.num_heads * heads.head_dim}, {heads.hidden_size}] (heads x head_dim first)")
         out[layer] = t
+    return out
+
+
+def qk_tensors(reader: GGUFReader, heads: HeadLayout, layers, name: str = "GGUF") -> dict[int, list]:
+    """[blk.N.attn_q.weight, blk.N.attn_k.weight] for each of `layers`, checked to read the hidden channels
+    along their rows (ggml ne0 = hidden)."""
+    by_name = {t.name: t for t in reader.tensors}
+    out = {}
+    for layer in layers:
+        found = []
+        for template in (ATTN_Q, ATTN_K):
+            tensor_name = template.format(bid=layer) + ".weight"
+            t = by_name.get(tensor_name)
+            if t is None:
+                fused = ATTN_QKV.format(bid=layer) + ".weight" in by_name
+                raise PearError(f"{name} has no {tensor_name}" + (
+                    f" (its queries, keys and values are fused in {ATTN_QKV.format(bid=layer)}); patch-gguf edits q/k "
+                    "channels in separate attn_q/attn_k tensors only: use `pear-edge export gguf`, which folds "
+                    "before converting" if fused else "; cannot locate the queries and keys"))
+            if len(t.shape) != 2 or int(t.shape[0]) != heads.hidden_size:
+                raise PearError(f"{t.name} has shape {list(map(int, t.shape))}, expected [{heads.hidden_size}, ...] "
+                                "(hidden channels first)")
+            found.append(t)
+        out[layer] = found
     return out
 
 

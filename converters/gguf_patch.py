@@ -1,8 +1,12 @@
-"""`pear-edge patch-gguf`: fold PEAR coefficients into an existing GGUF without re-converting it.
+"""`pear-edge patch-gguf`: fold coefficients into an existing GGUF without re-converting it.
 
-Only the selected head columns of blk.N.attn_output.weight change (see gguf_quant for how, per type);
-every other byte of tensor data is copied. The output records pear.* metadata: format version,
-coefficients JSON, the source file's sha256 and a per-tensor report of method and error.
+Every edit kind of the coefficients (pear_edge.fold's transformations, on GGUF tensors):
+  head scales and o_proj channel scales -> columns of blk.N.attn_output.weight (Coefficients.o_proj_factors);
+  q/k channel scales                    -> column `channel` of blk.N.attn_q.weight and blk.N.attn_k.weight.
+Only those columns change (see gguf_quant for how, per type: head scales on whole blocks stay exact block-scale
+edits; factors that differ inside a block are requantized with llama.cpp's quantizer); every other byte of
+tensor data is copied. The output records pear.* metadata: format version, coefficients JSON, the source
+file's sha256 and a per-tensor report of method and error.
 """
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from pear_edge import __version__
@@ -19,9 +24,9 @@ from pear_edge.errors import PearError
 from pear_edge.models import file_sha256
 
 from .gguf_layout import (PEAR_COEFFICIENTS, PEAR_REPORT, PEAR_SOURCE_SHA256, PEAR_TOOL, PEAR_VERSION,
-                          attn_output_tensors, gguf_fingerprint, head_layout, pear_metadata, read_gguf, tensor_bytes,
-                          write_gguf_copy)
-from .gguf_quant import check_supported, scale_head_columns
+                          attn_output_tensors, gguf_fingerprint, head_layout, pear_metadata, qk_tensors, read_gguf,
+                          tensor_bytes, write_gguf_copy)
+from .gguf_quant import check_supported, scale_columns
 
 PEAR_GGUF_VERSION = 1
 
@@ -42,27 +47,41 @@ def refuse_patched(reader, path: Path) -> None:
 
 
 def patch_gguf(source: str | Path, coefficients: Coefficients, output: str | Path, progress: bool = True) -> dict:
-    """Write `output`: `source` with `coefficients` folded into its attn_output tensors. Returns the report."""
+    """Write `output`: `source` with every edit of `coefficients` folded into its attn_output (and attn_q/attn_k)
+    tensors. Returns the report."""
     src, out = Path(source), check_output_path(output, source)
     reader = read_gguf(src)
     refuse_patched(reader, src)
     heads = head_layout(reader, str(src))
     tensors = attn_output_tensors(reader, heads, str(src))
-    by_layer = coefficients.by_layer()
-    for layer in by_layer:
-        check_supported(tensors[layer].tensor_type, tensors[layer].name)
+    o_proj = coefficients.o_proj_factors(np.float64)  # GGUF scales are fp16: round once, from the exact product
+    qk = coefficients.qk_factors()
+    q_k = qk_tensors(reader, heads, list(qk), str(src)) if qk else {}
+    jobs = []  # (tensor, column factors, what the report says was edited)
+    head_lists = {layer: [h.head for h in hcs] for layer, hcs in coefficients.by_layer().items()}
+    channel_layers = {c.layer for c in coefficients.o_proj_channels}
+    for layer, factors in o_proj.items():
+        jobs.append((tensors[layer], factors, {"heads": head_lists.get(layer, []),
+                                                "channel_scales": layer in channel_layers}))
+    for layer, channels in qk.items():
+        for t in q_k[layer]:
+            factors = np.ones(heads.hidden_size)
+            factors[list(channels)] = list(channels.values())
+            jobs.append((t, factors, {"qk_channels": sorted(channels)}))
+    for t, _, _ in jobs:
+        check_supported(t.tensor_type, t.name)
     match = coefficients.model.check_matches(gguf_fingerprint(reader, src.name), what=str(src))
 
     replacements, per_tensor = {}, {}
-    for layer, hcs in tqdm(by_layer.items(), desc="patching attn_output", unit="tensor", disable=not progress):
-        t = tensors[layer]
-        scaled = scale_head_columns(tensor_bytes(t), t.tensor_type, heads.head_dim,
-                                    {h.head: h.coefficient for h in hcs}, t.name)
+    for t, factors, edits in tqdm(jobs, desc="patching tensors", unit="tensor", disable=not progress):
+        scaled = scale_columns(tensor_bytes(t), t.tensor_type, factors, t.name)
         replacements[t.name] = scaled.raw
-        per_tensor[t.name] = {"type": t.tensor_type.name, "method": scaled.method, "heads": [h.head for h in hcs],
-                              "max_rel_error": scaled.max_rel_error, "rms_rel_error": scaled.rms_rel_error}
+        per_tensor[t.name] = {"type": t.tensor_type.name, "method": scaled.method, **edits,
+                              "max_rel_error": scaled.max_rel_error, "rms_rel_error": scaled.rms_rel_error,
+                              "requantized_blocks": scaled.requantized_blocks}
     report = {
         "match": match,
+        "edits": coefficients.edit_counts(),
         "methods": dict(Counter(v["method"] for v in per_tensor.values())),
         "max_rel_error": max((v["max_rel_error"] for v in per_tensor.values()), default=0.0),
         "max_rms_rel_error": max((v["rms_rel_error"] for v in per_tensor.values()), default=0.0),

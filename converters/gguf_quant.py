@@ -1,16 +1,20 @@
-"""Scale head columns inside one GGUF tensor's raw bytes, as exactly as its storage type allows.
+"""Scale columns inside one GGUF tensor's raw bytes, as exactly as its storage type allows.
 
-Rows of an attn_output tensor run along the concatenated heads (ggml ne0 = n_head*head_dim), so head h
-is elements [h*d, (h+1)*d) of every row and quant blocks tile that axis. Three ways, best first:
+A row of a 2-D GGUF weight runs along its *input* features (ggml ne0): attn_output's along the
+concatenated heads (n_head*head_dim), attn_q/attn_k's along the hidden channels. So "W[:, j] *= f_j"
+(pear_edge.fold) scales element j of every row, and quant blocks tile that axis. Per block, best first:
 
-* scale-edit: every block a head covers lies inside that head -> multiply the block's fp16 scale(s)
-  by c. Dequantization of all these types is linear in (d, m) / (d, dmin): x = d*q + m, or
-  x = d*sc*q - dmin*mn, so c*x = (c*d)*q + (c*m) exactly, for any sign of c (fp16 scales are
-  signed and no ggml kernel assumes a sign). The only error is fp16 rounding of c*d (<= 2^-11).
+* scale-edit: every factor in the block is the same c (a head covering whole blocks, or a per-channel
+  vector constant over the block) -> multiply the block's fp16 scale(s) by c. Dequantization of all
+  these types is linear in (d, m) / (d, dmin): x = d*q + m, or x = d*sc*q - dmin*mn, so
+  c*x = (c*d)*q + (c*m) exactly, for any sign of c (fp16 scales are signed and no ggml kernel assumes
+  a sign). The only error is fp16 rounding of c*d (<= 2^-11).
+* requantize: the factors differ inside the block (a K-quant super-block shared by heads, o_proj
+  channel scales, one q/k channel inside a 32-wide block) -> dequantize just those blocks, scale the
+  columns, requantize them with libggml (llama.cpp's own quantizer).
 * values: F32/F16/BF16 -> scale the numbers, round to the storage type.
-* requantize: a block straddles heads (e.g. head_dim 64 in a 256-wide K-quant super-block) ->
-  dequantize just those blocks, scale the head's columns, requantize them with libggml.
-Every result carries the error it introduced, measured against c * dequantize(original).
+Blocks whose factors are all 1 are left byte-identical. Every result carries the error it introduced,
+measured against f * dequantize(original) over the blocks it touched.
 """
 from __future__ import annotations
 
@@ -36,9 +40,10 @@ SUPPORTED = FLOAT_TYPES | set(SCALE_OFFSETS)
 @dataclass
 class ScaledTensor:
     raw: np.ndarray          # new bytes, (rows, row_bytes) uint8
-    method: str              # "scale-edit" | "values" | "requantize"
-    max_rel_error: float     # max |got - c*orig| / max |c*orig| over the edited columns
-    rms_rel_error: float     # rms(got - c*orig) / rms(c*orig) over the edited columns
+    method: str              # "scale-edit" | "values" | "requantize" (some blocks requantized) | "unchanged"
+    max_rel_error: float     # max |got - f*orig| / max |f*orig| over the touched blocks' columns
+    rms_rel_error: float     # rms(got - f*orig) / rms(f*orig) over the touched blocks' columns
+    requantized_blocks: int = 0  # blocks (over all rows) that went through libggml's quantizer
 
 
 def check_supported(qtype: T, name: str) -> None:
@@ -74,62 +79,76 @@ def column_factors(width: int, head_dim: int, coefficients: dict[int, float]) ->
     return factors
 
 
-def touched_blocks(head_dim: int, block: int, heads: list[int]) -> np.ndarray:
-    """Indices of the blocks (along a row) that hold any column of the given heads."""
-    idx = set()
-    for h in heads:
-        idx.update(range(h * head_dim // block, -(-(h + 1) * head_dim // block)))
-    return np.array(sorted(idx), dtype=np.int64)
-
-
 def scale_head_columns(raw: np.ndarray, qtype: T, head_dim: int, coefficients: dict[int, float],
                        name: str = "tensor") -> ScaledTensor:
     """Return new bytes for a (rows, row_bytes) tensor with head h's columns multiplied by c_h."""
     check_supported(qtype, name)
     block, type_size = GGML_QUANT_SIZES[qtype]
+    return scale_columns(raw, qtype, column_factors(raw.shape[1] // type_size * block, head_dim, coefficients), name)
+
+
+def scale_columns(raw: np.ndarray, qtype: T, factors: np.ndarray, name: str = "tensor") -> ScaledTensor:
+    """Return new bytes for a (rows, row_bytes) tensor with column j (element j of every row) multiplied by
+    factors[j]: a scale-edit of the blocks with one factor, libggml requantization of the others."""
+    check_supported(qtype, name)
+    block, type_size = GGML_QUANT_SIZES[qtype]
     rows = raw.shape[0]
     width = raw.shape[1] // type_size * block
-    factors = column_factors(width, head_dim, coefficients)
-    blocks = touched_blocks(head_dim, block, sorted(coefficients))
+    factors = np.asarray(factors, dtype=np.float64)
+    if factors.shape != (width,):
+        raise PearError(f"{name}: {factors.shape[0] if factors.ndim == 1 else factors.shape} column factors for "
+                        f"{width} columns")
+    per_block = factors.reshape(-1, block)
+    touched = np.flatnonzero((per_block != 1.0).any(1))
+    uniform = touched[(per_block[touched] == per_block[touched, :1]).all(1)]
+    mixed = np.setdiff1d(touched, uniform)
+    requantized = 0
+    if not touched.size:
+        return ScaledTensor(raw.copy(), "unchanged", 0.0, 0.0)
     if qtype in FLOAT_TYPES:
         new, method = from_float(to_float(raw, qtype) * factors, qtype), "values"
-    elif head_dim % block == 0:
-        new, method = _edit_scales(raw, qtype, head_dim, coefficients, name), "scale-edit"
-    elif qtype in QUANTIZABLE:
-        new, method = _requantize(raw, qtype, factors, blocks), "requantize"
     else:
-        raise PearError(f"{name}: cannot requantize {qtype.name}")
+        new, method = raw.reshape(rows, -1, type_size), "scale-edit"
+        if uniform.size:
+            new = _edit_scales(new, qtype, {int(b): float(per_block[b, 0]) for b in uniform}, name)
+        if mixed.size:
+            if qtype not in QUANTIZABLE:
+                raise PearError(f"{name}: cannot requantize {qtype.name}")
+            new, method = _requantize(new, qtype, factors, mixed), "requantize"
+            requantized = rows * mixed.size
     new = new.reshape(rows, -1)
-    cols = (blocks[:, None] * block + np.arange(block)).ravel()
+    cols = (touched[:, None] * block + np.arange(block)).ravel()
     ideal = to_float(raw, qtype)[:, cols].astype(np.float64) * factors[cols]
     err = to_float(new, qtype)[:, cols] - ideal
     max_rel = float(np.abs(err).max() / max(np.abs(ideal).max(), 1e-30))
     rms_rel = float(np.sqrt((err ** 2).mean()) / max(np.sqrt((ideal ** 2).mean()), 1e-30))
-    return ScaledTensor(new, method, max_rel, rms_rel)
+    return ScaledTensor(new, method, max_rel, rms_rel, requantized)
 
 
-def _edit_scales(raw: np.ndarray, qtype: T, head_dim: int, coefficients: dict[int, float], name: str) -> np.ndarray:
-    block, type_size = GGML_QUANT_SIZES[qtype]
-    out = raw.reshape(raw.shape[0], -1, type_size).copy()
-    per_head = head_dim // block
-    for head, c in coefficients.items():
-        sl = slice(head * per_head, (head + 1) * per_head)
+def _edit_scales(blocks: np.ndarray, qtype: T, factors: dict[int, float], name: str) -> np.ndarray:
+    """blocks: (rows, blocks per row, type_size) uint8; multiply the fp16 scale(s) of block b by factors[b]."""
+    out = blocks.copy()
+    by_factor: dict[float, list[int]] = {}
+    for b, c in factors.items():
+        by_factor.setdefault(c, []).append(b)
+    for c, idx in by_factor.items():
         for off in SCALE_OFFSETS[qtype]:
-            scale = np.ascontiguousarray(out[:, sl, off:off + 2]).view(np.float16)
+            scale = np.ascontiguousarray(out[:, idx, off:off + 2]).view(np.float16)
             with np.errstate(over="ignore"):
                 scaled = (scale.astype(np.float64) * c).astype(np.float16)
             if not np.isfinite(scaled).all():
-                raise PearError(f"{name}: coefficient {c} of head {head} overflows the fp16 block scale")
-            out[:, sl, off:off + 2] = scaled.view(np.uint8)
+                raise PearError(f"{name}: scale {c} overflows the fp16 block scale")
+            out[:, idx, off:off + 2] = scaled.view(np.uint8).reshape(out[:, idx, off:off + 2].shape)
     return out
 
 
-def _requantize(raw: np.ndarray, qtype: T, factors: np.ndarray, blocks: np.ndarray) -> np.ndarray:
+def _requantize(blocks: np.ndarray, qtype: T, factors: np.ndarray, picked_blocks: np.ndarray) -> np.ndarray:
+    """blocks: (rows, blocks per row, type_size) uint8; dequantize `picked_blocks`, scale, requantize with libggml."""
     block, type_size = GGML_QUANT_SIZES[qtype]
-    rows = raw.shape[0]
-    out = raw.reshape(rows, -1, type_size).copy()
-    picked = np.ascontiguousarray(out[:, blocks]).reshape(-1, type_size)
-    values = dequantize(picked, qtype).reshape(rows, len(blocks), block)
-    values = values * factors.reshape(-1, block)[blocks]
-    out[:, blocks] = quantize_blocks(values.reshape(-1, block), qtype).reshape(rows, len(blocks), type_size)
+    rows = blocks.shape[0]
+    out = blocks.copy()
+    picked = np.ascontiguousarray(out[:, picked_blocks]).reshape(-1, type_size)
+    values = dequantize(picked, qtype).reshape(rows, len(picked_blocks), block)
+    values = values * factors.reshape(-1, block)[picked_blocks]
+    out[:, picked_blocks] = quantize_blocks(values.reshape(-1, block), qtype).reshape(rows, len(picked_blocks), type_size)
     return out

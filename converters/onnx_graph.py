@@ -1,10 +1,11 @@
-"""Reading an ONNX export folder: its model file, its head layout and its o_proj weight initializers.
+"""Reading an ONNX export folder: its model file, its head layout and its o_proj and q/k weight initializers.
 
 optimum's exporter (torch.onnx under the hood) names every node after the torch module it came from,
 so layer N's output projection is the MatMul `/model/layers.N/self_attn/o_proj/MatMul` whose second
 input is the weight as an (in, out) initializer: head h reads rows [h*d, (h+1)*d). We find it by
 that scope, then check it really is what we think (fed by its layer's attention, float weight of the
-right shape, used by no other node) before anyone writes into it.
+right shape, used by no other node) before anyone writes into it. The q/k projections (ArchSpec.qk_proj)
+are found the same way: a float (hidden, out) initializer whose row `ch` is what hidden channel ch feeds.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from onnx.external_data_helper import load_external_data_for_model
 from pear_edge.coefficients import ModelFingerprint
 from pear_edge.errors import PearError
 from pear_edge.layout import HeadLayout, layout_from_config
-from pear_edge.registry import ArchSpec, spec_for
+from pear_edge.registry import ArchSpec, qk_output_rows, spec_for
 
 MODEL_FILENAME = "model.onnx"
 # Ops that mean a projection's weights are no longer plain floats.
@@ -89,10 +90,11 @@ def graph_only(folder: Path) -> onnx.ModelProto:
         raise PearError(f"{path} is not a readable ONNX model ({type(exc).__name__}: {exc})") from None
 
 
-def layer_scopes(spec: ArchSpec, layer: int) -> list[str]:
-    """Node-name prefixes the torch exporter gives layer `layer`'s o_proj, one per layer path."""
-    o_proj = spec.o_proj.replace(".", "/")
-    return [f"/{path.replace('.', '/')}.{layer}/{o_proj}/" for path in spec.layers]
+def layer_scopes(spec: ArchSpec, layer: int, module: str | None = None) -> list[str]:
+    """Node-name prefixes the torch exporter gives layer `layer`'s o_proj (or `module`, a path from the block),
+    one per layer path."""
+    scope = (module or spec.o_proj).replace(".", "/")
+    return [f"/{path.replace('.', '/')}.{layer}/{scope}/" for path in spec.layers]
 
 
 @dataclass(frozen=True)
@@ -102,35 +104,81 @@ class OProjWeight:
     initializer: str
 
 
+@dataclass(frozen=True)
+class QKWeight:
+    """A q/k projection's (hidden, out) weight initializer and its outputs that are queries or keys."""
+
+    layer: int
+    node: str
+    initializer: str
+    outputs: tuple[int, ...]
+
+
+class _Graph:
+    """Name indexes of a graph: initializers, the node producing each value, the nodes reading each."""
+
+    def __init__(self, graph):
+        self.nodes = list(graph.node)
+        self.inits = {t.name: t for t in graph.initializer}
+        self.producers = {out: node for node in graph.node for out in node.output}
+        self.consumers: dict[str, list[str]] = {}
+        for node in graph.node:
+            for name in node.input:
+                self.consumers.setdefault(name, []).append(node.name)
+
+
+def _projection_matmul(export: OnnxExport, g: _Graph, layer: int, module: str, what: str):
+    """The one MatMul the exporter made of `module` in `layer`; quantized graphs refused."""
+    scopes = layer_scopes(export.spec, layer, module)
+    nodes = [n for n in g.nodes if any(n.name.startswith(s) for s in scopes)]
+    if not nodes:
+        raise PearError(f"{export.folder}: no node named {scopes[0]}... for layer {layer}; "
+                        "only exports made by optimum/torch.onnx (node names kept) can be patched")
+    feeders = {g.producers[name].op_type for n in nodes for name in n.input if name in g.producers}
+    quantized = sorted(({n.op_type for n in nodes} | feeders) & QUANTIZED_OPS)
+    if quantized:
+        raise PearError(f"{export.folder}: layer {layer} {what} is already quantized "
+                        f"({', '.join(quantized)}); patch the fp32/fp16 export first, then quantize "
+                        "(`pear-edge export onnx --quantize` does both)")
+    matmuls = [n for n in nodes if n.op_type == "MatMul"]
+    if len(matmuls) != 1:
+        raise PearError(f"{export.folder}: expected one MatMul in {scopes[0]}, found {len(matmuls)}")
+    return matmuls[0]
+
+
 def find_o_proj_weights(export: OnnxExport) -> list[OProjWeight]:
     """Locate each layer's o_proj weight initializer; refuse quantized or unexpected graphs."""
-    graph = export.model.graph
-    lay = export.layout
-    inits = {t.name: t for t in graph.initializer}
-    producers = {out: node for node in graph.node for out in node.output}
-    consumers: dict[str, list[str]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node.name)
+    g = _Graph(export.model.graph)
     found = []
-    for layer in range(lay.num_layers):
-        scopes = layer_scopes(export.spec, layer)
-        nodes = [n for n in graph.node if any(n.name.startswith(s) for s in scopes)]
-        if not nodes:
-            raise PearError(f"{export.folder}: no node named {scopes[0]}... for layer {layer}; "
-                            "only exports made by optimum/torch.onnx (node names kept) can be patched")
-        feeders = {producers[name].op_type for n in nodes for name in n.input if name in producers}
-        quantized = sorted(({n.op_type for n in nodes} | feeders) & QUANTIZED_OPS)
-        if quantized:
-            raise PearError(f"{export.folder}: layer {layer} o_proj is already quantized "
-                            f"({', '.join(quantized)}); patch the fp32/fp16 export first, then quantize "
-                            "(`pear-edge export onnx --quantize` does both)")
-        matmuls = [n for n in nodes if n.op_type == "MatMul"]
-        if len(matmuls) != 1:
-            raise PearError(f"{export.folder}: expected one MatMul in {scopes[0]}, found {len(matmuls)}")
-        node = matmuls[0]
-        _check_o_proj(export, node, layer, inits, producers, consumers)
+    for layer in range(export.layout.num_layers):
+        node = _projection_matmul(export, g, layer, export.spec.o_proj, "o_proj")
+        _check_o_proj(export, node, layer, g.inits, g.producers, g.consumers)
         found.append(OProjWeight(layer, node.name, node.input[1]))
+    return found
+
+
+def find_qk_weights(export: OnnxExport, layers) -> dict[int, list[QKWeight]]:
+    """Each of `layers`' q/k projection weight initializers (ArchSpec.qk_proj), checked: a float constant of
+    shape (hidden, out) read by that MatMul only."""
+    g = _Graph(export.model.graph)
+    lay = export.layout
+    found: dict[int, list[QKWeight]] = {}
+    for layer in layers:
+        for module in export.spec.qk_proj:
+            node = _projection_matmul(export, g, layer, module, module)
+            weight = node.input[1]
+            tensor = g.inits.get(weight)
+            if tensor is None or tensor.data_type not in FLOAT_TYPES:
+                raise PearError(f"{export.folder}: {node.name} weight {weight!r} is not a float constant initializer")
+            if len(tensor.dims) != 2 or tensor.dims[0] != lay.hidden_size:
+                raise PearError(f"{export.folder}: {node.name} weight has shape {tuple(tensor.dims)}, expected "
+                                f"(hidden {lay.hidden_size}, outputs)")
+            users = g.consumers.get(weight, [])
+            if len(users) != 1:
+                raise PearError(f"{export.folder}: {module} weight of layer {layer} is shared by {len(users)} nodes "
+                                f"({', '.join(users[:3])}); patching it would change the others too")
+            outputs = qk_output_rows(export.spec.qkv_fused, int(tensor.dims[1]), lay.num_heads, lay.head_dim)
+            found.setdefault(layer, []).append(QKWeight(layer, node.name, weight, tuple(outputs)))
     return found
 
 

@@ -1,8 +1,9 @@
 """`pear-edge patch-onnx`: fold coefficients straight into an existing fp32/fp16 ONNX export.
 
-ONNX MatMul computes X @ W with W stored (in, out), so head h of layer N owns rows
-[h*d, (h+1)*d) of that layer's o_proj initializer; multiplying them by c (in fp32, like torch's
-in-place fold) gives the same tensor `export onnx --coefficients` would have written.
+ONNX MatMul computes X @ W with W stored (in, out), so input column j of a torch weight is row j of the
+initializer: o_proj row j is multiplied by Coefficients.o_proj_factors (head h owns rows [h*d, (h+1)*d)),
+and row `ch` of a q/k projection, at its query/key outputs, by the q/k channel scale — in fp32, like
+torch's in-place fold (pear_edge.fold), so the result is the tensor `export onnx --coefficients` writes.
 """
 from __future__ import annotations
 
@@ -18,25 +19,35 @@ from pear_edge.atomic import Kind, atomic_dir, check_output
 from pear_edge.coefficients import Coefficients
 from pear_edge.fold import COEFFICIENTS_FILENAME, check_not_patched
 
-from .onnx_graph import MODEL_FILENAME, OnnxExport, find_o_proj_weights, fingerprint, load_export
+from .onnx_graph import MODEL_FILENAME, OnnxExport, find_o_proj_weights, find_qk_weights, fingerprint, load_export
 from .onnx_quantize import TWO_GB
 
 
 def patch_export(export: OnnxExport, coefficients: Coefficients, progress: bool = True) -> str:
-    """Check the coefficients belong to this export, then scale its o_proj rows in memory."""
+    """Check the coefficients belong to this export, then apply every edit to its weights in memory."""
     weights = find_o_proj_weights(export)
     match = coefficients.model.check_matches(fingerprint(export, weights), what=str(export.folder))
+    qk = coefficients.qk_factors()
+    qk_weights = find_qk_weights(export, list(qk)) if qk else {}
     by_name = {t.name: t for t in export.model.graph.initializer}
-    d = export.layout.head_dim
-    by_layer = coefficients.by_layer()
-    for layer in tqdm(sorted(by_layer), desc="patch o_proj", disable=not progress, unit="layer"):
-        tensor = by_name[weights[layer].initializer]
+    edits = [(weights[layer].initializer, lambda w, f=factors: w * f[:, None])
+             for layer, factors in coefficients.o_proj_factors().items()]
+    for layer, channels in qk.items():
+        for qw in qk_weights[layer]:
+            edits.append((qw.initializer, lambda w, c=channels, rows=list(qw.outputs): _scale_qk_rows(w, c, rows)))
+    for name, edit in tqdm(edits, desc="patch weights", disable=not progress, unit="tensor"):
+        tensor = by_name[name]
         original = numpy_helper.to_array(tensor)
-        w = original.astype(np.float32)
-        for hc in by_layer[layer]:
-            w[hc.head * d:(hc.head + 1) * d, :] *= np.float32(hc.coefficient)
+        w = edit(original.astype(np.float32))
         tensor.CopyFrom(numpy_helper.from_array(w.astype(original.dtype), tensor.name))
     return match
+
+
+def _scale_qk_rows(w: np.ndarray, channels: dict[int, float], outputs: list[int]) -> np.ndarray:
+    """w: (hidden, out) fp32; W[ch, outputs] *= s for each hidden channel ch (queries and keys only)."""
+    for channel, scale in channels.items():
+        w[channel, outputs] *= np.float32(scale)
+    return w
 
 
 def patch_onnx_folder(source: str | Path, coefficients_path: str | Path, output: str | Path,

@@ -7,6 +7,10 @@ unpatched torch model (the format's own error floor) and with the patched export
 patch's effect, which should dwarf the export error). Each format plugs in an `ExportRunner` (its
 logits, optionally a greedy continuation through its KV-cache path); everything else is here.
 
+The coefficients may carry every edit kind of pear_edge.coefficients (head scales, o_proj channel scales,
+q/k channel scales); torch folds them all through pear_edge.fold, so the comparison checks each edit the
+export holds, and the report counts them by kind (`edits`).
+
 Tolerance policy (one for both formats): the first comparison, export vs folded torch, passes when
     max |Δlogit| <= max_abs_logit_diff   and   top-1 agreement >= min_top1_agreement
 with thresholds chosen by the export's weight kind (TOLERANCES; `--max-logit-diff`/`--min-top1`
@@ -178,6 +182,7 @@ class VerifyReport:
     comparisons: list[Comparison]
     greedy: dict | None = None
     fingerprint_match: str = "base"
+    edits: dict[str, int] = field(default_factory=dict)  # Coefficients.edit_counts() of what torch folded
 
     @property
     def checked(self) -> Comparison:
@@ -235,8 +240,9 @@ def verify_export(fmt: ExportFormat, patched: str | Path, model: str = "default"
     unpatched_torch = torch_logits(loaded.model, tokens) if base_path is not None else None
     report = VerifyReport(str(patched), base, model, kind, len(coeffs.heads) if coeffs else 0, len(prompts),
                           tolerance, [])
-    if coeffs is not None:
+    if coeffs is not None:  # every edit kind (head, o_proj channel, q/k channel scales) folded the one way
         report.fingerprint_match = fold_model(loaded, coeffs)
+        report.edits = coeffs.edit_counts()
     reference = "folded torch" if coeffs is not None else "unpatched torch"
     runner = fmt.open(patched, max(map(len, tokens)) + GREEDY_TOKENS + 8)
     exported, folded_torch = runner.logits(tokens), torch_logits(loaded.model, tokens)
@@ -257,8 +263,18 @@ def verify_export(fmt: ExportFormat, patched: str | Path, model: str = "default"
     return report
 
 
+EDIT_LABELS = {"heads": "patched heads", "o_proj_channels": "layers of o_proj channel scales",
+               "qk_channels": "q/k channel scales"}
+
+
+def describe_edits(report: VerifyReport) -> str:
+    """'3 patched heads' (as always for head scales only), or every edit kind the coefficients carry."""
+    counts = report.edits or {"heads": report.heads}
+    return ", ".join(f"{n} {EDIT_LABELS[k]}" for k, n in counts.items() if n) or "0 patched heads"
+
+
 def format_table(report: VerifyReport) -> str:
-    lines = [f"{report.patched}: {report.weights} weights, {report.heads} patched heads, {report.prompts} prompts, "
+    lines = [f"{report.patched}: {report.weights} weights, {describe_edits(report)}, {report.prompts} prompts, "
              f"{report.checked.positions} positions",
              f"{'comparison':<44} {'max|Δlogit|':>12} {'mean|Δlogit|':>13} {'top-1 agree':>12}"]
     for c in report.comparisons:
@@ -283,7 +299,7 @@ def plot_report(report: VerifyReport, path: Path) -> Path:
     ax.axhline(report.tolerance.max_abs_logit_diff, color="gray", linestyle="--",
                label=f"{report.weights} tolerance")
     ax.set(yscale="log", xlabel="prompt", ylabel="max |Δlogit|",
-           title=f"{Path(report.patched).name} ({report.weights} weights, {report.heads} heads): "
+           title=f"{Path(report.patched).name} ({report.weights} weights, {describe_edits(report)}): "
                  f"{'PASS' if report.ok else 'FAIL'}")
     ax.legend(fontsize=7)
     fig.tight_layout()

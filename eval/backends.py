@@ -4,7 +4,7 @@
     nll(text) -> (summed NLL, predicted tokens)
     last_timing                                 tokens and seconds of the latest generate() (pear_edge.timing)
 
-torch runs an HF model as is, hooked with `scale_heads` (coefficients), or folded in place.
+torch runs an HF model as is, hooked with `apply_coefficients` (every edit of a coefficients file), or folded in place.
 """
 from __future__ import annotations
 
@@ -112,7 +112,7 @@ def _stop_ids(model, tokenizer) -> list[int]:
 
 
 class TorchBackend(_HFGenerating):
-    """An HF model in torch: as is, hooked with coefficients (`scale_heads`), or folded in place."""
+    """An HF model in torch: as is, hooked with coefficients (`apply_coefficients`), or folded in place."""
 
     kind = "torch"
 
@@ -131,13 +131,14 @@ class TorchBackend(_HFGenerating):
     def _forward_context(self):
         if self.mode != "hooked":
             return super()._forward_context()
-        from pear_edge.heads import scale_heads
-        return scale_heads(self.loaded.adapter, self.coefficients.as_dict())
+        from pear_edge.heads import apply_coefficients
+        return apply_coefficients(self.loaded.adapter, self.coefficients)
 
     def describe(self):
         info = {**super().describe(), "mode": self.mode}
         if self.coefficients is not None:
             info["heads"] = len(self.coefficients.heads)
+            info["edits"] = self.coefficients.edit_counts()
         return info
 
     def generate_batch(self, conversations: list[list[dict[str, str]]], max_tokens: int = 32,

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pear_edge.atomic import report_folder, write_text_atomic
-from pear_edge.calibrate import CalibrationSettings, detect_heads, train_from_scores, with_overrides
+from pear_edge.calibrate import CalibrationSettings, detect_heads, with_overrides
+from pear_edge.recipes import RECIPES, run_recipe
 from pear_edge.coefficients import Coefficients
 from pear_edge.errors import PearError
 
@@ -137,9 +138,9 @@ class TorchScorer:
         return {task: evaluate(self.backend, ex, task, progress=False, batch=self.batch) for task, ex in sets.items()}
 
     def pear(self, coeffs, sets, folder):
-        from pear_edge.heads import scale_heads
+        from pear_edge.heads import apply_coefficients
 
-        with scale_heads(self.loaded.adapter, coeffs.as_dict()):
+        with apply_coefficients(self.loaded.adapter, coeffs):
             return self.base(sets)
 
 
@@ -191,13 +192,13 @@ def _cached(path: Path, compute) -> dict[str, EvalResults]:
     return results
 
 
-def _detection(loaded, settings: CalibrationSettings, folder: Path, progress: bool):
+def _detection(loaded, settings: CalibrationSettings, folder: Path, progress: bool, proxy=None):
     from pear_edge.detect import HeadScores
 
     path = folder / (detection_key(settings) + ".json")
     if path.is_file():
         return HeadScores.load(path)
-    scores = detect_heads(loaded, settings, progress)
+    scores = detect_heads(loaded, settings, progress, proxy=proxy)
     scores.save(path, top_k=settings.top_k)
     return scores
 
@@ -205,6 +206,7 @@ def _detection(loaded, settings: CalibrationSettings, folder: Path, progress: bo
 def variant_row(name: str, overrides: dict, coeffs: Coefficients, base: dict, pear: dict, seconds: float) -> dict:
     row: dict[str, Any] = {"variant": name, "settings": overrides, "calibrate_seconds": round(seconds, 1),
                            "coefficients": {f"L{h.layer}H{h.head}": round(h.coefficient, 3) for h in coeffs.heads},
+                           "edits": coeffs.describe_edits(),
                            "held_out_proxy": coeffs.metrics.get("held_out_proxy")}
     for task in base:
         cmp = paired_compare(base[task], pear[task])
@@ -232,8 +234,9 @@ def run_variants(loaded, variants: dict[str, dict], outdir: Path, sets: dict[str
         folder.mkdir(parents=True, exist_ok=True)
         settings = settings_from(overrides, seed)
         start = time.perf_counter()
-        scores = _detection(loaded, settings, outdir / "detections", progress)
-        coeffs = train_from_scores(loaded, scores, settings, progress)
+        cached = None if RECIPES[settings.recipe].positional else (  # detection under a q/k edit: not shared
+            lambda lm, s, p, proxy=None: _detection(lm, s, outdir / "detections", p, proxy))
+        coeffs = run_recipe(loaded, settings, progress, detect=cached)
         seconds = time.perf_counter() - start
         coeffs.save(folder / "coeffs.json")
         row = variant_row(name, overrides, coeffs, base, scorer.pear(coeffs, sets, folder), seconds)

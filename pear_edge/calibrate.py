@@ -1,13 +1,17 @@
-"""Calibration = detect suppression heads, then train their coefficients. One settings object
-carries every knob, so the CLI, the Python API and the sweep all run the same code."""
+"""Calibration = detect suppression heads, then train their coefficients (or, by `recipe`, the other foldable
+edits of pear_edge.recipes). One settings object carries every knob, so the CLI, the Python API and the sweep
+all run the same code."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from .coefficients import Coefficients
 from .detect import HeadScores, detect
 from .errors import PearError
+from .positional import SCALES as POSITIONAL_SCALES
+from .recipes import DEFAULT_RECIPE, RECIPES
 from .train import TrainSettings, make_proxy, train_coefficients
 
 
@@ -27,6 +31,21 @@ class CalibrationSettings:
     max_per_layer: int | None = None
     train: TrainSettings = field(default_factory=TrainSettings)
     seed: int = 0
+    recipe: str = DEFAULT_RECIPE
+    # The positional recipes (Yu et al.; pear_edge.positional): a given channel, or the top candidates of the
+    # detection over random-token sequences of positional_length; every candidate x scale x layer range
+    # (first, last; () = positional.DEFAULT_RANGES) scored on held-out proxy batches or a validation MDQA file.
+    positional_channel: int | None = None
+    positional_candidates: int = 3
+    positional_scales: tuple[float, ...] = POSITIONAL_SCALES
+    positional_layers: tuple[tuple[int, int], ...] = ()
+    positional_length: int = 256
+    positional_validation: str | None = None
+
+    def __post_init__(self) -> None:
+        """Lists (variants files, JSON) become the tuples the CLI gives."""
+        self.positional_scales = tuple(float(x) for x in self.positional_scales)
+        self.positional_layers = tuple(tuple(r) for r in self.positional_layers)
 
     @classmethod
     def from_args(cls, args, base: "CalibrationSettings | None" = None) -> "CalibrationSettings":
@@ -44,6 +63,18 @@ class CalibrationSettings:
         return with_overrides(base, overrides, getattr(args, "seed", base.seed))
 
     def check(self) -> None:
+        if self.recipe not in RECIPES:
+            raise PearError(f"unknown recipe {self.recipe!r}; choose one of {', '.join(RECIPES)}")
+        if not self.positional_scales or not all(math.isfinite(x) for x in self.positional_scales):
+            raise PearError(f"--positional-scales must be finite numbers (got {list(self.positional_scales)})")
+        if any(len(r) != 2 or not 0 <= r[0] <= r[1] for r in self.positional_layers):
+            raise PearError(f"--positional-layers must be ranges FIRST-LAST with 0 <= FIRST <= LAST "
+                            f"(got {list(self.positional_layers)})")
+        for name, value, low in (("positional-candidates", self.positional_candidates, 1),
+                                 ("positional-length", self.positional_length, 8),
+                                 ("positional-channel", self.positional_channel or 0, 0)):
+            if value < low:
+                raise PearError(f"--{name} must be at least {low} (got {value})")
         if self.train.corpus is not None and self.train.proxy != "cloze":
             raise PearError(f"--corpus goes with the cloze proxy, not --proxy {self.train.proxy}")
         if self.top_k < 0:
@@ -138,8 +169,10 @@ def detect_heads(loaded, settings: CalibrationSettings, progress: bool = True, p
 
 def train_from_scores(loaded, scores: HeadScores, settings: CalibrationSettings,
                       progress: bool = True, proxy=None) -> Coefficients:
+    """Train the top heads' scales: one per head, or per channel for the recipes that learn channels (seal-c)."""
     heads = scores.top(settings.top_k or scores.scores.numel(), settings.max_per_layer, by=settings.select)
-    coeffs = train_coefficients(loaded, heads, settings.train, progress, proxy=proxy)
+    per_channel = RECIPES[settings.recipe].learned == "channel"
+    coeffs = train_coefficients(loaded, heads, settings.train, progress, proxy=proxy, per_channel=per_channel)
     coeffs.calibration = {**settings.as_record(), "detection": scores.settings,
                           "train_seconds": coeffs.calibration.get("train_seconds"),
                           "loss_curve": coeffs.calibration.get("loss_curve"),
@@ -147,9 +180,10 @@ def train_from_scores(loaded, scores: HeadScores, settings: CalibrationSettings,
     return coeffs
 
 
-def calibrate(loaded, settings: CalibrationSettings | None = None, progress: bool = True) -> Coefficients:
-    """Detect then train: the whole PEAR calibration for one model (default: its profile)."""
-    settings = settings or profile_for(loaded.name)
-    proxy = make_proxy(loaded, settings.train)
-    scores = detect_heads(loaded, settings, progress, proxy=proxy)
-    return train_from_scores(loaded, scores, settings, progress, proxy=proxy)
+def calibrate(loaded, settings: CalibrationSettings | None = None, progress: bool = True, proxy=None,
+              on_scores=None) -> Coefficients:
+    """The whole calibration for one model (default: its profile) by settings.recipe — for the default
+    recipe, detect then train head scales (pear_edge.recipes.run_recipe)."""
+    from .recipes import run_recipe
+
+    return run_recipe(loaded, settings or profile_for(loaded.name), progress, proxy=proxy, on_scores=on_scores)

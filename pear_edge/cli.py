@@ -35,7 +35,7 @@ def add_force_option(p: argparse.ArgumentParser) -> None:
 def add_calibrate_options(p: argparse.ArgumentParser, corpus: bool = True) -> None:
     """`calibrate`'s options (also behind `pear-edge rag calibrate`, which sets the corpus itself)."""
     _add_model(p, device=True)
-    add_options(p, ("proxy", "detection", "training"), skip=() if corpus else ("corpus",))
+    add_options(p, ("recipe", "proxy", "detection", "training"), skip=() if corpus else ("corpus",))
     p.add_argument("--validate", type=int, default=0, metavar="N",
                    help="also answer N validation MDQA records (x3 gold positions) with base and PEAR in torch "
                         "and warn if PEAR is worse (slow: ~4 s per answer on 2 cores; default: off)")
@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="coefficients JSON")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("calibrate", help="detect + train in one go -> coeffs.json (+ heads JSON/PNG beside it)")
+    p = sub.add_parser("calibrate", help="detect + train in one go -> coeffs.json (+ heads JSON/PNG beside it); "
+                                         "--recipe pear (default), seal-c, positional, positional+pear, ...")
     add_calibrate_options(p)
 
     p = sub.add_parser("fold", help="fold coefficients into o_proj weights -> Hugging Face folder")
@@ -156,16 +157,16 @@ def cmd_train(args) -> int:
 
 def cmd_calibrate(args) -> int:
     from .atomic import check_output_path
-    from .calibrate import detect_heads, train_from_scores
+    from .calibrate import calibrate
     from .models import load_model, resolve_spec
     from .proxy import model_device
     from .timing import run_cost
-    from .train import make_proxy
 
     start = time.perf_counter()
     source = resolve_spec(args.model)
     corpus = getattr(args, "corpus", None)
-    inputs = (source, corpus) if corpus and corpus != "builtin" else (source,)
+    inputs = (source, *(p for p in (corpus if corpus != "builtin" else None,
+                                    getattr(args, "positional_validation", None)) if p))
     out = check_output_path(args.output, *inputs)
     heads_path = out.with_name(out.stem + ".heads.json")
     for path in (heads_path, heads_path.with_suffix(".png")):
@@ -173,10 +174,9 @@ def cmd_calibrate(args) -> int:
     settings = _settings(args)
     loaded = load_model(args.model, device=args.device)
     _note_caveat(loaded)
-    proxy = make_proxy(loaded, settings.train)  # built once: the RAG proxies tokenize thousands of prompts
-    scores = detect_heads(loaded, settings, progress=_progress(args), proxy=proxy)
-    scores.save(heads_path, top_k=settings.top_k)
-    coeffs = train_from_scores(loaded, scores, settings, progress=_progress(args), proxy=proxy)
+    written = []  # the head scores of the learned recipes, saved as soon as they exist
+    coeffs = calibrate(loaded, settings, progress=_progress(args),
+                       on_scores=lambda scores: written.extend(scores.save(heads_path, top_k=settings.top_k)))
     if args.validate:
         from pear_edge.eval.validate import validate_coefficients
 
@@ -189,7 +189,8 @@ def cmd_calibrate(args) -> int:
     cost = coeffs.calibration["cost"]
     gpu = (f", peak GPU memory {cost['peak_device_mib'] / 1024:.2f} GiB on {cost['device_name']}"
            if "peak_device_mib" in cost else "")
-    print(f"wrote {out} and {heads_path} (+ .png) in {cost['wall_seconds']:.0f} s, peak RSS "
+    also = f" and {heads_path} (+ .png)" if written else ""
+    print(f"wrote {out}{also} in {cost['wall_seconds']:.0f} s, peak RSS "
           f"{cost['peak_rss_mib'] / 1024:.2f} GiB{gpu} ({cost['machine']}, {cost['torch_threads']} threads)")
     return 0
 
@@ -240,7 +241,7 @@ def cmd_fold(args) -> int:
     loaded = load_model(args.model)
     match = fold_model(loaded, coeffs)
     out = save_folded(loaded, coeffs, args.output, replace=args.force)
-    print(f"folded {len(coeffs.heads)} heads ({match} model match) -> {out}")
+    print(f"folded {coeffs.describe_edits()} ({match} model match) -> {out}")
     return 0
 
 

@@ -1,14 +1,20 @@
-"""Weight folding: multiply each selected head's o_proj input columns by its coefficient.
+"""Weight folding: every edit of a Coefficients file as an explicit, named transformation of weights.
 
-    W_o[:, h*d:(h+1)*d] *= c      (GPT-2 Conv1D: rows instead of columns)
+    scale_o_proj_columns   W_o[:, j] *= f_j        f = head scales x o_proj channel scales
+                                                   (Coefficients.o_proj_factors); GPT-2 Conv1D: rows
+    scale_qk_input_channel W[rows, ch] *= s        rows = the queries and keys of a q/k projection
+                                                   (ArchAdapter.qk_targets), ch = a hidden channel
 
-This is exactly the hooked model (head output scaled by c before W_O), with the same graph and the
-same tensors, so inference costs nothing extra. Biases and every other tensor stay bit-identical.
+Each is exactly the hooked model (pear_edge.heads.apply_coefficients: head outputs scaled before W_O; the
+channel's contribution to queries and keys scaled), with the same graph and the same tensors, so
+inference costs nothing extra. Biases and every other tensor stay bit-identical.
 """
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
+import numpy as np
 import torch
 
 from .atomic import Kind, atomic_dir, check_output
@@ -18,12 +24,37 @@ from .errors import PearError
 COEFFICIENTS_FILENAME = "pear_coefficients.json"
 
 
+def scale_o_proj_columns(weight: torch.Tensor, in_features_dim: int, factors: np.ndarray) -> None:
+    """In place: multiply input feature j of an o_proj weight by factors[j].
+
+    weight: (out, H*d) for nn.Linear (in_features_dim 1), (H*d, out) for Conv1D (in_features_dim 0);
+    factors: (H*d,) float32 (Coefficients.o_proj_factors). A factor of exactly 1 leaves its column
+    bit-identical."""
+    f = torch.from_numpy(np.ascontiguousarray(factors, dtype=np.float32)).to(weight.device, weight.dtype)
+    weight.mul_(f if in_features_dim == 1 else f[:, None])
+
+
+def scale_qk_input_channel(weight: torch.Tensor, in_features_dim: int, rows: Sequence[int], channel: int,
+                           scale: float) -> None:
+    """In place: W[rows, channel] *= scale, the weight viewed (out, in).
+
+    weight: (out, hidden) for nn.Linear, (hidden, out) for Conv1D; rows: the output features that are
+    queries or keys (a fused q/k/v projection's values keep the channel); channel < hidden."""
+    w = weight if in_features_dim == 1 else weight.T
+    index = torch.as_tensor(list(rows), dtype=torch.long, device=weight.device)
+    w[index, channel] *= torch.tensor(scale, dtype=torch.float32).to(weight.dtype)
+
+
 def fold_coefficients(model: torch.nn.Module, adapter, coefficients: Coefficients) -> None:
-    """Fold in place. The caller checks the fingerprint (see `fold_model`)."""
+    """Fold every edit in place. The caller checks the fingerprint (see `fold_model`)."""
+    dim = adapter.spec.in_features_dim
     with torch.no_grad():
-        for hc in coefficients.heads:
-            weight = adapter.o_proj_weight(hc.layer)
-            adapter.head_columns(weight, hc.head).mul_(hc.coefficient)
+        for layer, factors in coefficients.o_proj_factors().items():
+            scale_o_proj_columns(adapter.o_proj_weight(layer), dim, factors)
+        for layer, channels in coefficients.qk_factors().items():
+            for module, rows in adapter.qk_targets(layer):
+                for channel, scale in channels.items():
+                    scale_qk_input_channel(module.weight, dim, rows, channel, scale)
 
 
 def check_not_patched(source: Path) -> None:
@@ -37,7 +68,7 @@ def fold_model(loaded, coefficients: Coefficients) -> str:
     weights it would be checked against are no longer the ones the coefficients were made for."""
     check_not_patched(loaded.source)
     if loaded.folded is not None:
-        raise PearError(f"{loaded.name} in memory already has {len(loaded.folded.heads)} coefficients folded in; "
+        raise PearError(f"{loaded.name} in memory already has {loaded.folded.describe_edits()} folded in; "
                         "load the base model again to fold other coefficients")
     match = coefficients.model.check_matches(loaded.fingerprint(), what=str(loaded.source))
     fold_coefficients(loaded.model, loaded.adapter, coefficients)

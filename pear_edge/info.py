@@ -10,15 +10,20 @@ from .errors import PearError
 
 def describe_coefficients(coeffs) -> str:
     """Coefficients (already validated by the strict reader) as text."""
-    from .coefficients import VERSION
-
     m = coeffs.model
-    lines = [f"PEAR coefficients v{VERSION} for {m.name or m.model_type} "
+    recipe = coeffs.calibration.get("recipe") if isinstance(coeffs.calibration, dict) else None
+    lines = [f"PEAR coefficients v{coeffs.version} for {m.name or m.model_type} "
              f"({m.model_type}, {m.num_layers} layers x {m.num_heads} heads x {m.head_dim})",
-             f"weights sha256 {m.weights_sha256[:16]}…"]
+             f"weights sha256 {m.weights_sha256[:16]}…",
+             f"edits: {coeffs.describe_edits()}" + (f" (recipe {recipe})" if isinstance(recipe, str) else "")]
     for h in coeffs.heads:
         score = "" if h.score is None else f"  score {h.score:+.4f}"
         lines.append(f"  L{h.layer:>2}H{h.head:<2} coefficient {h.coefficient:.4f}{score}")
+    for c in coeffs.o_proj_channels:
+        lines.append(f"  L{c.layer:>2} o_proj channel scales {min(c.scales):.4f} .. {max(c.scales):.4f}, "
+                     f"{sum(x != 1.0 for x in c.scales)} of {len(c.scales)} != 1")
+    for q in coeffs.qk_channels:
+        lines.append(f"  q/k input channel {q.channel} x {q.scale:g} on layers {q.first_layer}..{q.last_layer}")
     summary = proxy_summary(coeffs.metrics)
     if summary:
         lines.append(summary)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
+from .recipes import RECIPES, recipe_help
+
 
 def on_off(text: str) -> bool:
     """'on' / 'off' (also yes/no, true/false, 1/0) -> bool: the one parser of switches given a value."""
@@ -27,10 +29,33 @@ def int_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def float_list(text: str) -> tuple[float, ...]:
+    """'0.5,0,-0.5' -> (0.5, 0.0, -0.5): the one parser of number lists on the command line."""
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def range_list(text: str) -> tuple[tuple[int, int], ...]:
+    """'10-25,0-29' -> ((10, 25), (0, 29)): inclusive layer ranges FIRST-LAST (a single N means N-N)."""
+    out = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        first, _, last = part.partition("-")
+        try:
+            out.append((int(first), int(last or first)))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated layer ranges FIRST-LAST, "
+                                             f"got {text!r}") from None
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class Option:
     field: str
-    group: str  # proxy | detection | training
+    group: str  # recipe | proxy | detection | training
     help: str
     type: type | None = None
     choices: tuple[str, ...] | None = None
@@ -42,6 +67,16 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
+    Option("recipe", "recipe", "which foldable edits to make: " + recipe_help(), choices=tuple(RECIPES)),
+    Option("positional_channel", "recipe", "positional recipes: scale this hidden channel (default: detect it)", int),
+    Option("positional_candidates", "recipe", "positional recipes: detected channels to try", int),
+    Option("positional_scales", "recipe", "positional recipes: scales to try, e.g. 0.5,0,-0.5,-1 (a list that "
+           "starts with a minus: --positional-scales=-1,-0.5)", float_list),
+    Option("positional_layers", "recipe", "positional recipes: layer ranges to try, e.g. 10-25,0-29 (default: all "
+           "layers, the middle-to-late block, the second half)", range_list),
+    Option("positional_length", "recipe", "positional recipes: tokens per random sequence for detection", int),
+    Option("positional_validation", "recipe", "positional recipes: score the candidates by answer loss on this "
+           "MDQA JSONL (`pear-edge eval make-data --half validation`) instead of held-out proxy batches", str),
     Option("proxy", "proxy", "proxy task: copy = random tokens repeated (paper); mdqa = multi-document QA about "
            "invented facts, loss on the answer; passage = the same prompts, loss on copying the gold passage; "
            "cloze = questions generated from real text (--corpus) with topical distractors, loss on the answer "
@@ -76,7 +111,7 @@ OPTIONS: tuple[Option, ...] = (
            "memory of one layer instead of all, about one more forward of time", on_off),
     Option("pool", "training", "training prompts the mdqa/passage/cloze proxies draw from", int),
 )
-GROUP_TITLES = {"proxy": "proxy task", "detection": "detection", "training": "training"}
+GROUP_TITLES = {"recipe": "recipe", "proxy": "proxy task", "detection": "detection", "training": "training"}
 
 
 def add_options(p: argparse.ArgumentParser, groups: tuple[str, ...], skip: tuple[str, ...] = ()) -> None:

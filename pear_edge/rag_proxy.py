@@ -156,3 +156,16 @@ def ClozeProxy(loaded, batch: int = 4, pool: int = 2000, seed: int = 0, corpus: 
                     {"target": "answer", "corpus": corpus or "builtin", "passages": len(passages),
                      "num_docs": list(num_docs), "topical_share": topical_share,
                      "train_examples": len(examples["train"])})
+
+
+def ValidationFileProxy(loaded, path: str, batch: int = 4, num_docs: int = 10, positions: tuple[int, ...] = (0, 4, 9),
+                        limit: int = 32) -> RAGProxy:
+    """Answer loss on a validation MDQA file (NQ-open / lost-in-the-middle JSONL, e.g. `pear-edge eval make-data
+    --half validation`), the gold at each of `positions` among `num_docs` documents: held-out data for
+    choosing between edits (`calibrate --positional-validation`), never trained on."""
+    from pear_edge.eval.tasks import load_mdqa, mdqa_examples
+
+    built = mdqa_examples(load_mdqa(path), num_docs, positions, limit=limit)
+    examples = [(e.prompt, e.answers[0]) for e in built]
+    return RAGProxy(loaded.tokenizer, {"train": examples, "validation": examples}, batch, "validation-file",
+                    {"file": str(path), "examples": len(examples), "num_docs": num_docs, "positions": list(positions)})

@@ -1,4 +1,5 @@
-"""Train one fp32 scalar per selected head on a proxy loss, the LLM frozen.
+"""Train one fp32 scalar per selected head (PEAR) or per channel of each selected head's output (SEAL-C)
+on a proxy loss, the LLM frozen.
 
 Constraints on the coefficients (measured on the default model, see README "Making PEAR help"):
   none  - the paper: unconstrained; coefficients can exceed 1 (amplify) or go negative;
@@ -19,7 +20,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 
-from .coefficients import Coefficients, HeadCoefficient
+from .coefficients import ChannelScales, Coefficients, HeadCoefficient
 from .errors import PearError
 from .guard import TextGuard
 from .heads import scale_heads
@@ -87,8 +88,10 @@ def checkpointed_layers(layers: list[torch.nn.Module]) -> Iterator[None]:
 
 
 def train_coefficients(loaded, heads: list[tuple[int, int, float]], settings: TrainSettings,
-                       progress: bool = True, proxy=None) -> Coefficients:
-    """Return Coefficients for `heads` [(layer, head, score)], trained on the proxy task."""
+                       progress: bool = True, proxy=None, per_channel: bool = False) -> Coefficients:
+    """Return Coefficients for `heads` [(layer, head, score)], trained on the proxy task: one scale per head,
+    or with `per_channel` one per channel of each head's output (head_dim each; written as o_proj channel
+    scales, 1 for the unselected heads' channels). The same loop, constraints, pull and guard either way."""
     if not heads:
         raise PearError("no heads selected to train")
     if settings.constraint not in CONSTRAINTS:
@@ -101,7 +104,8 @@ def train_coefficients(loaded, heads: list[tuple[int, int, float]], settings: Tr
 
     torch.manual_seed(settings.seed)
     gen = torch.Generator().manual_seed(settings.seed)
-    values = torch.nn.Parameter(torch.ones(len(keys), dtype=torch.float32, device=model_device(model)))
+    shape = (len(keys), adapter.head_dim) if per_channel else (len(keys),)
+    values = torch.nn.Parameter(torch.ones(shape, dtype=torch.float32, device=model_device(model)))
     optim = torch.optim.AdamW([values], lr=settings.lr, weight_decay=settings.weight_decay)
     low, high = CONSTRAINTS[settings.constraint]
     guard = TextGuard(loaded.tokenizer, settings.guard_batch) if settings.guard else None
@@ -133,10 +137,25 @@ def train_coefficients(loaded, heads: list[tuple[int, int, float]], settings: Tr
         after = proxy.evaluate(model, held_out)
     seconds = time.perf_counter() - start
     trained = values.detach().cpu().tolist()
-    coeffs = [HeadCoefficient(l, h, float(c), float(s)) for (l, h, s), c in zip(heads, trained)]
+    coeffs = [] if per_channel else [HeadCoefficient(l, h, float(c), float(s)) for (l, h, s), c in zip(heads, trained)]
+    channels = channel_scales(keys, trained, adapter.num_heads, adapter.head_dim) if per_channel else []
     calibration = {**settings.__dict__, "train_seconds": round(seconds, 1), "loss_curve": [round(x, 4) for x in losses],
                    "guard_curve": [round(x, 4) for x in guard_losses]}
+    metrics = {"held_out_proxy": held_out_record(proxy, before, after, len(held_out))}
+    return Coefficients(loaded.fingerprint(), coeffs, calibration, metrics, o_proj_channels=channels)
+
+
+def held_out_record(proxy, before: dict, after: dict, batches: int) -> dict:
+    """metrics.held_out_proxy: the proxy's held-out scores before/after, and whether its loss improved."""
     loss_key = next(iter(before))  # each proxy reports its loss first
-    metrics = {"held_out_proxy": {"before": before, "after": after, **proxy.describe(), "batches": len(held_out),
-                                  "improved": after[loss_key] < before[loss_key]}}
-    return Coefficients(loaded.fingerprint(), coeffs, calibration, metrics)
+    return {"before": before, "after": after, **proxy.describe(), "batches": batches,
+            "improved": after[loss_key] < before[loss_key]}
+
+
+def channel_scales(keys: list[tuple[int, int]], trained: list[list[float]], num_heads: int,
+                   head_dim: int) -> list[ChannelScales]:
+    """Per-head channel vectors [(layer, head)] -> one o_proj channel vector per layer (1 elsewhere)."""
+    by_layer: dict[int, list[float]] = {}
+    for (layer, head), scales in zip(keys, trained):
+        by_layer.setdefault(layer, [1.0] * (num_heads * head_dim))[head * head_dim:(head + 1) * head_dim] = scales
+    return [ChannelScales(layer, tuple(float(x) for x in v)) for layer, v in sorted(by_layer.items())]

@@ -26,8 +26,9 @@ def encode(values: np.ndarray, qtype: T) -> np.ndarray:
 
 def write_tiny_gguf(path: Path, qtype: T, num_heads: int = 4, head_dim: int = 32, hidden: int = 64,
                     layers: int = 2, seed: int = 0, raw_attn_output: np.ndarray | None = None,
-                    arch: str = "llama") -> Path:
-    """A GGUF (llama arch by default) with just enough metadata and tensors for patch-gguf."""
+                    arch: str = "llama", qk_type: T = T.Q8_0, fused_qkv: bool = False) -> Path:
+    """A GGUF (llama arch by default) with just enough metadata and tensors for patch-gguf (attn_q and attn_k
+    stored as `qk_type`, or one attn_qkv with `fused_qkv`)."""
     rng = np.random.default_rng(seed)
     w = GGUFWriter(str(path), arch)
     w.add_name(f"tiny-{qtype.name}")
@@ -41,18 +42,27 @@ def write_tiny_gguf(path: Path, qtype: T, num_heads: int = 4, head_dim: int = 32
     for layer in range(layers):
         w.add_tensor(f"blk.{layer}.attn_norm.weight", rng.normal(size=hidden).astype(np.float32))
         q = rng.normal(size=(num_heads * head_dim, hidden)).astype(np.float32)
-        w.add_tensor(f"blk.{layer}.attn_q.weight", quantize(q, T.Q8_0), raw_dtype=T.Q8_0)
+        k = np.random.default_rng((seed, layer, 1)).normal(size=(num_heads * head_dim, hidden)).astype(np.float32)
+        if fused_qkv:
+            w.add_tensor(f"blk.{layer}.attn_qkv.weight", encode(np.concatenate([q, k, k]), qk_type),
+                         raw_dtype=_raw(qk_type))
+        else:
+            w.add_tensor(f"blk.{layer}.attn_q.weight", encode(q, qk_type), raw_dtype=_raw(qk_type))
+            w.add_tensor(f"blk.{layer}.attn_k.weight", encode(k, qk_type), raw_dtype=_raw(qk_type))
         if raw_attn_output is not None:
             data = raw_attn_output
         else:
             data = encode(rng.normal(size=(hidden, num_heads * head_dim)).astype(np.float32), qtype)
-        w.add_tensor(f"blk.{layer}.attn_output.weight", data,
-                     raw_dtype=None if qtype in (T.F32, T.F16) else qtype)
+        w.add_tensor(f"blk.{layer}.attn_output.weight", data, raw_dtype=_raw(qtype))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def _raw(qtype: T) -> T | None:
+    return None if qtype in (T.F32, T.F16) else qtype
 
 
 def coefficients_for(path: Path, heads: list[tuple[int, int, float]]) -> Coefficients:

@@ -6,7 +6,7 @@ from gguf import GGMLQuantizationType as T
 
 from pear_edge.cli import main
 from tests.gguf_tiny import write_tiny_gguf
-from tests.test_onnx_converter import save_tiny_llama
+from tests.tiny import save_tiny_llama
 
 
 def test_calibrate_and_info_tell_the_gemma_post_norm_caveat(tmp_path, capsys):

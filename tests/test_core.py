@@ -43,8 +43,8 @@ def test_registry_entries_are_keyword_data_with_caveats_for_the_user():
 
     with pytest.raises(TypeError):
         ArchSpec(("llama",), ("model.layers",), "self_attn.o_proj", 1, "llama")  # positional rows are refused
-    assert {f.name for f in fields(ArchSpec)} == {"model_types", "layers", "o_proj", "in_features_dim", "gguf_arch",
-                                                   "caveat"}
+    assert {f.name for f in fields(ArchSpec)} == {"model_types", "layers", "o_proj", "qk_proj", "qkv_fused",
+                                                   "in_features_dim", "gguf_arch", "caveat"}
     assert "post-attention RMSNorm" in caveat_note("gemma3_text") and caveat_note("gemma3_text").startswith(
         "pear-edge: note: gemma3_text: ")
     assert caveat_note("llama") is None and caveat_note("mamba") is None
@@ -246,7 +246,7 @@ def test_a_loaded_model_is_folded_once_and_its_fingerprint_follows_the_fold():
     coeffs = _random_coefficients(lm)
     assert fold_model(lm, coeffs) == "exact"
     folded_weights = {k: v.clone() for k, v in lm.model.state_dict().items()}
-    with pytest.raises(PearError, match="already has 3 coefficients folded in"):
+    with pytest.raises(PearError, match="already has 3 head scales folded in"):
         fold_model(lm, coeffs)
     assert all(torch.equal(v, folded_weights[k]) for k, v in lm.model.state_dict().items())  # not folded twice
     # The cached fingerprint was dropped: the folded weights no longer pass as the base model "exactly".

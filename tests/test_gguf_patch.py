@@ -123,3 +123,121 @@ def test_fp16_scale_overflow_is_refused(tmp_path):
     with pytest.raises(PearError, match="overflows the fp16 block scale"):
         patch_gguf(src, coefficients_for(src, [(0, 0, 1e9)]), tmp_path / "out.gguf", progress=False)
     assert not (tmp_path / "out.gguf").exists()
+
+
+# --------------------------------------------------------------------------- every edit kind (issue 16)
+
+def _dequant(tensor) -> np.ndarray:
+    return to_float(tensor_bytes(tensor), tensor.tensor_type).astype(np.float32)
+
+
+def _folded(values: np.ndarray, edit) -> np.ndarray:
+    """pear_edge.fold's own transformation applied to a dequantized GGUF weight, laid out (out, in)."""
+    import torch
+
+    w = torch.from_numpy(values.copy())
+    edit(w)
+    return w.numpy()
+
+
+def _v2(src, heads=(), channels=(), qk=()):
+    from pear_edge.coefficients import ChannelScales, QKChannelScale
+
+    base = coefficients_for(src, list(heads))
+    return type(base)(base.model, base.heads, o_proj_channels=[ChannelScales(l, tuple(s)) for l, s in channels],
+                      qk_channels=[QKChannelScale(*q) for q in qk])
+
+
+def test_o_proj_channel_scales_are_requantized_by_libggml_and_equal_the_fold(tmp_path):
+    from pear_edge.fold import scale_o_proj_columns
+
+    src = write_tiny_gguf(tmp_path / "in.gguf", T.Q4_1)
+    rng = np.random.default_rng(3)
+    scales = rng.uniform(0.3, 1.7, 128)
+    coeffs = _v2(src, heads=[(0, 1, 0.5), (1, 2, -0.75)], channels=[(1, scales)])
+    report = patch_gguf(src, coeffs, tmp_path / "out.gguf", progress=False)
+    assert report["edits"] == {"heads": 2, "o_proj_channels": 1, "qk_channels": 0}
+    assert report["tensors"]["blk.0.attn_output.weight"]["method"] == "scale-edit"   # head scales: exact as before
+    info = report["tensors"]["blk.1.attn_output.weight"]
+    assert info["method"] == "requantize" and info["requantized_blocks"] == 64 * 4 and info["channel_scales"]
+    _, a = tensors(src)
+    _, b = tensors(tmp_path / "out.gguf")
+    for name in a:
+        if name not in ("blk.0.attn_output.weight", "blk.1.attn_output.weight"):
+            assert np.array_equal(tensor_bytes(a[name]), tensor_bytes(b[name])), name
+    factors = coeffs.o_proj_factors()[1]
+    name = "blk.1.attn_output.weight"
+    ideal = dequantize(tensor_bytes(a[name]), T.Q4_1) * coeffs.o_proj_factors(np.float64)[1]
+    assert np.array_equal(tensor_bytes(b[name]), quantize_blocks(ideal, T.Q4_1))       # llama.cpp's quantizer
+    folded = _folded(_dequant(a[name]), lambda w: scale_o_proj_columns(w, 1, factors))
+    got = _dequant(b[name])
+    step = (np.ptp(folded.reshape(64, 4, 32), axis=2) / 15).repeat(32, axis=1)           # one Q4_1 step per block
+    assert (np.abs(got - folded) <= 0.51 * step).all()   # within rounding of the fold (+ fp16 scale rounding)
+
+
+def test_channel_scales_constant_over_each_block_stay_exact_scale_edits(tmp_path):
+    src = write_tiny_gguf(tmp_path / "in.gguf", T.Q8_0)
+    scales = np.repeat([0.5, 1.0, -1.25, 2.0], 32)
+    report = patch_gguf(src, _v2(src, channels=[(0, scales)]), tmp_path / "out.gguf", progress=False)
+    assert report["tensors"]["blk.0.attn_output.weight"]["method"] == "scale-edit"
+    assert report["max_rel_error"] < 4 * FP16_EPS
+
+
+@pytest.mark.parametrize("qk_type", [T.Q4_1, T.Q8_0, T.F32])
+def test_qk_channel_scales_edit_attn_q_and_attn_k_columns(tmp_path, qk_type):
+    from pear_edge.fold import scale_qk_input_channel
+
+    src = write_tiny_gguf(tmp_path / "in.gguf", T.Q4_1, qk_type=qk_type)
+    qk = [(5, -1.0, 0, 1), (40, 0.0, 1, 1)]
+    report = patch_gguf(src, _v2(src, qk=qk), tmp_path / "out.gguf", progress=False)
+    assert report["edits"] == {"heads": 0, "o_proj_channels": 0, "qk_channels": 3}
+    edited = {f"blk.{l}.attn_{p}.weight" for l in (0, 1) for p in "qk"}
+    assert set(report["tensors"]) == edited
+    assert report["tensors"]["blk.1.attn_q.weight"]["qk_channels"] == [5, 40]
+    _, a = tensors(src)
+    _, b = tensors(tmp_path / "out.gguf")
+    for name in set(a) - edited:                                        # attn_output included: untouched
+        assert np.array_equal(tensor_bytes(a[name]), tensor_bytes(b[name])), name
+    block = GGML_QUANT_SIZES[qk_type][0]
+    for name in edited:
+        channels = {5: -1.0} if name.startswith("blk.0") else {5: -1.0, 40: 0.0}
+        old, new = _dequant(a[name]), _dequant(b[name])
+        folded = old.copy()
+        for ch, s in channels.items():
+            folded = _folded(folded, lambda w: scale_qk_input_channel(w, 1, range(w.shape[0]), ch, s))
+        kept = np.ones(64, bool)
+        for ch in channels:
+            kept[ch // block * block:(ch // block + 1) * block] = False
+        assert np.array_equal(new[:, kept], old[:, kept])               # blocks without the channel: as they were
+        if qk_type == T.F32:
+            assert np.array_equal(new, folded)
+        else:
+            assert np.sqrt(((new - folded) ** 2).mean()) / np.sqrt((folded ** 2).mean()) < 0.1
+            assert report["tensors"][name]["method"] == "requantize"
+
+
+def test_fused_qkv_gguf_is_refused_for_qk_edits(tmp_path):
+    from pear_edge.errors import PearError
+
+    src = write_tiny_gguf(tmp_path / "in.gguf", T.Q8_0, fused_qkv=True)
+    with pytest.raises(PearError, match="fused in blk.0.attn_qkv.*export gguf"):
+        patch_gguf(src, _v2(src, qk=[(5, -1.0, 0, 1)]), tmp_path / "out.gguf", progress=False)
+    assert not (tmp_path / "out.gguf").exists()
+    patch_gguf(src, _v2(src, heads=[(0, 1, 0.5)]), tmp_path / "out.gguf", progress=False)  # head scales still fine
+
+
+def test_version_2_coefficients_travel_in_the_gguf_and_info_shows_them(tmp_path, capsys):
+    from pear_edge.cli import main
+    from pear_edge.coefficients import Coefficients
+
+    src = write_tiny_gguf(tmp_path / "in.gguf", T.Q4_1)
+    coeffs = _v2(src, heads=[(0, 1, 0.5)], channels=[(1, [0.9] * 128)], qk=[(5, -0.5, 0, 1)])
+    path = coeffs.save(tmp_path / "c.json")
+    assert main(["-q", "patch-gguf", str(src), "--coefficients", str(path), "-o", str(tmp_path / "p.gguf")]) == 0
+    out = capsys.readouterr().out
+    assert "patched 1 head scale, o_proj channel scales on 1 layer, q/k channel 5 x -0.5 on layers 0..1 in 6 tensors" in out
+    stored = pear_metadata(read_gguf(tmp_path / "p.gguf"))["pear.coefficients"]
+    assert Coefficients.from_json(stored).to_json() == coeffs.to_json()
+    assert main(["info", str(tmp_path / "p.gguf")]) == 0
+    text = capsys.readouterr().out
+    assert "PEAR coefficients v2" in text and "q/k input channel 5 x -0.5 on layers 0..1" in text

@@ -11,8 +11,6 @@ import onnx
 import pytest
 import torch
 from optimum.onnxruntime import ORTModelForCausalLM
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
 
 from pear_edge.cli import main
 from pear_edge.coefficients import Coefficients, HeadCoefficient
@@ -20,26 +18,9 @@ from pear_edge.converters.onnx_graph import find_o_proj_weights, load_export, we
 from pear_edge.errors import PearError
 from pear_edge.fold import fold_model
 from pear_edge.models import load_model
-from tests.tiny import VOCAB, tiny_model
+from tests.tiny import VOCAB, save_tiny_llama
 
 HEADS = [HeadCoefficient(0, 1, 0.5), HeadCoefficient(2, 3, 1.75), HeadCoefficient(2, 0, 0.0)]
-
-
-def save_tiny_llama(folder: Path, seed: int = 0, o_proj_scale: float = 1.0, model_type: str = "llama") -> Path:
-    """tiny_model(model_type) + a word-level tokenizer over its 96 ids, as a loadable HF folder."""
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, VOCAB)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
-                                   pad_token="</s>")
-    model = tiny_model(model_type, seed=seed).model
-    with torch.no_grad():
-        for layer in model.model.layers:
-            layer.self_attn.o_proj.weight.mul_(o_proj_scale)
-    model.config.update(dict(bos_token_id=1, eos_token_id=2, pad_token_id=2))
-    model.save_pretrained(folder)
-    fast.save_pretrained(folder)
-    return folder
 
 
 def run(*argv: str) -> int:
@@ -122,6 +103,27 @@ def test_patch_onnx_equals_export_with_coefficients(work, tmp_path):
     assert {k for k, v in changed.items() if v > 0} == o_proj - {find_o_proj_weights(load_export(out))[1].initializer}
     assert json.loads((out / "pear_coefficients.json").read_text()) == json.loads(work["coeffs"].read_text())
     assert (out / "tokenizer.json").read_bytes() == (work["base"] / "tokenizer.json").read_bytes()
+
+
+def test_patch_onnx_with_every_edit_kind_then_verify_against_the_torch_fold(work, tmp_path, capsys):
+    """Version-2 coefficients (head, o_proj channel and q/k channel scales): patch-onnx writes the torch fold's
+    weights, onnxruntime computes the folded torch model, and verify counts each edit kind."""
+    from pear_edge.coefficients import ChannelScales, QKChannelScale
+
+    loaded = load_model(str(work["hf"]))
+    scales = tuple(float(x) for x in np.random.default_rng(0).uniform(0.5, 1.5, 32))
+    coeffs = Coefficients(loaded.fingerprint(), HEADS, o_proj_channels=[ChannelScales(1, scales)],
+                          qk_channels=[QKChannelScale(5, -1.0, 0, 2)])
+    path = coeffs.save(tmp_path / "v2.json")
+    out = tmp_path / "patched-v2"
+    assert run("patch-onnx", work["base"], "--coefficients", path, "-o", out) == 0
+    fold_model(loaded, coeffs)
+    x = ids(seed=3)
+    assert np.abs(logits(ORTModelForCausalLM.from_pretrained(out), x) - logits(loaded.model, x)).max() < 1e-4
+    report_path = tmp_path / "verify-v2.json"
+    assert main(["verify", str(out), "--model", str(work["hf"]), "-o", str(report_path)]) == 0
+    assert json.loads(report_path.read_text())["edits"] == {"heads": 3, "o_proj_channels": 1, "qk_channels": 3}
+    assert "3 patched heads, 1 layers of o_proj channel scales, 3 q/k channel scales" in capsys.readouterr().out
 
 
 def test_patch_scales_exactly_the_head_rows(work):

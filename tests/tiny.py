@@ -1,6 +1,8 @@
 """Tiny random models built from configs: one per registry architecture, fast and offline."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -53,3 +55,31 @@ def tiny_model(model_type: str, seed: int = 0):
             if name.endswith("bias"):
                 p.normal_(0, 0.02)
     return wrap_model(model, TinyTokenizer(), name=f"tiny-{model_type}")
+
+
+def word_tokenizer(chat_template: str | None = None):
+    """A word-level fast tokenizer over the 96 ids ("w3" .. "w95", anything else <unk>)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, VOCAB)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                   pad_token="</s>")
+    if chat_template:
+        fast.chat_template = chat_template
+    return fast
+
+
+def save_tiny_llama(folder: Path, seed: int = 0, o_proj_scale: float = 1.0, model_type: str = "llama") -> Path:
+    """tiny_model(model_type) + a word-level tokenizer over its 96 ids, as a loadable HF folder."""
+    fast = word_tokenizer()
+    model = tiny_model(model_type, seed=seed).model
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.mul_(o_proj_scale)
+    model.config.update(dict(bos_token_id=1, eos_token_id=2, pad_token_id=2))
+    model.save_pretrained(folder)
+    fast.save_pretrained(folder)
+    return folder

@@ -1,0 +1,120 @@
+"""Recipes: which foldable edits `pear-edge calibrate --recipe NAME` makes, and the one runner that makes them.
+
+Every recipe ends in one Coefficients file (pear_edge.coefficients) that every consumer applies the same
+way (fold, hooks, patch-gguf, patch-onnx, export, verify). The recipes are data (RECIPES); `run_recipe`
+reads two facts from them:
+
+  positional  Yu et al. (arXiv 2406.02536): detect the positional hidden channel, search a scale and a layer
+              range for it on validation data (pear_edge.positional); the edit stays hooked for what follows;
+  learned     o_proj input scales trained on the proxy, LLM frozen (pear_edge.train): "head" = one per head
+              (PEAR; close to SEAL-H), "channel" = one per channel of each head's output (SEAL-C), None.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, kw_only=True)
+class Recipe:
+    name: str
+    positional: bool = False
+    learned: str | None = None   # "head" | "channel" | None
+    help: str
+
+
+RECIPES: dict[str, Recipe] = {r.name: r for r in (
+    Recipe(name="pear", learned="head",
+           help="one learned scale per head, folded into W_o's head columns (the default; close to SEAL-H)"),
+    Recipe(name="seal-c", learned="channel",
+           help="one learned scale per o_proj input channel (SEAL-C, arXiv 2501.15225), folded into W_o's columns"),
+    Recipe(name="positional", positional=True,
+           help="Yu et al. (arXiv 2406.02536): the positional hidden channel scaled as a q/k input "
+                "(W_q[:, ch] *= s, W_k[:, ch] *= s), channel, s and layers searched on validation data"),
+    Recipe(name="positional+pear", positional=True, learned="head",
+           help="the positional edit, then head scales detected and trained with it in place"),
+    Recipe(name="positional+seal-c", positional=True, learned="channel",
+           help="the positional edit, then channel scales trained with it in place"),
+)}
+DEFAULT_RECIPE = "pear"
+
+
+def recipe_help() -> str:
+    return "; ".join(f"{r.name} = {r.help}" for r in RECIPES.values())
+
+
+def positional_step(loaded, settings, proxy, progress: bool = True) -> tuple[list, dict]:
+    """The positional channel (given, or the top detected candidates) and its best q/k scale and layer range
+    on validation data: the recipe's proxy (held-out batches other than those metrics report) or the
+    `positional_validation` MDQA file. Returns ([QKChannelScale] (empty if nothing helped), record)."""
+    from .errors import PearError
+    from .positional import check_ranges, default_ranges, positional_channel_scores, search_positional
+
+    layers, hidden = loaded.adapter.num_layers, loaded.adapter.layout.hidden_size
+    if settings.positional_channel is not None:
+        if not 0 <= settings.positional_channel < hidden:
+            raise PearError(f"--positional-channel {settings.positional_channel} is outside the hidden size {hidden}")
+        candidates, detection = [settings.positional_channel], {"given": settings.positional_channel}
+    else:
+        found = positional_channel_scores(loaded, settings.positional_length, settings.detect_batch, settings.seed,
+                                          progress=progress)
+        top = found.top(settings.positional_candidates)
+        candidates = [c for c, _ in top]
+        detection = {"length": found.length, "sequences": found.sequences,
+                     "top": [{"channel": c, "score": round(s, 4)} for c, s in top]}
+    ranges = check_ranges(settings.positional_layers, layers) if settings.positional_layers else default_ranges(layers)
+    if settings.positional_validation:
+        from .rag_proxy import ValidationFileProxy
+
+        scorer = ValidationFileProxy(loaded, settings.positional_validation, batch=settings.train.batch)
+        batches = scorer.held_out(10**6, seed=0)
+    else:
+        scorer, count = proxy, settings.train.eval_batches
+        batches = proxy.held_out(2 * count, seed=settings.train.seed + 30_000)
+        batches = batches[count:] or batches  # RAG proxies: past the batches metrics.held_out_proxy reports
+    metric: list[str] = []
+
+    def score() -> float:
+        result = scorer.evaluate(loaded.model, batches)
+        metric[:] = [next(iter(result))]  # each proxy reports its loss first
+        return result[metric[0]]
+
+    edit, record = search_positional(loaded, score, candidates, settings.positional_scales, ranges, progress)
+    return ([edit] if edit else []), {"detection": detection, "scored_on": {**scorer.describe(), "metric": metric[0],
+                                                                         "batches": len(batches)}, **record}
+
+
+def run_recipe(loaded, settings, progress: bool = True, proxy=None, detect=None, on_scores=None):
+    """Calibrate `loaded` by settings.recipe -> Coefficients. `detect(loaded, settings, progress, proxy=)`
+    replaces calibrate.detect_heads (the variants' cache); `on_scores(HeadScores)` sees the head scores
+    of the learned recipes (the CLI writes them beside the coefficients)."""
+    from .calibrate import detect_heads, train_from_scores
+    from .coefficients import Coefficients, qk_factor_map
+    from .errors import PearError
+    from .heads import scale_qk_channels
+    from .train import held_out_record, make_proxy
+
+    recipe = RECIPES[settings.recipe]
+    proxy = proxy or make_proxy(loaded, settings.train)
+    held_out = proxy.held_out(settings.train.eval_batches, seed=settings.train.seed + 10_000)
+    qk, positional = positional_step(loaded, settings, proxy, progress) if recipe.positional else ([], None)
+    if recipe.positional and not qk and not recipe.learned:
+        raise PearError(f"no positional edit lowered the validation loss (baseline {positional['baseline_loss']:.4g}, "
+                        f"{len(positional['tried'])} tried); nothing to fold")
+    with scale_qk_channels(loaded.adapter, qk_factor_map(qk)):
+        if recipe.learned:
+            scores = (detect or detect_heads)(loaded, settings, progress, proxy=proxy)
+            if on_scores is not None:
+                on_scores(scores)
+            learned = train_from_scores(loaded, scores, settings, progress, proxy=proxy)
+            heads, channels = learned.heads, learned.o_proj_channels
+            calibration, metrics = learned.calibration, learned.metrics
+        else:
+            heads, channels, calibration = [], [], settings.as_record()
+            after = proxy.evaluate(loaded.model, held_out)
+            metrics = {"held_out_proxy": held_out_record(proxy, after, after, len(held_out))}
+    if qk:  # "before" is the unedited model, whatever the recipe did first
+        after = metrics["held_out_proxy"]["after"]
+        metrics["held_out_proxy"] = held_out_record(proxy, proxy.evaluate(loaded.model, held_out), after, len(held_out))
+    if positional is not None:
+        calibration["positional"] = positional
+    return Coefficients(loaded.fingerprint(), heads, calibration, metrics, o_proj_channels=channels, qk_channels=qk)

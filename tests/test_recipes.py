@@ -1,0 +1,382 @@
+"""Recipes (issue 16) on tiny config-built models: each edit kind of the coefficients file folded equals it
+hooked on every registry architecture, the version-1 file is unchanged and version 2 is read strictly, SEAL-C
+trains per channel through the one training loop, the positional channel is detected where one was planted,
+and the recipe options reach the settings."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tiny import TINY_CONFIGS, VOCAB, tiny_model
+
+from pear_edge.calibrate import CalibrationSettings, with_overrides
+from pear_edge.coefficients import (ChannelScales, Coefficients, HeadCoefficient, QKChannelScale, parse_document,
+                                    qk_factor_map)
+from pear_edge.errors import PearError
+from pear_edge.fold import fold_coefficients
+from pear_edge.heads import apply_coefficients, scale_qk_channels
+from pear_edge.positional import default_ranges, positional_channel_scores, search_positional, spearman_with_position
+from pear_edge.recipes import RECIPES, run_recipe
+from pear_edge.train import TrainSettings, train_coefficients
+
+ARCHS = sorted(TINY_CONFIGS)
+KINDS = ("heads", "o_proj_channels", "qk_channels", "all")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def edits_of(lm, kind: str) -> Coefficients:
+    """Coefficients of one edit kind (or all three) for a tiny model: a negative and a zero scale included."""
+    L, width = lm.adapter.num_layers, lm.adapter.num_heads * lm.adapter.head_dim
+    rng = np.random.default_rng(1)
+    heads = [HeadCoefficient(0, 1, 0.5), HeadCoefficient(L - 1, 3, -0.75)] if kind in ("heads", "all") else []
+    channels = ([ChannelScales(L - 1, tuple(float(x) for x in rng.uniform(-0.5, 1.8, width)))]
+                if kind in ("o_proj_channels", "all") else [])
+    qk = ([QKChannelScale(5, -1.0, 0, L - 1), QKChannelScale(7, 0.0, L - 1, L - 1)]
+          if kind in ("qk_channels", "all") else [])
+    return Coefficients(lm.fingerprint(), heads, o_proj_channels=channels, qk_channels=qk)
+
+
+def edited_entries(lm, coeffs: Coefficients) -> dict[str, torch.Tensor]:
+    """Parameter name -> bool mask of the entries the coefficients may change (all others must not)."""
+    names = {id(p): n for n, p in lm.model.named_parameters()}
+    masks: dict[str, torch.Tensor] = {}
+    dim = lm.adapter.spec.in_features_dim
+    for layer in coeffs.o_proj_factors():
+        w = lm.adapter.o_proj_weight(layer)
+        masks[names[id(w)]] = torch.ones_like(w, dtype=torch.bool)
+    for layer, channels in coeffs.qk_factors().items():
+        for module, rows in lm.adapter.qk_targets(layer):
+            mask = torch.zeros_like(module.weight, dtype=torch.bool)
+            view = mask if dim == 1 else mask.T
+            for ch in channels:
+                view[rows, ch] = True
+            masks[names[id(module.weight)]] = mask
+    return masks
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("arch", ARCHS)
+def test_each_edit_kind_folded_equals_hooked_and_touches_only_its_entries(arch, kind):
+    lm = tiny_model(arch)
+    coeffs = edits_of(lm, kind)
+    tokens = torch.randint(3, VOCAB, (2, 24), generator=torch.Generator().manual_seed(0))
+    before = {n: p.detach().clone() for n, p in lm.model.named_parameters()}
+    plain = lm.model(input_ids=tokens).logits
+    with apply_coefficients(lm.adapter, coeffs):
+        hooked = lm.model(input_ids=tokens).logits
+    assert torch.equal(lm.model(input_ids=tokens).logits, plain)  # hooks gone
+    fold_coefficients(lm.model, lm.adapter, coeffs)
+    folded = lm.model(input_ids=tokens).logits
+    assert (hooked - folded).abs().max() <= 1e-5
+    assert (hooked - plain).abs().max() > 1e-6  # the edit did something
+    masks = edited_entries(lm, coeffs)
+    for name, p in lm.model.named_parameters():
+        if name in masks:
+            assert torch.equal(p[~masks[name]], before[name][~masks[name]]), f"{name} changed outside its edit"
+        else:
+            assert torch.equal(p, before[name]), f"{name} changed"
+    for layer, channels in coeffs.qk_factors().items():  # the q/k edit is exactly W[rows, ch] *= s
+        for module, rows in lm.adapter.qk_targets(layer):
+            name = next(n for n, p in lm.model.named_parameters() if p is module.weight)
+            new, old = lm.adapter.as_out_in(module.weight), lm.adapter.as_out_in(before[name])
+            for ch, s in channels.items():
+                assert torch.equal(new[rows, ch], old[rows, ch] * torch.tensor(s, dtype=torch.float32))
+
+
+def test_fused_qkv_values_keep_the_channel():
+    """gpt_neox/bloom interleave [q k v] per head, phi3/gpt2 concatenate: the value outputs never change."""
+    for arch in ("gpt_neox", "phi3", "gpt2", "bloom"):
+        lm = tiny_model(arch)
+        (module, rows), = lm.adapter.qk_targets(0)
+        out = lm.adapter.as_out_in(module.weight).shape[0]
+        values = sorted(set(range(out)) - set(rows))
+        assert len(values) == out // 3 and len(rows) == 2 * out // 3, arch
+
+
+def test_head_scales_stay_version_1_byte_for_byte():
+    """A head-only file is written as version 1 exactly as before; the shipped v1 files round-trip unchanged."""
+    lm = tiny_model("llama")
+    coeffs = edits_of(lm, "heads")
+    doc = json.loads(coeffs.to_json())
+    assert doc["version"] == 1 and list(doc) == ["format", "version", "model", "heads", "calibration", "metrics"]
+    again = Coefficients.from_json(coeffs.to_json())
+    assert again == coeffs and again.to_json() == coeffs.to_json()
+    shipped = sorted((REPO / "docs" / "results").glob("*.coeffs.json"))
+    assert shipped
+    for path in shipped:
+        text = path.read_text()
+        loaded = Coefficients.load(path)
+        assert loaded.version == 1 and loaded.to_json() + "\n" == text
+
+
+def test_version_2_round_trip_and_strict_reader(tmp_path):
+    lm = tiny_model("llama")
+    coeffs = edits_of(lm, "all")
+    path = coeffs.save(tmp_path / "c.json")
+    doc = json.loads(path.read_text())
+    assert doc["version"] == 2 and list(doc) == ["format", "version", "model", "heads", "o_proj_channels",
+                                                 "qk_channels", "calibration", "metrics"]
+    assert Coefficients.load(path) == coeffs
+    assert Coefficients.load(path).edit_counts() == {"heads": 2, "o_proj_channels": 1, "qk_channels": 4}
+
+    def refused(mutate, match):
+        bad = mutate(json.loads(json.dumps(doc)))
+        with pytest.raises(PearError, match=match):
+            parse_document(bad, "f.json")
+
+    refused(lambda d: {**d, "o_proj_channels": [{"layer": 0, "scales": [1.0] * 31}]}, "31 values")
+    refused(lambda d: {**d, "o_proj_channels": [{"layer": 0, "scales": [1.0] * 32}] * 2}, "appear twice")
+    refused(lambda d: {**d, "o_proj_channels": [{"layer": 0, "scales": [1e6] * 32}]}, "beyond")
+    refused(lambda d: {**d, "qk_channels": [{"channel": 32, "scale": -1, "first_layer": 0, "last_layer": 1}]},
+            "hidden size 32")
+    refused(lambda d: {**d, "qk_channels": [{"channel": 3, "scale": -1, "first_layer": 2, "last_layer": 1}]},
+            "not a range")
+    refused(lambda d: {**d, "qk_channels": [{"channel": 3, "scale": -1, "first_layer": 0, "last_layer": 1},
+                                            {"channel": 3, "scale": 0.5, "first_layer": 1, "last_layer": 2}]},
+            "scaled twice in layer 1")
+    refused(lambda d: {**d, "qk_channels": [{"channel": 3, "scale": -1, "first_layer": 0, "last": 1}]},
+            "unknown field")
+    refused(lambda d: {k: v for k, v in d.items() if k != "qk_channels"}, "lacks the field 'qk_channels'")
+    refused(lambda d: {**d, "heads": [], "o_proj_channels": [], "qk_channels": []}, "nothing to apply")
+    refused(lambda d: {**d, "version": 1}, "unknown field")     # version 1 has no such keys
+    refused(lambda d: {**d, "version": 3}, "reads versions 1, 2")
+
+
+def test_o_proj_factors_combine_head_and_channel_scales():
+    lm = tiny_model("llama")
+    coeffs = edits_of(lm, "all")
+    L = lm.adapter.num_layers
+    f = coeffs.o_proj_factors()
+    assert sorted(f) == [0, L - 1] and f[0].dtype == np.float32
+    expected = np.asarray(coeffs.o_proj_channels[0].scales)
+    expected[24:32] *= -0.75
+    assert np.array_equal(f[L - 1], expected.astype(np.float32))
+    assert np.array_equal(f[0][8:16], np.full(8, 0.5, np.float32)) and (np.delete(f[0], range(8, 16)) == 1).all()
+    assert qk_factor_map(coeffs.qk_channels) == {0: {5: -1.0}, 1: {5: -1.0}, 2: {5: -1.0, 7: 0.0}}
+
+
+def test_seal_c_trains_one_scale_per_channel_in_the_one_loop():
+    lm = tiny_model("llama")
+    heads = [(layer, head, 0.0) for layer in (0, 2) for head in range(4) if (layer, head) != (0, 0)]
+    settings = TrainSettings(steps=25, batch=8, n=8, lr=0.05, constraint="none")
+    coeffs = train_coefficients(lm, heads, settings, progress=False, per_channel=True)
+    assert coeffs.heads == [] and [c.layer for c in coeffs.o_proj_channels] == [0, 2] and coeffs.version == 2
+    scales = np.asarray(coeffs.o_proj_channels[0].scales)
+    assert (scales[:8] == 1.0).all()                               # head 0 of layer 0 was not selected
+    scales = scales[:16]
+    assert np.unique(scales[8:16]).size == 8                       # one value per channel, not one per head
+    proxy = coeffs.metrics["held_out_proxy"]
+    assert proxy["after"]["copy_loss"] < proxy["before"]["copy_loss"]
+    # the same loop as the head scales: identical settings, deterministic
+    again = train_coefficients(lm, heads, settings, progress=False, per_channel=True)
+    assert again.o_proj_channels == coeffs.o_proj_channels
+
+
+def plant_position_channel(lm, channel: int, strength: float = 4.0):
+    """Add a ramp over positions to one channel of the embedding output (every layer's residual stream
+    carries it); returns the hook handle."""
+    def hook(module, args, output):
+        ramp = torch.linspace(-1, 1, output.shape[1], dtype=output.dtype)
+        out = output.clone()
+        out[..., channel] += strength * ramp
+        return out
+    return lm.model.get_input_embeddings().register_forward_hook(hook)
+
+
+def test_spearman_with_position():
+    x = torch.stack([torch.arange(10.0), -torch.arange(10.0) ** 3, torch.ones(10), torch.tensor([3.0, 1, 2] * 3 + [0])], 1)
+    rho = spearman_with_position(x)
+    assert rho[0] == pytest.approx(1.0) and rho[1] == pytest.approx(-1.0) and rho[2] == 0.0 and abs(rho[3]) < 0.6
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt_neox", "phi3", "gpt2"])
+def test_positional_channel_detection_finds_a_planted_channel(arch):
+    lm = tiny_model(arch)
+    clean = positional_channel_scores(lm, length=64, sequences=8, progress=False)
+    handle = plant_position_channel(lm, 11)
+    try:
+        planted = positional_channel_scores(lm, length=64, sequences=8, progress=False)
+    finally:
+        handle.remove()
+    assert planted.top(1)[0][0] == 11 and planted.scores[11] > 0.9
+    assert planted.rho.shape == (lm.adapter.num_layers, 32)
+    assert clean.scores[11] < planted.scores[11] - 0.3
+
+
+def test_positional_detection_on_learned_positions_by_weight_edit():
+    """GPT-2's learned position embeddings: write a ramp into one column of wpe (a weight edit)."""
+    lm = tiny_model("gpt2")
+    with torch.no_grad():
+        lm.model.transformer.wpe.weight[:, 20] = torch.linspace(-3, 3, lm.model.transformer.wpe.weight.shape[0])
+    assert positional_channel_scores(lm, length=128, sequences=8, progress=False).top(1)[0][0] == 20
+
+
+def test_positional_search_takes_the_lowest_loss_and_none_when_nothing_helps():
+    lm = tiny_model("llama")
+    tokens = torch.randint(3, VOCAB, (2, 16), generator=torch.Generator().manual_seed(0))
+
+    def logit(index: int):
+        return lambda: float(lm.model(input_ids=tokens).logits[0, -1, index])
+
+    ranges = default_ranges(lm.adapter.num_layers)
+    assert ranges == [(0, 2), (1, 1), (2, 2)]  # all layers, the middle-to-late block, the second half
+    assert default_ranges(30) == [(0, 29), (9, 23), (15, 29)] and default_ranges(1) == [(0, 0)]
+    edit, record = search_positional(lm, logit(7), [3, 5], [0.5, -1.0], ranges, progress=False)
+    losses = [t["loss"] for t in record["tried"]]
+    assert len(losses) == 2 * 2 * 3
+    best = record["tried"][int(np.argmin(losses))]
+    assert record["chosen"] == best and min(losses) < record["baseline_loss"]
+    assert edit == QKChannelScale(best["channel"], best["scale"], best["first_layer"], best["last_layer"])
+    with scale_qk_channels(lm.adapter, qk_factor_map([edit])):   # the record is what the edit does
+        assert logit(7)() == pytest.approx(best["loss"], abs=1e-5)
+    nothing, record = search_positional(lm, lambda: 0.0, [3], [0.5], ranges, progress=False)
+    assert nothing is None and record["chosen"] is None
+
+
+def test_recipes_are_data_and_each_makes_its_edit_kinds(tmp_path):
+    assert set(RECIPES) >= {"pear", "seal-c", "positional", "positional+pear", "positional+seal-c"}
+    lm = tiny_model("llama")
+    handle = plant_position_channel(lm, 11, strength=2.0)
+    try:
+        for name, recipe in RECIPES.items():
+            settings = with_overrides(CalibrationSettings(lengths=(6,), detect_batch=4, top_k=3),
+                                      {"recipe": name, "steps": 3, "batch": 4, "n": 8, "positional_length": 32,
+                                       "positional_candidates": 2, "positional_scales": [0.0, -1.0]})
+            try:
+                coeffs = run_recipe(lm, settings, progress=False)
+            except PearError as exc:  # a random tiny model: no positional edit may lower its copy loss
+                assert name == "positional" and "nothing to fold" in str(exc)
+                continue
+            assert bool(coeffs.heads) == (recipe.learned == "head")
+            assert bool(coeffs.o_proj_channels) == (recipe.learned == "channel")
+            chosen = coeffs.calibration.get("positional", {}).get("chosen")
+            assert bool(coeffs.qk_channels) == (recipe.positional and chosen is not None)
+            if recipe.positional:
+                assert coeffs.calibration["positional"]["detection"]["top"][0]["channel"] == 11
+            assert coeffs.calibration["recipe"] == name and "held_out_proxy" in coeffs.metrics
+            assert Coefficients.load(coeffs.save(tmp_path / f"{name}.json")).to_json() == coeffs.to_json()
+    finally:
+        handle.remove()
+
+
+def test_recipe_options_reach_the_settings(capsys):
+    from pear_edge.cli import build_parser, main
+
+    args = build_parser().parse_args(["calibrate", "-o", "x.json", "--recipe", "positional+seal-c",
+                                      "--positional-scales", "0.5,-1", "--positional-layers", "0-1,2",
+                                      "--positional-channel", "4"])
+    settings = CalibrationSettings.from_args(args, base=CalibrationSettings())
+    assert settings.recipe == "positional+seal-c" and settings.positional_scales == (0.5, -1.0)
+    assert settings.positional_layers == ((0, 1), (2, 2)) and settings.positional_channel == 4
+    assert CalibrationSettings.from_args(build_parser().parse_args(["calibrate", "-o", "x.json"]),
+                                         base=CalibrationSettings()).recipe == "pear"
+    assert main(["calibrate", "--recipe", "seal-h", "-o", "x.json"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pear-edge: error:") and "invalid choice: 'seal-h'" in err and err.count("\n") == 1
+    with pytest.raises(PearError, match="positional-layers"):
+        with_overrides(CalibrationSettings(), {"positional_layers": [[3, 1]]})
+    with pytest.raises(PearError, match="unknown recipe"):
+        with_overrides(CalibrationSettings(), {"recipe": "nope"})
+    variant = with_overrides(CalibrationSettings(), {"recipe": "seal-c", "positional_scales": [0, -1]})
+    assert variant.positional_scales == (0.0, -1.0)  # lists from a variants file become tuples
+
+
+def test_info_describes_every_edit_kind(tmp_path):
+    from pear_edge.info import describe
+
+    lm = tiny_model("llama")
+    coeffs = edits_of(lm, "all")
+    coeffs.calibration = {"recipe": "positional+seal-c"}
+    text = describe(coeffs.save(tmp_path / "c.json"))
+    assert text.startswith("PEAR coefficients v2") and "(recipe positional+seal-c)" in text
+    assert "L 2 o_proj channel scales" in text and "q/k input channel 5 x -1 on layers 0..2" in text
+    assert describe(edits_of(lm, "heads").save(tmp_path / "h.json")).startswith("PEAR coefficients v1")
+
+
+def test_calibrate_and_fold_commands_carry_every_recipe(tmp_path, capsys):
+    """`calibrate --recipe` through the CLI on a tiny model folder, then `fold`: the folded folder computes what
+    the hooked coefficients compute."""
+    from tiny import save_tiny_llama
+
+    from pear_edge.cli import main
+    from pear_edge.models import load_model
+
+    folder = save_tiny_llama(tmp_path / "llama")
+    common = ["--model", str(folder), "--proxy", "copy", "--method", "attribution", "--lengths", "6",
+              "--detect-batch", "4", "-k", "3", "--steps", "2", "--batch", "4", "--n", "8", "--guard", "0",
+              "--positional-length", "32", "--positional-layers", "0-2,1-2", "--positional-scales", "0,-1"]
+    for recipe in ("seal-c", "positional+pear"):
+        out = tmp_path / f"{recipe}.json"
+        assert main(["-q", "calibrate", *common, "--recipe", recipe, "-o", str(out)]) == 0
+        coeffs = Coefficients.load(out)
+        assert coeffs.calibration["recipe"] == recipe and out.with_name(f"{recipe}.heads.json").is_file()
+        assert bool(coeffs.o_proj_channels) == (recipe == "seal-c") and bool(coeffs.heads) == (recipe != "seal-c")
+        if recipe.startswith("positional"):
+            tried = coeffs.calibration["positional"]["tried"]
+            assert len(tried) == 3 * 2 * 2 and {(t["first_layer"], t["last_layer"]) for t in tried} == {(0, 2), (1, 2)}
+    capsys.readouterr()
+    coeffs = Coefficients.load(tmp_path / "seal-c.json")
+    assert main(["-q", "fold", "--model", str(folder), "--coefficients", str(tmp_path / "seal-c.json"),
+                 "-o", str(tmp_path / "folded")]) == 0
+    assert "folded o_proj channel scales on" in capsys.readouterr().out
+    base, folded = load_model(str(folder)), load_model(str(tmp_path / "folded"))
+    tokens = torch.randint(3, VOCAB, (1, 16), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad(), apply_coefficients(base.adapter, coeffs):
+        hooked = base.model(input_ids=tokens).logits
+    with torch.no_grad():
+        assert (folded.model(input_ids=tokens).logits - hooked).abs().max() <= 1e-5
+
+
+def test_positional_candidates_can_be_scored_on_a_validation_file(tmp_path):
+    """--positional-validation: the answer loss on an MDQA JSONL (gold at positions 0/4/9 of 10 documents)."""
+    from tiny import word_tokenizer
+
+    from pear_edge.models import wrap_model
+    from pear_edge.recipes import positional_step
+
+    words = lambda i, n: " ".join(f"w{3 + (i * 7 + j) % 90}" for j in range(n))  # noqa: E731
+    records = [{"question": words(i, 4), "answers": [words(i + 50, 2)],
+                "ctxs": [{"title": words(i + k, 1), "text": words(i + 3 * k, 12), "isgold": k == 0} for k in range(10)]}
+               for i in range(3)]
+    data = tmp_path / "val.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    lm = wrap_model(tiny_model("llama").model, word_tokenizer("{% for m in messages %}{{ m['content'] }} {% endfor %}"))
+    settings = with_overrides(CalibrationSettings(), {"positional_channel": 5, "positional_validation": str(data),
+                                                      "positional_scales": [0.0, -1.0], "batch": 4})
+    edits, record = positional_step(lm, settings, proxy=None, progress=False)
+    assert record["scored_on"]["proxy"] == "validation-file" and record["scored_on"]["examples"] == 9
+    assert record["scored_on"]["metric"] == "answer_loss" and record["detection"] == {"given": 5}
+    assert len(record["tried"]) == 2 * 3 and len(edits) == (record["chosen"] is not None)
+
+
+def test_version_2_reader_fuzz():
+    """Seeded mutations of a version-2 file (the v1 fuzz's mutators): each loads and is valid, or is refused
+    with one PearError line."""
+    import math
+    import random
+
+    from test_reliability import _structural, _textual
+
+    lm = tiny_model("llama")
+    good = edits_of(lm, "all").to_json()
+    rng = random.Random(16)
+    outcomes = {"loaded": 0, "refused": 0}
+    for i in range(300):
+        text = _structural(json.loads(good), rng) if i % 2 else _textual(good, rng)
+        try:
+            coeffs = Coefficients.from_json(text, source="fuzz")
+        except PearError as exc:
+            assert "\n" not in str(exc)
+            outcomes["refused"] += 1
+            continue
+        outcomes["loaded"] += 1
+        assert not coeffs.is_empty()
+        width = coeffs.model.num_heads * coeffs.model.head_dim
+        assert all(len(c.scales) == width and all(math.isfinite(x) for x in c.scales) for c in coeffs.o_proj_channels)
+        assert all(0 <= q.channel < coeffs.model.hidden_size and q.last_layer < coeffs.model.num_layers
+                   for q in coeffs.qk_channels)
+        Coefficients.from_json(coeffs.to_json())  # what loads, saves and loads again
+    assert outcomes["refused"] > 100 and outcomes["loaded"] > 0, outcomes
