@@ -182,7 +182,8 @@ def load_model(spec: str, dtype: torch.dtype = torch.float32, device: str = "cpu
     from .device import torch_device
 
     device = torch_device(device)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    if not os.environ.get("OMP_NUM_THREADS"):  # torch's default is the physical cores; a user's setting wins
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
     source = resolve_spec(spec)
     folder = source
     if source.is_file():

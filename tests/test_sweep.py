@@ -18,7 +18,7 @@ def test_variant_overrides_reach_detection_and_training():
 
 
 def test_the_default_recipe_is_a_bundled_variant():
-    assert any(settings_from(v).recipe() == DEFAULTS.recipe() for v in all_variants().values())
+    assert any(settings_from(v).comparable() == DEFAULTS.comparable() for v in all_variants().values())
 
 
 def test_bundled_variants_are_valid_and_typos_are_refused():
@@ -64,6 +64,11 @@ def test_corpus_or_cloze_flags_start_from_the_validated_cloze_recipe():
         assert (s.train.proxy, s.train.corpus, s.train.lr) == ("cloze", corpus, 0.03)  # the user's flag wins
         cloze = PROXY_SETTINGS["cloze"]
         assert (s.train.steps, s.train.batch) == (cloze["steps"], cloze["batch"])
+    args = build_parser().parse_args(["calibrate", "--proxy", "passage", "-o", "c.json"])
+    s = CalibrationSettings.from_args(args, profile_for("default"))  # the previous default, as validated
+    passage = PROXY_SETTINGS["passage"]
+    assert (s.train.proxy, s.train.steps, s.train.batch, s.train.guard) == ("passage", passage["steps"],
+                                                                            passage["batch"], passage["guard"])
     args = build_parser().parse_args(["calibrate", "--corpus", "docs", "--proxy", "copy", "-o", "c.json"])
     with pytest.raises(PearError, match="--corpus goes with the cloze proxy"):
         CalibrationSettings.from_args(args, profile_for("default"))
