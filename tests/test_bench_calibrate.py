@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from tiny import save_tiny_llama
 
 from pear_edge.eval.bench_calibrate import main
@@ -23,8 +24,7 @@ def test_bench_runs_each_recipe_in_its_own_process_and_reports_cost(tmp_path, ca
         assert r["held_out"]["metric"] == "copy_loss" and r["steps"] == 2 and r["machine"]
         assert (out / f"{r['label']}.json").is_file()
     # micro-batching changes memory, not the result
-    assert rows[0]["held_out"]["after"] == rows[1]["held_out"]["after"] or \
-        abs(rows[0]["held_out"]["after"] - rows[1]["held_out"]["after"]) < 1e-4
+    assert rows[0]["held_out"]["after"] == pytest.approx(rows[1]["held_out"]["after"], abs=1e-4)
     table = capsys.readouterr().out
     assert "| plain" in table and "| micro" in table and "peak RSS" in table
 
