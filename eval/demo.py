@@ -1,7 +1,8 @@
 """`pear-edge demo`, the project's main job on the embedded default model, offline:
 
-calibrate -> patch the shipped Q4_1 GGUF -> export base and PEAR at other quantizations (and ONNX
-int8 on request) -> evaluate base vs PEAR on each (counterfactual multi-document QA, test split;
+calibrate (the fast budget unless told otherwise) -> patch the shipped Q4_1 GGUF -> one base-vs-PEAR answer
+side by side (the first result, minutes after the start) -> export base and PEAR at other quantizations and
+ONNX int8 (both on request) -> evaluate base vs PEAR on each (counterfactual multi-document QA, test split;
 perplexity on shipped text) -> speed/memory ratios -> one summary table and plots.
 """
 from __future__ import annotations
@@ -32,10 +33,29 @@ def _pair_results(base_path: str, pear_path: str, label: str, sets: dict, progre
     return runs
 
 
+def first_answer(base_path: str, pear_path: str, example, elapsed: float) -> str:
+    """The demo's first result: one test-split question (gold in the middle), base and PEAR answers side by
+    side in llama.cpp, as markdown."""
+    from .harness import evaluate
+
+    answers = []
+    for path in (base_path, pear_path):
+        backend = open_backend(path)
+        try:
+            answers.append(evaluate(backend, [example], "first answer", progress=False).items[0])
+        finally:
+            backend.close()
+    question = example.prompt.rstrip().splitlines()[-1]
+    rows = "\n".join(f"| {name} | {item.output.strip().replace('|', '/').replace(chr(10), ' ')} | "
+                      f"{'yes' if item.correct else 'no'} |" for name, item in zip(("base", "PEAR"), answers))
+    return (f"First result, {elapsed:.0f} s after the start: {question} (gold document {example.position + 1}; "
+            f"accepted: {', '.join(example.answers)})\n\n| model | answer | correct |\n|---|---|---|\n{rows}\n")
+
+
 def run_demo(outdir: Path, coefficients: str | None, quants: list[str], onnx: bool, records: int,
              num_docs: int, positions: tuple[int, ...], passages: int, speed_rounds: int, seed: int,
-             progress: bool = True) -> Path:
-    from pear_edge.calibrate import calibrate
+             progress: bool = True, budget: str = "fast") -> Path:
+    from pear_edge.calibrate import calibrate, profile_for, with_budget
     from pear_edge.coefficients import Coefficients
     from pear_edge.converters.gguf_export import export_gguf
     from pear_edge.converters.gguf_patch import patch_gguf
@@ -51,17 +71,24 @@ def run_demo(outdir: Path, coefficients: str | None, quants: list[str], onnx: bo
         coeffs = Coefficients.load(coefficients)
         coeffs.save(coeffs_path)
     else:
-        _step("1/5 calibrate PEAR on SmolLM2-135M-Instruct (default settings)")
-        coeffs = calibrate(load_model("default"), progress=progress)
+        _step(f"1/6 calibrate PEAR on SmolLM2-135M-Instruct (the default recipe, {budget} budget)")
+        coeffs = calibrate(load_model("default"), with_budget(profile_for("default"), budget), progress=progress)
         coeffs.save(coeffs_path)
     print(coeffs.summary())
 
-    _step("2/5 patch the shipped Q4_1 GGUF in place (exact block-scale edits)")
+    _step("2/6 patch the shipped Q4_1 GGUF in place (exact block-scale edits)")
     pairs = [("llama.cpp Q4_1 (as shipped)", str(base_q41), str(outdir / "SmolLM2-135M-Instruct-pear-Q4_1.gguf"))]
     patch_gguf(base_q41, coeffs, pairs[0][2], progress=progress)
 
+    _step("3/6 one question, base and PEAR side by side (llama.cpp Q4_1)")
+    middle = num_docs // 2
+    example = mdqa_examples(counterfactual_records(1, "test", num_docs, seed), num_docs, (middle,), seed)[0]
+    first = first_answer(pairs[0][1], pairs[0][2], example, time.perf_counter() - start)
+    write_text_atomic(outdir / "first-answer.md", first)
+    print(first, flush=True)
+
     if quants:
-        _step(f"3/5 export base and PEAR GGUFs at {', '.join(quants)} (llama.cpp converter + quantize)")
+        _step(f"4/6 export base and PEAR GGUFs at {', '.join(quants)} (llama.cpp converter + quantize)")
         base_files = export_gguf("default", None, quants, outdir / "gguf-base", progress=progress, replace=True)
         pear_files = export_gguf("default", str(coeffs_path), quants, outdir / "gguf-pear", progress=progress,
                                  replace=True)
@@ -69,13 +96,13 @@ def run_demo(outdir: Path, coefficients: str | None, quants: list[str], onnx: bo
     if onnx:
         from pear_edge.converters.onnx_export import export_onnx
 
-        _step("3/5 export base and PEAR ONNX int8 (optimum + onnxruntime)")
+        _step("4/6 export base and PEAR ONNX int8 (optimum + onnxruntime)")
         export_onnx("default", None, outdir / "onnx-base-int8", "int8", progress=progress, replace=True)
         export_onnx("default", coeffs_path, outdir / "onnx-pear-int8", "int8", progress=progress,
                     replace=True)
         pairs.append(("onnxruntime int8", str(outdir / "onnx-base-int8"), str(outdir / "onnx-pear-int8")))
 
-    _step(f"4/5 evaluate base vs PEAR: counterfactual MDQA (test split, {records} records x positions "
+    _step(f"5/6 evaluate base vs PEAR: counterfactual MDQA (test split, {records} records x positions "
           f"{list(positions)}, {num_docs} documents) and perplexity on {passages} Python-docs passages")
     sets = {"counterfactual": mdqa_examples(counterfactual_records(records, "test", num_docs, seed), num_docs,
                                             positions, seed)}
@@ -86,13 +113,13 @@ def run_demo(outdir: Path, coefficients: str | None, quants: list[str], onnx: bo
         runs += _pair_results(base, pear, label, sets, progress)
     written = write_report(outdir, runs, {"coefficients": str(coeffs_path)})
 
-    _step("5/5 speed and memory, base vs PEAR interleaved (llama.cpp)")
+    _step("6/6 speed and memory, base vs PEAR interleaved (llama.cpp)")
     gguf_pairs = [Pair(label, "llamacpp", b, p) for label, b, p in pairs if b.endswith(".gguf")]
     speed = measure_pairs(gguf_pairs, rounds=speed_rounds, prompt_tokens=256, gen_tokens=32, progress=progress)
     written += write_speed_report(speed, outdir / "speed")
 
     summary = (f"# pear-edge demo\n\nCoefficients: `{coeffs_path}` ({len(coeffs.heads)} heads). "
-               f"Wall time {time.perf_counter() - start:.0f} s.\n\n## Accuracy (paired, base vs PEAR)\n\n"
+               f"Wall time {time.perf_counter() - start:.0f} s.\n\n{first}\n## Accuracy (paired, base vs PEAR)\n\n"
                f"{markdown(runs)}\n## Speed and memory (PEAR / base)\n\n{speed_markdown(speed)}")
     path = write_text_atomic(outdir / "summary.md", summary)
     print("\n" + summary)
@@ -101,13 +128,18 @@ def run_demo(outdir: Path, coefficients: str | None, quants: list[str], onnx: bo
 
 
 def add_demo_command(sub) -> None:
+    from pear_edge.calibrate import BUDGETS
+
     p = sub.add_parser("demo", help="the whole pipeline on the embedded default model, offline (minutes)",
-                       description="calibrate -> patch the shipped Q4_1 GGUF -> export other quantizations -> "
-                                   "evaluate base vs PEAR on each -> speed ratios -> summary table and plots.")
+                       description="calibrate -> patch the shipped Q4_1 GGUF -> one answer, base and PEAR side by "
+                                   "side -> export other quantizations (on request) -> evaluate base vs PEAR on "
+                                   "each -> speed ratios -> summary table and plots.")
     p.add_argument("-o", "--output", default="out/demo", help="output folder (default: %(default)s)")
     p.add_argument("--coefficients", help="use these coefficients instead of calibrating")
-    p.add_argument("--quants", default="q4_k_m", help="extra GGUF types to export and compare, comma-separated "
-                                                       "(e.g. q8_0,q4_k_m; empty for none; default: %(default)s)")
+    p.add_argument("--budget", choices=tuple(BUDGETS), default="fast",
+                   help="calibration budget (pear-edge calibrate --budget; default: %(default)s, a few minutes)")
+    p.add_argument("--quants", default="", help="extra GGUF types to export and compare, comma-separated "
+                                                 "(e.g. q8_0,q4_k_m; default: none, the shipped Q4_1 only)")
     p.add_argument("--onnx", action="store_true", help="also export and compare ONNX int8 (slow)")
     p.add_argument("--records", type=int, default=10, help="test-split MDQA records (x positions; default: %(default)s)")
     p.add_argument("--num-docs", type=int, default=10)
@@ -120,5 +152,5 @@ def add_demo_command(sub) -> None:
 def cmd_demo(args) -> int:
     quants = [q.strip() for q in args.quants.split(",") if q.strip()]
     run_demo(Path(args.output), args.coefficients, quants, args.onnx, args.records, args.num_docs, args.positions,
-             args.passages, args.speed_rounds, args.seed, progress=not args.quiet)
+             args.passages, args.speed_rounds, args.seed, progress=not args.quiet, budget=args.budget)
     return 0

@@ -32,6 +32,7 @@ class CalibrationSettings:
     train: TrainSettings = field(default_factory=TrainSettings)
     seed: int = 0
     recipe: str = DEFAULT_RECIPE
+    budget: str = "full"  # BUDGETS: "fast" = fewer, larger training steps (applied by from_args / with_budget)
     # The positional recipes (Yu et al.; pear_edge.positional): a given channel, or the top candidates of the
     # detection over random-token sequences of positional_length; every candidate x scale x layer range
     # (first, last; () = positional.DEFAULT_RANGES) scored on held-out proxy batches or a validation MDQA file.
@@ -60,9 +61,13 @@ class CalibrationSettings:
         proxy = overrides.get("proxy")
         if proxy in PROXY_SETTINGS and base.train.proxy != proxy:
             base = with_overrides(base, PROXY_SETTINGS[proxy])  # that proxy's validated settings, then the flags
+        if "budget" in overrides:
+            base = with_budget(base, overrides["budget"])  # the budget's knobs, then the user's other flags
         return with_overrides(base, overrides, getattr(args, "seed", base.seed))
 
     def check(self) -> None:
+        if self.budget not in BUDGETS:
+            raise PearError(f"unknown budget {self.budget!r}; choose one of {', '.join(BUDGETS)}")
         if self.recipe not in RECIPES:
             raise PearError(f"unknown recipe {self.recipe!r}; choose one of {', '.join(RECIPES)}")
         if not self.positional_scales or not all(math.isfinite(x) for x in self.positional_scales):
@@ -129,6 +134,23 @@ PROXY_NOTES = {
              "'On real documents' for where it helps and where it does not",
     "copy": "the paper's copy proxy did not raise multi-document QA accuracy on SmolLM2-135M (README)",
 }
+
+
+# Calibration budgets (issue 14): how many times fewer training steps a budget takes than the recipe as
+# validated ("full"). "fast" = a third of the steps at three times the learning rate (AdamW moves each
+# coefficient about lr per step, so the path is as long) and one detection batch; what it costs in gain is
+# measured in README "Calibration cost". Applied on top of the recipe's settings, before the user's flags.
+BUDGETS: dict[str, int] = {"full": 1, "fast": 3}
+
+
+def with_budget(base: "CalibrationSettings", budget: str) -> "CalibrationSettings":
+    """`base` with BUDGETS[budget] applied (and recorded as settings.budget): steps / k (rounded, >= 1),
+    lr * k, gradient_batches / k (>= 1)."""
+    if budget not in BUDGETS:
+        raise PearError(f"unknown budget {budget!r}; choose one of {', '.join(BUDGETS)}")
+    k = BUDGETS[budget]
+    return with_overrides(base, {"budget": budget, "steps": max(1, round(base.train.steps / k)),
+                                 "lr": round(base.train.lr * k, 10), "gradient_batches": max(1, round(base.gradient_batches / k))})
 
 
 def with_overrides(base: CalibrationSettings, overrides: dict, seed: int | None = None) -> CalibrationSettings:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
+from .calibrate import BUDGETS
 from .recipes import RECIPES, recipe_help
 
 
@@ -96,6 +97,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("select", "training", "train the top-K by score (suppressors, paper) or by |score| (also heads to "
            "strengthen)", choices=("score", "abs")),
     Option("max_per_layer", "training", "cap on heads per layer", int),
+    Option("budget", "training", "full = the recipe as validated; fast = fewer, larger steps and one detection "
+           "batch, about a third of the time (its measured cost in gain: README 'Calibration cost'); "
+           "flags given beside it win", choices=tuple(BUDGETS)),
     Option("steps", "training", "optimizer steps", int),
     Option("batch", "training", "sequences per step", int),
     Option("n", "training", "copy-proxy length for training", int),

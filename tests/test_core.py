@@ -283,3 +283,21 @@ def test_calibrate_api_on_tiny_model():
     assert len(coeffs.heads) == 3
     assert all(math.isfinite(h.coefficient) for h in coeffs.heads)
     assert coeffs.calibration["top_k"] == 3 and coeffs.calibration["detection"]["method"] == settings.method
+
+
+def test_budget_takes_fewer_larger_steps_and_the_user_flags_win(capsys):
+    from pear_edge.calibrate import BUDGETS, DEFAULTS, with_budget
+    from pear_edge.cli import build_parser, main
+
+    k = BUDGETS["fast"]
+    fast = with_budget(DEFAULTS, "fast")
+    assert fast.budget == "fast" and fast.train.steps == round(DEFAULTS.train.steps / k)
+    assert fast.train.lr == pytest.approx(DEFAULTS.train.lr * k) and fast.gradient_batches == 1
+    assert fast.train.proxy == DEFAULTS.train.proxy and fast.train.guard == DEFAULTS.train.guard  # same meaning
+    assert with_budget(DEFAULTS, "full") == dataclasses.replace(DEFAULTS, budget="full")
+    parse = build_parser().parse_args
+    given = CalibrationSettings.from_args(parse(["calibrate", "-o", "x.json", "--budget", "fast", "--steps", "4"]))
+    assert given.budget == "fast" and given.train.steps == 4 and given.train.lr == fast.train.lr
+    assert CalibrationSettings.from_args(parse(["calibrate", "-o", "x.json"])).budget == "full"
+    assert main(["calibrate", "--budget", "slow", "-o", "x.json"]) == 2
+    assert capsys.readouterr().err.startswith("pear-edge: error:")

@@ -113,3 +113,18 @@ def test_speed_measurement_reports_rates_and_child_peak_rss():
     result = measure_once("llamacpp", str(default_gguf_path()), prompt_tokens=32, gen_tokens=4, threads=1)
     assert result["prefill_tps"] > 0 and result["decode_tps"] > 0
     assert 50 < result["peak_rss_mib"] < 4096  # the worker's own peak, not this test process's
+
+
+@pytest.mark.slow
+def test_demo_first_answer_shows_both_models_on_one_test_question():
+    from pear_edge.eval.demo import first_answer
+    from pear_edge.eval.metrics import best_subspan_em
+    from pear_edge.eval.tasks import counterfactual_records, mdqa_examples
+
+    example = mdqa_examples(counterfactual_records(1, "test", 3, 0), 3, (1,), 0)[0]
+    text = first_answer(str(default_gguf_path()), str(default_gguf_path()), example, 12.3)
+    head, _, table = text.partition("\n\n")
+    assert head.startswith("First result, 12 s after the start: ") and "gold document 2" in head
+    rows = [r.split(" | ") for r in table.splitlines()[2:]]
+    assert [r[0] for r in rows] == ["| base", "| PEAR"] and rows[0][1] == rows[1][1]  # same weights, same answer
+    assert rows[0][2] == ("yes |" if best_subspan_em(rows[0][1], example.answers) else "no |")
