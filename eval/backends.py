@@ -1,8 +1,12 @@
 """Backends with one interface, so the same prompts run on torch, llama.cpp and onnxruntime:
 
-    generate(messages, max_tokens) -> str      greedy, with the model's own chat template
+    generate(prompt, max_tokens) -> str        greedy answer to the user text `prompt`, in prompt_format
     nll(text) -> (summed NLL, predicted tokens)
     last_timing                                 tokens and seconds of the latest generate() (pear_edge.timing)
+    prompt_format                               chat (the model's chat template) or completion (plain text
+                                                ending in a cue, answer up to a newline): pear_edge.prompts;
+                                                auto-detected from the tokenizer / GGUF metadata unless given
+    calibration_record()                        the calibration record of coefficients the model carries
 
 torch runs an HF model as is, hooked with `apply_coefficients` (every edit of a coefficients file), or folded in place.
 """
@@ -14,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from pear_edge.errors import PearError
+from pear_edge.prompts import AUTO, CHAT, COMPLETION_STOPS, end_answer, prompt_ids, tokenizer_format
 from pear_edge.timing import Stopwatch, Timing
 
 KINDS = ("torch", "llamacpp", "onnx")
@@ -21,19 +26,24 @@ KINDS = ("torch", "llamacpp", "onnx")
 
 class Backend:
     kind = "?"
+    prompt_format = CHAT
 
     def __init__(self, name: str, source: str):
         self.name, self.source = name, source
         self.last_timing: Timing | None = None
 
-    def generate(self, messages: list[dict[str, str]], max_tokens: int = 32) -> str:
+    def generate(self, prompt: str, max_tokens: int = 32) -> str:
         raise NotImplementedError
 
     def nll(self, text: str) -> tuple[float, int]:
         raise NotImplementedError
 
+    def calibration_record(self) -> dict[str, Any]:
+        """The `calibration` of the coefficients this model runs with ({} for an unpatched model)."""
+        return {}
+
     def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "name": self.name, "source": self.source}
+        return {"kind": self.kind, "name": self.name, "source": self.source, "prompt_format": self.prompt_format}
 
     def close(self) -> None:
         pass
@@ -60,32 +70,38 @@ def _text_ids(tokenize, text: str, limit: int) -> list[int]:
 class _HFGenerating(Backend):
     """Shared by torch and onnxruntime: transformers' generate() with a clock on every decoding step."""
 
-    def __init__(self, model, tokenizer, name: str, source: str):
+    def __init__(self, model, tokenizer, name: str, source: str, prompt_format: str = AUTO):
         super().__init__(name, source)
         self.model, self.tokenizer = model, tokenizer
+        self.prompt_format = tokenizer_format(tokenizer, prompt_format, name)
         self.stop_ids = _stop_ids(model, tokenizer)
 
     def _forward_context(self):
         import contextlib
         return contextlib.nullcontext()
 
-    def generate(self, messages, max_tokens=32):
+    def _stop_strings(self) -> dict[str, Any]:
+        """generate() arguments that end a completion answer at its stop strings (chat: end of turn only)."""
+        if self.prompt_format == CHAT:
+            return {}
+        return {"stop_strings": list(COMPLETION_STOPS), "tokenizer": self.tokenizer}
+
+    def generate(self, prompt, max_tokens=32):
         import torch
 
-        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                                 return_dict=True)
-        ids = {k: v.to(self.model.device) for k, v in ids.items()}
+        input_ids = torch.tensor([prompt_ids(self.tokenizer, prompt, self.prompt_format)], device=self.model.device)
         watch = Stopwatch()
         with torch.inference_mode(), self._forward_context():
-            out = self.model.generate(**ids, max_new_tokens=max_tokens, do_sample=False, num_beams=1,
+            out = self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                                      max_new_tokens=max_tokens, do_sample=False, num_beams=1,
                                       eos_token_id=self.stop_ids, pad_token_id=self.stop_ids[0],
-                                      logits_processor=watch.logits_processor())
+                                      logits_processor=watch.logits_processor(), **self._stop_strings())
         watch.stop()
-        new = out[0, ids["input_ids"].shape[1]:].tolist()
+        new = out[0, input_ids.shape[1]:].tolist()
         while new and new[-1] in self.stop_ids:
             new.pop()
-        self.last_timing = watch.timing(ids["input_ids"].shape[1], len(new))
-        return self.tokenizer.decode(new, skip_special_tokens=True).strip()
+        self.last_timing = watch.timing(input_ids.shape[1], len(new))
+        return end_answer(self.tokenizer.decode(new, skip_special_tokens=True), self.prompt_format)
 
     def nll(self, text):
         import torch
@@ -116,8 +132,8 @@ class TorchBackend(_HFGenerating):
 
     kind = "torch"
 
-    def __init__(self, loaded, coefficients=None, fold: bool = False):
-        super().__init__(loaded.model, loaded.tokenizer, loaded.name, str(loaded.source))
+    def __init__(self, loaded, coefficients=None, fold: bool = False, prompt_format: str = AUTO):
+        super().__init__(loaded.model, loaded.tokenizer, loaded.name, str(loaded.source), prompt_format)
         self.loaded, self.coefficients, self.mode = loaded, coefficients, "plain"
         if coefficients is not None:
             if fold:
@@ -134,6 +150,11 @@ class TorchBackend(_HFGenerating):
         from pear_edge.heads import apply_coefficients
         return apply_coefficients(self.loaded.adapter, self.coefficients)
 
+    def calibration_record(self):
+        if self.coefficients is not None:
+            return self.coefficients.calibration
+        return _folder_calibration(self.loaded.source)
+
     def describe(self):
         info = {**super().describe(), "mode": self.mode}
         if self.coefficients is not None:
@@ -141,19 +162,17 @@ class TorchBackend(_HFGenerating):
             info["edits"] = self.coefficients.edit_counts()
         return info
 
-    def generate_batch(self, conversations: list[list[dict[str, str]]], max_tokens: int = 32,
-                       batch: int = 16) -> list[str]:
-        """Greedy answers for many chats at once: left-padded batches, shortest prompts together (less
-        padding); the same template, stops and decoding as `generate` (a test checks they agree)."""
+    def generate_batch(self, prompts: list[str], max_tokens: int = 32, batch: int = 16) -> list[str]:
+        """Greedy answers to many prompts at once: left-padded batches, shortest prompts together (less
+        padding); the same prompt format, stops and decoding as `generate` (a test checks they agree)."""
         import torch
 
         tok, model = self.tokenizer, self.model
-        order = sorted(range(len(conversations)), key=lambda i: sum(len(m["content"]) for m in conversations[i]))
-        answers = [""] * len(conversations)
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        answers = [""] * len(prompts)
         for start in range(0, len(order), batch):
             chunk = order[start : start + batch]
-            ids = [tok.apply_chat_template(conversations[i], add_generation_prompt=True, tokenize=True,
-                                           return_dict=True)["input_ids"] for i in chunk]
+            ids = [prompt_ids(tok, prompts[i], self.prompt_format) for i in chunk]
             width = max(map(len, ids))
             input_ids = torch.full((len(ids), width), self.stop_ids[0], dtype=torch.long)
             mask = torch.zeros((len(ids), width), dtype=torch.long)
@@ -163,11 +182,11 @@ class TorchBackend(_HFGenerating):
             with torch.inference_mode(), self._forward_context():
                 out = model.generate(input_ids=input_ids.to(model.device), attention_mask=mask.to(model.device),
                                      max_new_tokens=max_tokens, do_sample=False, num_beams=1,
-                                     eos_token_id=self.stop_ids, pad_token_id=self.stop_ids[0])
+                                     eos_token_id=self.stop_ids, pad_token_id=self.stop_ids[0], **self._stop_strings())
             for row, i in enumerate(chunk):
                 new = out[row, width:].tolist()
                 cut = next((k for k, t in enumerate(new) if t in self.stop_ids), len(new))
-                answers[i] = tok.decode(new[:cut], skip_special_tokens=True).strip()
+                answers[i] = end_answer(tok.decode(new[:cut], skip_special_tokens=True), self.prompt_format)
         return answers
 
 
@@ -178,7 +197,7 @@ class OnnxBackend(_HFGenerating):
     kind = "onnx"
     PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
-    def __init__(self, folder: str | Path, device: str = "cpu"):
+    def __init__(self, folder: str | Path, device: str = "cpu", prompt_format: str = AUTO):
         from optimum.onnxruntime import ORTModelForCausalLM
         from transformers import AutoTokenizer
 
@@ -194,29 +213,54 @@ class OnnxBackend(_HFGenerating):
         if model.providers[0] != provider:  # onnxruntime falls back to the CPU when CUDA libraries are missing
             raise PearError(f"onnxruntime runs {path} on {model.providers[0]}, not {provider} (are the CUDA "
                             "libraries of onnxruntime-gpu installed? `make setup-cuda`)")
-        super().__init__(model, tokenizer, path.name, str(path))
+        super().__init__(model, tokenizer, path.name, str(path), prompt_format)
+
+    def calibration_record(self):
+        return _folder_calibration(Path(self.source))
+
+
+def _folder_calibration(folder: Path) -> dict[str, Any]:
+    """The calibration record of the coefficients folded into an HF or ONNX folder (pear_coefficients.json,
+    written by fold / export), or {} (none, or a packaged model / GGUF source)."""
+    from pear_edge.coefficients import Coefficients
+    from pear_edge.fold import COEFFICIENTS_FILENAME
+
+    path = Path(folder) / COEFFICIENTS_FILENAME
+    return Coefficients.load(path).calibration if Path(folder).is_dir() and path.is_file() else {}
 
 
 class LlamaCppBackend(Backend):
-    """A GGUF in llama.cpp, through the same chat path as the RAG demo (`pear_edge.llamacpp.chat`)."""
+    """A GGUF in llama.cpp, through the same answer path as the RAG demo (`pear_edge.llamacpp.timed_answer`:
+    the GGUF's chat template, or a plain completion for a GGUF without one)."""
 
     kind = "llamacpp"
     PPL_CONTEXT = 1024
 
-    def __init__(self, path: str | Path, n_ctx: int = 4096, n_threads: int | None = None, n_gpu_layers: int = 0):
-        from pear_edge.llamacpp import open_gguf
+    def __init__(self, path: str | Path, n_ctx: int = 4096, n_threads: int | None = None, n_gpu_layers: int = 0,
+                 prompt_format: str = AUTO):
+        from pear_edge.llamacpp import open_gguf, prompt_format_of
 
         self.path = Path(path)
         super().__init__(self.path.name, str(self.path))
         self.n_threads, self.n_gpu_layers = n_threads, n_gpu_layers
         self.llm = open_gguf(self.path, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers)
         self._scorer = None
+        try:
+            self.prompt_format = prompt_format_of(self.llm, prompt_format, self.path.name)
+        except PearError:
+            self.close()
+            raise
 
-    def generate(self, messages, max_tokens=32):
-        from pear_edge.llamacpp import timed_chat
+    def generate(self, prompt, max_tokens=32):
+        from pear_edge.llamacpp import timed_answer
 
-        text, self.last_timing = timed_chat(self.llm, messages, max_tokens)
+        text, self.last_timing = timed_answer(self.llm, prompt, self.prompt_format, max_tokens)
         return text
+
+    def calibration_record(self):
+        from pear_edge.llamacpp import recorded_calibration
+
+        return recorded_calibration(self.llm)
 
     def nll(self, text):
         from pear_edge.llamacpp import open_gguf
@@ -265,14 +309,16 @@ def check_backend_input(spec: str, kind: str | None = None) -> None:
 
 
 def open_backend(spec: str, kind: str | None = None, coefficients=None, fold: bool = False,
-                 n_ctx: int = 4096, threads: int | None = None, device: str = "cpu") -> Backend:
+                 n_ctx: int = 4096, threads: int | None = None, device: str = "cpu",
+                 prompt_format: str = AUTO) -> Backend:
     """Open SPEC (a .gguf, an ONNX folder, an HF folder or a packaged model name) on a backend.
 
     `coefficients` (a Coefficients) apply PEAR on the fly and exist only for torch; GGUF and ONNX
     models are patched ahead of time with `pear-edge patch-gguf` / `pear-edge export onnx`.
     `threads`: llama.cpp threads (on a machine shared with other jobs, 1 avoids spinning threads).
     `device`: cpu or cuda (llama.cpp: every layer offloaded; onnxruntime: the CUDA execution provider;
-    torch: the model moved to the GPU)."""
+    torch: the model moved to the GPU). `prompt_format`: auto (the model's chat template if it has one, else
+    a plain completion prompt), chat or completion (pear_edge.prompts)."""
     from pear_edge.llamacpp import ALL_LAYERS
 
     kind = kind or infer_kind(spec)
@@ -290,9 +336,9 @@ def open_backend(spec: str, kind: str | None = None, coefficients=None, fold: bo
         if path.suffix.lower() != ".gguf":
             raise PearError(f"the llama.cpp backend needs a .gguf file, not {path}")
         return LlamaCppBackend(path, n_ctx=n_ctx, n_threads=threads,
-                               n_gpu_layers=ALL_LAYERS if device == "cuda" else 0)
+                               n_gpu_layers=ALL_LAYERS if device == "cuda" else 0, prompt_format=prompt_format)
     if kind == "onnx":
-        return OnnxBackend(spec, device)
+        return OnnxBackend(spec, device, prompt_format)
     from pear_edge.models import load_model
 
-    return TorchBackend(load_model(spec, device=device), coefficients, fold=fold)
+    return TorchBackend(load_model(spec, device=device), coefficients, fold=fold, prompt_format=prompt_format)

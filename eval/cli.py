@@ -3,11 +3,12 @@
 patched/base speed and memory ratios (interleaved runs, one process per measurement)."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from pear_edge.errors import PearError
 from pear_edge.options import int_list
-from pear_edge.prompts import WORDINGS
+from pear_edge.prompts import FORMAT_CHOICES, WORDINGS, format_mismatch
 
 from .realqa import DISTRACTORS, HALVES
 
@@ -36,6 +37,10 @@ def add_commands(sub) -> None:
     p.add_argument("--wording", choices=tuple(WORDINGS), default="short",
                    help="MDQA instruction: short = lost-in-the-middle's (ends 'Answer with a short phrase.'), "
                         "plain = without that sentence (default: %(default)s)")
+    p.add_argument("--prompt-format", choices=FORMAT_CHOICES, default="auto",
+                   help="how prompts reach each model: chat = its chat template; completion = the plain prompt "
+                        "ending in its answer cue, answer up to a newline (base models); auto = chat when the "
+                        "model has a chat template, else completion (default: %(default)s)")
     p.add_argument("--num-pairs", type=int, help="kv: pairs per prompt (default: all in the file / 12 generated)")
     p.add_argument("--count", type=int, default=50, help="generated examples when --data is omitted")
     p.add_argument("--split", default="test", help="counterfactual split when generating (train/validation/test)")
@@ -198,7 +203,7 @@ def cmd_eval(args) -> int:
         check_backend_input(spec, args.backend)
     settings = {"task": args.task, "data": args.data, "num_docs": args.num_docs, "seed": args.seed,
                 "distractors": args.distractors, "wording": args.wording, "limit": args.limit,
-                "examples": len(examples)}
+                "prompt_format": args.prompt_format, "examples": len(examples)}
     progress = not args.quiet
     runs = []
 
@@ -215,15 +220,26 @@ def cmd_eval(args) -> int:
         loaded = load_model(args.model)
         label = f"torch:{loaded.name}" + (" folded" if args.fold else " hooked")
         pear_loaded = load_model(args.model) if args.fold else loaded
-        run(label, lambda: TorchBackend(loaded), lambda: TorchBackend(pear_loaded, coeffs, fold=args.fold))
+        fmt = args.prompt_format
+        run(label, lambda: warn_format(TorchBackend(loaded, prompt_format=fmt)),
+            lambda: warn_format(TorchBackend(pear_loaded, coeffs, fold=args.fold, prompt_format=fmt)))
     for base, pear in pairs:
         kind = args.backend
         run(f"{kind or infer_kind(base)}:{Path(base).name}",
-            lambda: open_backend(base, kind, threads=args.threads),
-            lambda: open_backend(pear, kind, threads=args.threads))
+            lambda: warn_format(open_backend(base, kind, threads=args.threads, prompt_format=args.prompt_format)),
+            lambda: warn_format(open_backend(pear, kind, threads=args.threads, prompt_format=args.prompt_format)))
     written = write_report(args.output, runs, {"settings": settings})
     print("wrote " + ", ".join(map(str, written)))
     return 0
+
+
+def warn_format(backend):
+    """`backend`, after one `pear-edge: warning:` line on stderr if the coefficients it runs with were
+    calibrated with prompts in another format than the one it is about to prompt in."""
+    message = format_mismatch(backend.calibration_record(), backend.prompt_format, backend.name)
+    if message:
+        print(f"pear-edge: warning: {message}", file=sys.stderr)
+    return backend
 
 
 def _print_comparison(label: str, cmp) -> None:

@@ -12,7 +12,6 @@ from typing import Any, Sequence
 from tqdm import tqdm
 
 from pear_edge.errors import PearError
-from pear_edge.prompts import user_messages
 
 from .backends import Backend
 from .metrics import best_subspan_em, bootstrap_ci, bootstrap_perplexity_delta, mcnemar_exact, sign_test
@@ -71,8 +70,9 @@ class EvalResults:
 def evaluate(backend: Backend, examples: Sequence[QAExample | TextExample], task: str = "",
              max_tokens: int = DEFAULT_MAX_TOKENS, progress: bool = True,
              settings: dict[str, Any] | None = None, batch: int = 1) -> EvalResults:
-    """Greedy answers scored by best-subspan EM, or per-passage NLL for TextExample. `batch` > 1 decodes
-    QA prompts in batches where the backend can (torch: `generate_batch`; no per-answer timing then)."""
+    """Greedy answers (in the backend's prompt format) scored by best-subspan EM, or per-passage NLL for
+    TextExample. `batch` > 1 decodes QA prompts in batches where the backend can (torch: `generate_batch`;
+    no per-answer timing then)."""
     if not examples:
         raise PearError("no examples to evaluate")
     kinds = {type(e) for e in examples}
@@ -85,7 +85,7 @@ def evaluate(backend: Backend, examples: Sequence[QAExample | TextExample], task
         for start in tqdm(range(0, len(examples), 4 * batch), desc=desc, unit="chunk", disable=not progress,
                           leave=False):
             chunk = examples[start : start + 4 * batch]
-            outputs += backend.generate_batch([user_messages(e.prompt) for e in chunk], max_tokens, batch)
+            outputs += backend.generate_batch([e.prompt for e in chunk], max_tokens, batch)
         items = [ExampleResult(e.id, e.position, e.answers, o, best_subspan_em(o, e.answers))
                  for e, o in zip(examples, outputs)]
         return EvalResults(task, backend.describe(), items, {"max_tokens": max_tokens, "batch": batch,
@@ -97,7 +97,7 @@ def evaluate(backend: Backend, examples: Sequence[QAExample | TextExample], task
                 raise PearError(f"{backend.name} gave a non-finite NLL on passage {ex.id}; the model is broken")
             items.append(PassageResult(ex.id, nll, tokens))
         else:
-            output = backend.generate(user_messages(ex.prompt), max_tokens)
+            output = backend.generate(ex.prompt, max_tokens)
             timing = backend.last_timing.as_dict() if backend.last_timing else None
             items.append(ExampleResult(ex.id, ex.position, ex.answers, output, best_subspan_em(output, ex.answers),
                                        timing))

@@ -11,8 +11,9 @@ from .coefficients import Coefficients
 from .detect import HeadScores, detect
 from .errors import PearError
 from .positional import SCALES as POSITIONAL_SCALES
+from .prompts import AUTO, FORMAT_CHOICES
 from .recipes import DEFAULT_RECIPE, RECIPES
-from .train import TrainSettings, make_proxy, train_coefficients
+from .train import TrainSettings, make_proxy, prompt_format_record, train_coefficients
 
 
 @dataclass
@@ -82,6 +83,11 @@ class CalibrationSettings:
                 raise PearError(f"--{name} must be at least {low} (got {value})")
         if self.train.corpus is not None and self.train.proxy != "cloze":
             raise PearError(f"--corpus goes with the cloze proxy, not --proxy {self.train.proxy}")
+        if self.train.prompt_format not in FORMAT_CHOICES:
+            raise PearError(f"--prompt-format must be one of {', '.join(FORMAT_CHOICES)} "
+                            f"(got {self.train.prompt_format!r})")
+        if self.train.prompt_format != AUTO and self.train.proxy == "copy":
+            raise PearError("--prompt-format goes with the mdqa, passage and cloze proxies; the copy proxy has no prompt")
         if self.top_k < 0:
             raise PearError(f"--top-k must be 0 (every head) or more (got {self.top_k})")
         for name, value in (("steps", self.train.steps), ("batch", self.train.batch),
@@ -175,9 +181,10 @@ _COMMON = CalibrationSettings(method="gradient", top_k=0, gradient_batches=2,
 # passage recipe (README "On real documents"); `--proxy passage` gives the previous default.
 DEFAULTS = with_overrides(_COMMON, PROXY_SETTINGS["cloze"])
 # Per-model calibration profiles: the settings `pear-edge calibrate --model NAME` uses unless options
-# override them. The packaged Gemma-3-270M is a base model without a chat template, so the RAG-shaped
-# proxies cannot build its prompts; it keeps the fast copy-proxy recipe (field defaults), which has NOT
-# been validated on it (README "Making PEAR help").
+# override them. The packaged Gemma-3-270M is a base model without a chat template: the RAG-shaped proxies
+# prompt it in the completion format (`--proxy cloze` works), but no recipe has been measured on it, so it
+# keeps the fast copy-proxy recipe (field defaults), which has NOT been validated on it either (README
+# "Making PEAR help").
 PROFILES: dict[str, CalibrationSettings] = {"default": DEFAULTS, "gemma3-270m": CalibrationSettings()}
 
 
@@ -198,11 +205,13 @@ def train_from_scores(loaded, scores: HeadScores, settings: CalibrationSettings,
     """Train the top heads' scales: one per head, or per channel for the recipes that learn channels (seal-c)."""
     heads = scores.top(settings.top_k or scores.scores.numel(), settings.max_per_layer, by=settings.select)
     per_channel = RECIPES[settings.recipe].learned == "channel"
+    proxy = proxy or make_proxy(loaded, settings.train)
     coeffs = train_coefficients(loaded, heads, settings.train, progress, proxy=proxy, per_channel=per_channel)
     coeffs.calibration = {**settings.as_record(), "detection": scores.settings,
                           "train_seconds": coeffs.calibration.get("train_seconds"),
                           "loss_curve": coeffs.calibration.get("loss_curve"),
-                          "guard_curve": coeffs.calibration.get("guard_curve")}
+                          "guard_curve": coeffs.calibration.get("guard_curve"),
+                          **prompt_format_record(proxy)}
     return coeffs
 
 

@@ -1,12 +1,14 @@
 """Opening GGUF files in llama.cpp (llama-cpp-python) with settings every caller shares."""
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
 from typing import Callable, Iterator
 
 from .errors import PearError
+from .prompts import AUTO, CHAT, COMPLETION_STOPS, completion_prompt, gguf_format, user_messages
 from .timing import Stopwatch, Timing
 
 
@@ -43,14 +45,51 @@ def chat(llm, messages: list[dict[str, str]], max_tokens: int = 64) -> str:
     return "".join(chat_stream(llm, messages, max_tokens))
 
 
-def timed_chat(llm, messages: list[dict[str, str]], max_tokens: int = 64,
-               on_piece: Callable[[str], None] | None = None, deadline: float | None = None) -> tuple[str, Timing]:
-    """`chat_stream` timed with a Stopwatch (one tick per streamed piece): the answer, stripped, and its
+def completion_stream(llm, prompt: str, max_tokens: int = 64) -> Iterator[str]:
+    """Greedy plain completion of `prompt` (no template; llama.cpp adds the GGUF's BOS), streamed piece by
+    piece, ending before the first COMPLETION_STOPS string or at end of sequence."""
+    for chunk in llm.create_completion(prompt, max_tokens=max_tokens, temperature=0.0, top_k=1,
+                                       stop=list(COMPLETION_STOPS), stream=True):
+        piece = chunk["choices"][0]["text"]
+        if piece:
+            yield piece
+
+
+def answer_stream(llm, text: str, prompt_format: str, max_tokens: int = 64) -> Iterator[str]:
+    """The answer to the user text `text` in `prompt_format` (pear_edge.prompts), streamed."""
+    if prompt_format == CHAT:
+        return chat_stream(llm, user_messages(text), max_tokens)
+    return completion_stream(llm, completion_prompt(text), max_tokens)
+
+
+def prompt_format_of(llm, requested: str = AUTO, what: str = "the GGUF") -> str:
+    """The prompt format for a loaded GGUF: `requested`, auto meaning chat when its metadata holds a
+    `tokenizer.chat_template`, else completion."""
+    return gguf_format(llm.metadata, requested, what)
+
+
+def recorded_calibration(llm) -> dict:
+    """The calibration record of the coefficients a PEAR-patched GGUF carries (`pear.coefficients`), or {}
+    (an unpatched GGUF, or one whose record cannot be read: `pear-edge info` reports that)."""
+    from .converters.gguf_layout import PEAR_COEFFICIENTS
+
+    text = (llm.metadata or {}).get(PEAR_COEFFICIENTS)
+    try:
+        doc = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    calibration = doc.get("calibration") if isinstance(doc, dict) else None
+    return calibration if isinstance(calibration, dict) else {}
+
+
+def timed_answer(llm, text: str, prompt_format: str, max_tokens: int = 64,
+                 on_piece: Callable[[str], None] | None = None, deadline: float | None = None) -> tuple[str, Timing]:
+    """`answer_stream` timed with a Stopwatch (one tick per streamed piece): the answer, stripped, and its
     Timing. `on_piece` sees every piece as it arrives; the stream stops early once time.monotonic()
     passes `deadline`. Prompt tokens are those llama.cpp evaluated, less the answer's."""
     pieces: list[str] = []
     watch = Stopwatch()
-    for piece in chat_stream(llm, messages, max_tokens):
+    for piece in answer_stream(llm, text, prompt_format, max_tokens):
         watch.tick()
         pieces.append(piece)
         if on_piece is not None:
@@ -58,6 +97,6 @@ def timed_chat(llm, messages: list[dict[str, str]], max_tokens: int = 64,
         if deadline is not None and time.monotonic() > deadline:
             break
     watch.stop()
-    text = "".join(pieces)
-    out_tokens = len(llm.tokenize(text.encode(), add_bos=False, special=False)) if text else 0
-    return text.strip(), watch.timing(max(0, llm.n_tokens - out_tokens), out_tokens)
+    answer = "".join(pieces)
+    out_tokens = len(llm.tokenize(answer.encode(), add_bos=False, special=False)) if answer else 0
+    return answer.strip(), watch.timing(max(0, llm.n_tokens - out_tokens), out_tokens)

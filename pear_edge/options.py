@@ -11,6 +11,7 @@ import argparse
 from dataclasses import dataclass
 
 from .calibrate import BUDGETS
+from .prompts import FORMAT_CHOICES
 from .recipes import RECIPES, recipe_help
 
 
@@ -85,6 +86,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("corpus", "proxy", "cloze proxy text (implies --proxy cloze): 'builtin' (FOLDOC + Jargon File, "
            "installed by setup), a folder of .txt/.md documents, or a `pear-edge rag index` .db: calibrate on "
            "your own material", str),
+    Option("prompt_format", "proxy", "how the mdqa/passage/cloze proxies prompt the model: chat = its chat "
+           "template; completion = the plain text ending in 'Answer:' (base models); auto = chat when the "
+           "model has a chat template, else completion (recorded in the coefficients as "
+           "calibration.prompt_format)", choices=FORMAT_CHOICES),
     Option("method", "detection", "exact mean-ablation (paper), one-pass attribution of it (fast, for large "
            "models), or the gradient of the proxy loss with respect to each head's scale",
            choices=("exact", "attribution", "gradient")),

@@ -1,5 +1,6 @@
-"""RAG-shaped proxies: multi-document QA in the model's chat template, with cross-entropy on the answer
-tokens only (or on the whole gold passage).
+"""RAG-shaped proxies: multi-document QA in the model's prompt format (its chat template, or a plain completion
+prompt for a base model without one: pear_edge.prompts), with cross-entropy on the answer tokens only (or on
+the whole gold passage).
 
 The paper's random-token copy task rewards heads that copy *any* earlier token; on SmolLM2-135M that
 did not carry over to multi-document QA (see README "Making PEAR help"). These proxies ask for what RAG
@@ -21,27 +22,27 @@ import torch
 import torch.nn.functional as F
 
 from .errors import PearError
-from .prompts import WORDINGS, mdqa_prompt, user_messages
+from .prompts import AUTO, WORDINGS, answer_ids, mdqa_prompt, prompt_ids, tokenizer_format
 from .proxy import tail_logits
 
 
 class RAGProxy:
-    """Prompt/target pairs per split ("train", "validation") -> batches, loss, held-out evaluation."""
+    """Prompt/target pairs per split ("train", "validation") -> batches, loss, held-out evaluation.
+    `prompt_format`: auto (chat when the tokenizer has a chat template, else completion), chat or completion;
+    the format used is `self.prompt_format`."""
 
     def __init__(self, tokenizer, examples: dict[str, list[tuple[str, str]]], batch: int, name: str,
-                 info: dict | None = None):
-        if not getattr(tokenizer, "chat_template", None):
-            raise PearError(f"the {name} proxy needs a tokenizer with a chat template; use --proxy copy")
+                 info: dict | None = None, prompt_format: str = AUTO):
+        self.prompt_format = tokenizer_format(tokenizer, prompt_format, f"the {name} proxy's model")
         self.tokenizer, self.batch, self.name, self.info = tokenizer, batch, name, info or {}
         self._examples = {split: [self._encode(p, t) for p, t in pairs] for split, pairs in examples.items()}
         train = self._examples["train"]
         self._by_length = sorted(range(len(train)), key=lambda i: len(train[i][0]))
 
     def _encode(self, prompt: str, answer: str) -> tuple[list[int], int]:
-        text = self.tokenizer.apply_chat_template(user_messages(prompt), add_generation_prompt=True, tokenize=False)
-        prompt_ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        answer_ids = self.tokenizer(answer, add_special_tokens=False)["input_ids"]
-        return prompt_ids + answer_ids, len(prompt_ids)
+        """(prompt ids + answer ids, where the answer starts): the loss is on the answer ids only."""
+        start = prompt_ids(self.tokenizer, prompt, self.prompt_format)
+        return start + answer_ids(self.tokenizer, answer, self.prompt_format), len(start)
 
     def _collate(self, items: list[tuple[list[int], int]]) -> dict[str, torch.Tensor]:
         """Left-padded, so every answer sits at the end and only the tail needs logits."""
@@ -109,11 +110,11 @@ class RAGProxy:
         return {"answer_loss": total / tokens, "answer_exact": exact / answers}
 
     def describe(self) -> dict:
-        return {"proxy": self.name, "batch": self.batch, **self.info}
+        return {"proxy": self.name, "batch": self.batch, "prompt_format": self.prompt_format, **self.info}
 
 
 def MDQAProxy(loaded, batch: int = 4, num_docs: int = 10, pool: int = 400, seed: int = 0,
-              target: str = "answer") -> RAGProxy:
+              target: str = "answer", prompt_format: str = AUTO) -> RAGProxy:
     """Counterfactual MDQA. target="answer": the answer span; target="passage": the gold passage itself
     (what a small model quoting its source should copy, and the style SmolLM2-135M answers in)."""
     from pear_edge.eval.counterfactual import generate_counterfactual
@@ -129,11 +130,13 @@ def MDQAProxy(loaded, batch: int = 4, num_docs: int = 10, pool: int = 400, seed:
         examples[split] = [(e.prompt, e.answers[0] if target == "answer" else r.gold.text)
                            for e, r in zip(built, records)]
     name = "mdqa" if target == "answer" else "passage"
-    return RAGProxy(loaded.tokenizer, examples, batch, name, {"num_docs": num_docs, "target": target})
+    return RAGProxy(loaded.tokenizer, examples, batch, name, {"num_docs": num_docs, "target": target},
+                    prompt_format)
 
 
 def ClozeProxy(loaded, batch: int = 4, pool: int = 2000, seed: int = 0, corpus: str | None = None,
-               num_docs: tuple[int, int] = (3, 10), topical_share: float = 0.6) -> RAGProxy:
+               num_docs: tuple[int, int] = (3, 10), topical_share: float = 0.6,
+               prompt_format: str = AUTO) -> RAGProxy:
     """Generated questions over real text (`corpus`: None/'builtin', a folder, or a rag index), the answer
     span as target. Held-out batches use passages whose title hashes to the held-out share."""
     from .corpora import corpus_passages, embed_passages
@@ -155,11 +158,11 @@ def ClozeProxy(loaded, batch: int = 4, pool: int = 2000, seed: int = 0, corpus: 
     return RAGProxy(loaded.tokenizer, examples, batch, "cloze",
                     {"target": "answer", "corpus": corpus or "builtin", "passages": len(passages),
                      "num_docs": list(num_docs), "topical_share": topical_share,
-                     "train_examples": len(examples["train"])})
+                     "train_examples": len(examples["train"])}, prompt_format)
 
 
 def ValidationFileProxy(loaded, path: str, batch: int = 4, num_docs: int = 10, positions: tuple[int, ...] = (0, 4, 9),
-                        limit: int = 32) -> RAGProxy:
+                        limit: int = 32, prompt_format: str = AUTO) -> RAGProxy:
     """Answer loss on a validation MDQA file (NQ-open / lost-in-the-middle JSONL, e.g. `pear-edge eval make-data
     --half validation`), the gold at each of `positions` among `num_docs` documents: held-out data for
     choosing between edits (`calibrate --positional-validation`), never trained on."""
@@ -168,4 +171,5 @@ def ValidationFileProxy(loaded, path: str, batch: int = 4, num_docs: int = 10, p
     built = mdqa_examples(load_mdqa(path), num_docs, positions, limit=limit)
     examples = [(e.prompt, e.answers[0]) for e in built]
     return RAGProxy(loaded.tokenizer, {"train": examples, "validation": examples}, batch, "validation-file",
-                    {"file": str(path), "examples": len(examples), "num_docs": num_docs, "positions": list(positions)})
+                    {"file": str(path), "examples": len(examples), "num_docs": num_docs, "positions": list(positions)},
+                    prompt_format)

@@ -65,7 +65,8 @@ def positional_step(loaded, settings, proxy, progress: bool = True) -> tuple[lis
     if settings.positional_validation:
         from .rag_proxy import ValidationFileProxy
 
-        scorer = ValidationFileProxy(loaded, settings.positional_validation, batch=settings.train.batch)
+        scorer = ValidationFileProxy(loaded, settings.positional_validation, batch=settings.train.batch,
+                                     prompt_format=settings.train.prompt_format)
         batches = scorer.held_out(10**6, seed=0)
     else:
         scorer, count = proxy, settings.train.eval_batches
@@ -91,7 +92,7 @@ def run_recipe(loaded, settings, progress: bool = True, proxy=None, detect=None,
     from .coefficients import Coefficients, qk_factor_map
     from .errors import PearError
     from .heads import scale_qk_channels
-    from .train import held_out_record, make_proxy
+    from .train import held_out_record, make_proxy, prompt_format_record
 
     recipe = RECIPES[settings.recipe]
     proxy = proxy or make_proxy(loaded, settings.train)
@@ -109,7 +110,7 @@ def run_recipe(loaded, settings, progress: bool = True, proxy=None, detect=None,
             heads, channels = learned.heads, learned.o_proj_channels
             calibration, metrics = learned.calibration, learned.metrics
         else:
-            heads, channels, calibration = [], [], settings.as_record()
+            heads, channels, calibration = [], [], {**settings.as_record(), **prompt_format_record(proxy)}
             after = proxy.evaluate(loaded.model, held_out)
             metrics = {"held_out_proxy": held_out_record(proxy, after, after, len(held_out))}
     if qk:  # "before" is the unedited model, whatever the recipe did first

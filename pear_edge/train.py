@@ -24,6 +24,7 @@ from .coefficients import ChannelScales, Coefficients, HeadCoefficient
 from .errors import PearError
 from .guard import TextGuard
 from .heads import scale_heads
+from .prompts import PROMPT_FORMAT_KEY
 from .proxy import backward_in_parts, model_device
 
 CONSTRAINTS = {"none": (-math.inf, math.inf), "le1": (-math.inf, 1.0), "unit": (0.0, 1.0)}
@@ -48,6 +49,7 @@ class TrainSettings:
     corpus: str | None = None  # cloze proxy: None = the built-in real-text corpus, or a folder / rag index
     checkpoint: bool = False  # recompute each decoder layer in the backward pass (memory for time)
     micro_batch: int = 0  # backpropagate this many prompts at a time (0: the whole batch); same gradient
+    prompt_format: str = "auto"  # RAG-shaped proxies: auto | chat | completion (pear_edge.prompts)
 
 
 def make_proxy(loaded, settings: TrainSettings):
@@ -60,11 +62,13 @@ def make_proxy(loaded, settings: TrainSettings):
         from .rag_proxy import MDQAProxy
 
         target = "answer" if settings.proxy == "mdqa" else "passage"
-        return MDQAProxy(loaded, batch=settings.batch, pool=settings.pool, seed=settings.seed, target=target)
+        return MDQAProxy(loaded, batch=settings.batch, pool=settings.pool, seed=settings.seed, target=target,
+                         prompt_format=settings.prompt_format)
     if settings.proxy == "cloze":
         from .rag_proxy import ClozeProxy
 
-        return ClozeProxy(loaded, batch=settings.batch, pool=settings.pool, seed=settings.seed, corpus=settings.corpus)
+        return ClozeProxy(loaded, batch=settings.batch, pool=settings.pool, seed=settings.seed, corpus=settings.corpus,
+                          prompt_format=settings.prompt_format)
     raise PearError(f"unknown proxy {settings.proxy!r}; choose one of {', '.join(PROXIES)}")
 
 
@@ -140,9 +144,16 @@ def train_coefficients(loaded, heads: list[tuple[int, int, float]], settings: Tr
     coeffs = [] if per_channel else [HeadCoefficient(l, h, float(c), float(s)) for (l, h, s), c in zip(heads, trained)]
     channels = channel_scales(keys, trained, adapter.num_heads, adapter.head_dim) if per_channel else []
     calibration = {**settings.__dict__, "train_seconds": round(seconds, 1), "loss_curve": [round(x, 4) for x in losses],
-                   "guard_curve": [round(x, 4) for x in guard_losses]}
+                   "guard_curve": [round(x, 4) for x in guard_losses], **prompt_format_record(proxy)}
     metrics = {"held_out_proxy": held_out_record(proxy, before, after, len(held_out))}
     return Coefficients(loaded.fingerprint(), coeffs, calibration, metrics, o_proj_channels=channels)
+
+
+def prompt_format_record(proxy) -> dict:
+    """calibration.prompt_format: {"prompt_format": "chat" | "completion"} for a proxy that prompts the model
+    (the RAG-shaped ones), {} for one that does not (copy: random tokens, no prompt)."""
+    used = getattr(proxy, "prompt_format", None)
+    return {PROMPT_FORMAT_KEY: used} if used else {}
 
 
 def held_out_record(proxy, before: dict, after: dict, batches: int) -> dict:

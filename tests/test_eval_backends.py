@@ -19,7 +19,7 @@ from pear_edge.eval.tasks import pydoc_passages
 from pear_edge.models import default_gguf_path, load_model, wrap_model
 from pear_edge.prompts import user_messages
 
-MESSAGES = [{"role": "user", "content": "Name a colour."}]
+PROMPT = "Name a colour."
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def test_torch_hooked_equals_folded_and_identity_is_a_no_op(default_model):
     assert nll_hooked[1] == nll_fold[1] == nll_base[1]
     assert nll_hooked[0] == pytest.approx(nll_fold[0], rel=1e-5)
     assert abs(nll_hooked[0] - nll_base[0]) > 1e-3          # the coefficients do change the model
-    assert hooked.generate(MESSAGES, 8) == fold.generate(MESSAGES, 8)
+    assert hooked.generate(PROMPT, 8) == fold.generate(PROMPT, 8)
     assert hooked.last_timing.output_tokens <= 8 and hooked.last_timing.prompt_tokens > 5
     identity = TorchBackend(plain, Coefficients.identity(plain.fingerprint(), [(0, 1)]))
     assert identity.nll(text)[0] == pytest.approx(nll_base[0], rel=1e-6)

@@ -16,7 +16,6 @@ from pear_edge.eval.variants import settings_from
 from pear_edge.eval.tasks import mdqa_examples, parse_mdqa, pydoc_passages
 from pear_edge.guard import TextGuard, guard_text
 from pear_edge.models import load_model
-from pear_edge.prompts import user_messages
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +27,8 @@ def test_batched_greedy_equals_one_prompt_at_a_time(default_model):
     records = [parse_mdqa(r) for r in generate_counterfactual(2, "validation", num_distractors=2)]
     examples = mdqa_examples(records, 3, (0, 2))  # prompts of different lengths: left padding is exercised
     backend = TorchBackend(default_model)
-    batched = backend.generate_batch([user_messages(e.prompt) for e in examples], max_tokens=12, batch=4)
-    assert batched == [backend.generate(user_messages(e.prompt), 12) for e in examples]
+    batched = backend.generate_batch([e.prompt for e in examples], max_tokens=12, batch=4)
+    assert batched == [backend.generate(e.prompt, 12) for e in examples]
 
 
 def test_guard_text_is_disjoint_from_the_perplexity_check(default_model):

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from ..errors import PearError
-from ..prompts import Document, mdqa_prompt, user_messages
+from ..prompts import AUTO, Document, format_mismatch, mdqa_prompt
 from ..timing import Timing
 from .embed import Embedder
 from .index import Hit, RagIndex
@@ -28,17 +28,28 @@ class Answer:
 
 
 class Answerer:
-    """The index, the embedder and the loaded GGUFs, kept open between questions (CLI and server)."""
+    """The index, the embedder and the loaded GGUFs, kept open between questions (CLI and server).
+    `prompt_format`: auto (each GGUF's chat template if it has one, else a plain completion prompt), chat or
+    completion (pear_edge.prompts); a patched GGUF calibrated in another format gets one warning line."""
 
     def __init__(self, db: str | Path, model: str | Path | None, compare: str | Path | None = None,
-                 n_ctx: int = 4096):
+                 n_ctx: int = 4096, prompt_format: str = AUTO):
         from ..llamacpp import open_gguf
         from ..models import default_gguf_path
 
         self.index = RagIndex(db)  # first: a missing index fails before seconds of model loading
         self.embedder = Embedder()
+        self.prompt_format = prompt_format
         paths = [Path(model) if model else default_gguf_path()] + ([Path(compare)] if compare else [])
         self.models = [(model_label(p, llm), llm) for p in paths for llm in [open_gguf(p, n_ctx=n_ctx)]]
+        for label, llm in self.models:
+            warn_format(label, llm, self.format_of(llm, label))
+
+    def format_of(self, llm, label: str = "the GGUF") -> str:
+        """The prompt format this answerer uses for one of its GGUFs."""
+        from ..llamacpp import prompt_format_of
+
+        return prompt_format_of(llm, self.prompt_format, label)
 
     def retrieve(self, question: str, k: int) -> list[Hit]:
         check_question(question)
@@ -47,12 +58,13 @@ class Answerer:
     def stream(self, llm, label: str, question: str, hits: list[Hit], max_tokens: int,
                on_piece: Callable[[str], None], deadline: float | None = None) -> Answer:
         """Stream one model's answer (at most `max_tokens`, and stopping at time.monotonic() `deadline`)."""
-        from ..llamacpp import timed_chat
+        from ..llamacpp import timed_answer
 
         if max_tokens < 1:
             raise PearError(f"max_tokens must be at least 1, got {max_tokens}")  # llama.cpp: <= 0 is unlimited
         try:
-            text, timing = timed_chat(llm, answer_messages(question, hits), max_tokens, on_piece, deadline)
+            text, timing = timed_answer(llm, answer_prompt(question, hits), self.format_of(llm, label), max_tokens,
+                                        on_piece, deadline)
         except ValueError as exc:  # llama.cpp: the prompt does not fit the context
             raise PearError(f"{label}: {exc}; lower -k or raise --n-ctx") from None
         return Answer(label, text, timing)
@@ -69,9 +81,21 @@ def model_label(path: Path, llm) -> str:
     return f"{kind}: {path.name}"
 
 
-def answer_messages(question: str, hits: list[Hit]) -> list[dict[str, str]]:
+def warn_format(label: str, llm, used: str) -> None:
+    """One `pear-edge: warning:` line on stderr when a patched GGUF's coefficients were calibrated with
+    prompts in another format than `used`."""
+    from ..llamacpp import recorded_calibration
+
+    message = format_mismatch(recorded_calibration(llm), used, label)
+    if message:
+        print(f"pear-edge: warning: {message}", file=sys.stderr)
+
+
+def answer_prompt(question: str, hits: list[Hit]) -> str:
+    """The multi-document QA prompt over the retrieved chunks (their citations as titles), before the
+    prompt format turns it into chat messages or a completion prompt."""
     documents = [Document(title=hit.cite, text=hit.text) for hit in hits]
-    return user_messages(mdqa_prompt(question, documents))
+    return mdqa_prompt(question, documents)
 
 
 def format_sources(hits: list[Hit]) -> Iterator[str]:
@@ -89,7 +113,7 @@ def side_by_side(answers: list[Answer], width: int) -> str:
 
 
 def ask_cli(args) -> int:
-    answerer = Answerer(args.db, args.model, args.compare, n_ctx=args.n_ctx)
+    answerer = Answerer(args.db, args.model, args.compare, n_ctx=args.n_ctx, prompt_format=args.prompt_format)
     hits = answerer.retrieve(args.question, args.k)
     print("retrieved:")
     for line in format_sources(hits):

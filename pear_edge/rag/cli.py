@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..cli import add_force_option
 from ..errors import PearError
+from ..prompts import FORMAT_CHOICES
 
 
 def add_commands(subparsers) -> None:
@@ -50,6 +51,10 @@ def _add_answer_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-k", type=int, default=5, help="chunks to retrieve (default: %(default)s)")
     p.add_argument("--max-tokens", type=int, default=96, help="answer length cap (default: %(default)s)")
     p.add_argument("--n-ctx", type=int, default=4096, help="llama.cpp context size (default: %(default)s)")
+    p.add_argument("--prompt-format", choices=FORMAT_CHOICES, default="auto",
+                   help="chat = the GGUF's chat template; completion = the plain prompt ending in 'Answer:', answer "
+                        "up to a newline (base models); auto = chat when the GGUF has a chat template, else "
+                        "completion (default: %(default)s)")
 
 
 def cmd_index(args) -> int:

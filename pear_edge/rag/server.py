@@ -207,7 +207,8 @@ def make_server(answerer: Answerer | None, port: int = 8765, max_tokens: int = 9
 def serve_forever(args) -> int:
     server = make_server(None, args.port, args.max_tokens)  # a busy port fails before seconds of model loading
     try:
-        server.answerer = Answerer(args.db, args.model, args.compare, n_ctx=args.n_ctx)
+        server.answerer = Answerer(args.db, args.model, args.compare, n_ctx=args.n_ctx,
+                                   prompt_format=args.prompt_format)
         labels = ", ".join(label for label, _ in server.answerer.models)
         print(f"serving {labels} at {server.url} (Ctrl-C to stop)", flush=True)
         server.serve_forever()
