@@ -160,6 +160,9 @@ def test_calibration_records_the_prompt_format(plain_tokenizer, tmp_path):
     path = coeffs.save(tmp_path / "c.json")
     assert json.loads(path.read_text())["version"] == 1  # head scales only: still a version-1 file
     assert Coefficients.load(path).calibration["prompt_format"] == "completion"
+    from pear_edge.info import describe_coefficients
+
+    assert "(recipe pear, calibrated on completion prompts)" in describe_coefficients(Coefficients.load(path))
     copy_proxy = calibrate(lm, with_overrides(CalibrationSettings(), {"steps": 1, "lengths": (4,), "detect_batch": 2,
                                                                       "n": 4, "batch": 2, "top_k": 2}), progress=False)
     assert "prompt_format" not in copy_proxy.calibration  # random tokens: no prompt, no format
@@ -244,3 +247,29 @@ def test_llamacpp_completion_on_the_packaged_gemma():
     smollm = LlamaCppBackend(default_gguf_path(), n_ctx=256, n_threads=1)
     assert smollm.prompt_format == "chat"  # the default GGUF carries its template
     smollm.close()
+
+
+class StandInGGUF:
+    """What the rag answerer reads of a loaded GGUF: its metadata."""
+
+    def __init__(self, metadata):
+        self.metadata = metadata
+
+
+def test_rag_warns_once_when_a_patched_gguf_was_calibrated_in_another_format(capsys):
+    from pear_edge.llamacpp import prompt_format_of, recorded_calibration
+    from pear_edge.rag.answer import answer_prompt, warn_format
+    from pear_edge.rag.index import Hit
+
+    patched = StandInGGUF({"pear.coefficients": json.dumps({"calibration": {"prompt_format": "chat"}})})
+    assert recorded_calibration(patched) == {"prompt_format": "chat"}
+    assert recorded_calibration(StandInGGUF({"pear.coefficients": "{broken"})) == {}
+    assert prompt_format_of(patched) == "completion"  # no tokenizer.chat_template in its metadata
+    warn_format("PEAR: x.gguf", patched, prompt_format_of(patched))
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("pear-edge: warning: PEAR: x.gguf: the coefficients were calibrated")
+    warn_format("PEAR: x.gguf", patched, "chat")
+    assert capsys.readouterr().err == ""
+    hits = [Hit(path="a.txt", number=0, text="Try handles exceptions.", score=0.9)]
+    assert completion_prompt(answer_prompt("What handles exceptions?", hits)).endswith(
+        "Question: What handles exceptions?\nAnswer:")

@@ -85,6 +85,21 @@ def test_ask_compare_streams_and_cites(built, capsys):
     assert " | " in out  # the side-by-side table
 
 
+def test_ask_a_base_model_in_the_completion_format(built, capsys):
+    """Gemma-3-270M's GGUF has no chat template: `rag ask` prompts it in the completion format; chat is refused."""
+    from pear_edge.models import gemma_gguf_path
+
+    _, db = built
+    argv = ["-q", "rag", "ask", "Which statement handles exceptions?", "--db", str(db), "-k", "2",
+            "--model", str(gemma_gguf_path()), "--max-tokens", "8", "--n-ctx", "2048"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "== base: gemma-3-270m-q4_k_m.gguf ==" in out and "tokens in " in out
+    assert main(argv + ["--prompt-format", "chat"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after llama.cpp's own note on Gemma's SWA cache
+    assert last.startswith("pear-edge: error: base: gemma-3-270m-q4_k_m.gguf has no chat template; use --prompt")
+
+
 def test_ask_missing_model(built, capsys, tmp_path):
     _, db = built
     assert main(["-q", "rag", "ask", "x", "--db", str(db), "--model", str(tmp_path / "none.gguf")]) == 2
