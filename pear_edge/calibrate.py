@@ -87,7 +87,8 @@ class CalibrationSettings:
             raise PearError(f"--prompt-format must be one of {', '.join(FORMAT_CHOICES)} "
                             f"(got {self.train.prompt_format!r})")
         if self.train.prompt_format != AUTO and self.train.proxy == "copy":
-            raise PearError("--prompt-format goes with the mdqa, passage and cloze proxies; the copy proxy has no prompt")
+            raise PearError("--prompt-format goes with the mdqa, passage and cloze proxies; "
+                            "the copy proxy has no prompt")
         if self.top_k < 0:
             raise PearError(f"--top-k must be 0 (every head) or more (got {self.top_k})")
         for name, value in (("steps", self.train.steps), ("batch", self.train.batch),

@@ -155,7 +155,8 @@ def test_calibration_records_the_prompt_format(plain_tokenizer, tmp_path):
     settings = with_overrides(CalibrationSettings(), {"proxy": "mdqa", "pool": 4, "batch": 2, "steps": 1,
                                                       "lengths": (4,), "detect_batch": 2, "top_k": 2})
     coeffs = calibrate(lm, settings, progress=False)
-    assert coeffs.calibration["prompt_format"] == "completion" and coeffs.calibration["train"]["prompt_format"] == "auto"
+    assert coeffs.calibration["prompt_format"] == "completion"  # what the proxy used
+    assert coeffs.calibration["train"]["prompt_format"] == "auto"  # what was asked for
     assert coeffs.metrics["held_out_proxy"]["prompt_format"] == "completion"
     path = coeffs.save(tmp_path / "c.json")
     assert json.loads(path.read_text())["version"] == 1  # head scales only: still a version-1 file
@@ -222,6 +223,9 @@ def test_eval_cli_warns_when_the_coefficients_were_calibrated_in_another_format(
     assert doc["runs"][0]["pear"]["backend"]["prompt_format"] == "completion"
     assert main(argv + ["--prompt-format", "chat", "-o", str(tmp_path / "out2")]) == 2
     assert "has no chat template" in capsys.readouterr().err
+    assert main(["-q", "calibrate", "--model", str(folder), "--proxy", "mdqa", "--prompt-format", "chat",
+                 "-o", str(tmp_path / "c2.json")]) == 2
+    assert capsys.readouterr().err.strip().endswith("has no chat template; use --prompt-format completion (or auto)")
 
 
 @pytest.mark.slow
