@@ -294,8 +294,11 @@ def tokenizer_from_gguf(path: Path):
     vocab = read_vocab(path)
     if unsupported_reason(vocab):
         return None
-    tokenizer = _spm_tokenizer(vocab) if vocab.model == SPM else _bpe_tokenizer(vocab)
-    _add_special_tokens(tokenizer, vocab)
+    try:
+        tokenizer = _spm_tokenizer(vocab) if vocab.model == SPM else _bpe_tokenizer(vocab)
+        _add_special_tokens(tokenizer, vocab)
+    except Exception as exc:  # tokenizers raises a bare Exception, e.g. for a merge of unknown tokens
+        raise PearError(f"{path}: cannot build a tokenizer from its vocabulary ({exc})") from None
     _add_bos_eos(tokenizer, vocab)
     names = {f"{name}_token": vocab.tokens[i] for name, i in vocab.ids.items() if i is not None}
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, clean_up_tokenization_spaces=False, **names)
