@@ -191,8 +191,9 @@ def read_vocab(path: Path) -> GGUFVocab:
 
 def spm_merges(tokens: list[str], scores: np.ndarray, types: np.ndarray) -> list[tuple[str, str]]:
     """Every split (a, b) of every mergeable token t with a and b in the vocabulary, ranked as llama.cpp's
-    SPM tokenizer picks merges: t's score, highest first. Splits of the same token (equal scores) keep
-    token id, then split point order; Hugging Face breaks equal ranks by position as llama.cpp does."""
+    SPM tokenizer picks merges: t's score, highest first (both then take the leftmost pair). The splits of
+    one token, equal for llama.cpp, get consecutive ranks here (token id, then split point); on random,
+    not BPE-consistent vocabularies that still gave llama.cpp's ids (tests/test_llama_tokenizer.py)."""
     index = {token: i for i, token in enumerate(tokens)}
     ranked = []
     for i, token in enumerate(tokens):
