@@ -24,6 +24,12 @@ class Run:
                 "pear": self.pear.as_dict()}
 
 
+def gap_change(base: float, pear: float) -> str:
+    """How the position gap moved, compared on the printed 0.1-pt grid (15.0 -> 15.0 is "unchanged")."""
+    b, p = round(100 * base, 1), round(100 * pear, 1)
+    return "narrower" if p < b else "unchanged" if p == b else "wider"
+
+
 def _name(backend: dict[str, Any]) -> str:
     """The model file's name, not its absolute path: reports get committed and shared."""
     return Path(str(backend.get("source") or backend.get("name") or "?")).name
@@ -58,7 +64,7 @@ def markdown(runs: Sequence[Run]) -> str:
         gap = run.comparison.position_gap()
         if gap:
             lines += ["", f"position gap (best − worst gold position): base {100 * gap[0]:.1f} pt → PEAR "
-                          f"{100 * gap[1]:.1f} pt ({'narrower' if gap[1] < gap[0] else 'not narrower'})"]
+                          f"{100 * gap[1]:.1f} pt ({gap_change(*gap)})"]
         lines.append("")
     return "\n".join(lines)
 

@@ -26,9 +26,17 @@ def test_write_report_table_json_and_plot(tmp_path):
     assert "| 4 | 4 | 0.0% | 100.0% | +100.0 pt |" in md and "| 0 / 4 | 0.125 |" in md
     doc = json.loads((tmp_path / "r" / "results.json").read_text())
     assert doc["runs"][0]["comparison"]["by_position"]["9"]["delta"] == 0.0
+    assert "position gap (best − worst gold position): base 100.0 pt → PEAR 100.0 pt (unchanged)" in md
     assert (tmp_path / "r" / "accuracy_by_position.png").read_bytes()[:4] == b"\x89PNG"
     # no temp files left; the marker says pear-edge wrote the folder
     assert [p.name for p in (tmp_path / "r").iterdir() if p.name.startswith(".")] == [MARKER]
+
+
+def test_gap_change_compares_what_the_report_prints():
+    from pear_edge.eval.report import gap_change
+
+    assert gap_change(0.15, 0.15000000000000002) == "unchanged" == gap_change(0.15, 0.14999999999999997)
+    assert gap_change(0.229, 0.171) == "narrower" and gap_change(0.075, 0.2) == "wider"
 
 
 def test_speed_summary_uses_per_round_ratios(tmp_path):
