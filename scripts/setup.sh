@@ -170,4 +170,7 @@ elif ! command -v chromium >/dev/null 2>&1; then
 fi
 # llama.cpp's convert_hf_to_gguf.py for `pear-edge export gguf`, from the sdist of the installed version.
 "$VENV/bin/python" -m pear_edge.converters.llama_sources
+# The caches a first calibration fills (default model as safetensors, built-in corpus embeddings; ~1-2 min),
+# so `make demo` shows its first result minutes after set-up.
+"$VENV/bin/python" -m pear_edge.prepare || echo "warning: could not prepare the calibration caches; the first calibration fills them"
 echo "set-up complete: $VENV"

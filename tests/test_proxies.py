@@ -88,3 +88,16 @@ def test_cloze_proxy_on_a_user_corpus_targets_the_answer_span(default_model, tmp
         assert sum(answer in text for text in texts) == 1  # only the gold passage holds it
     held = proxy.evaluate(default_model.model, proxy.held_out(1, 0))
     assert held["answer_loss"] > 0
+
+
+@pytest.mark.slow
+def test_prepare_fills_the_caches_the_first_calibration_reads():
+    from pear_edge.corpora import TOPIC_TOKENS, corpus_passages
+    from pear_edge.models import cache_dir
+    from pear_edge.prepare import prepare
+
+    lines = prepare(progress=False)
+    assert lines[0].startswith("default model") and len(lines) == 2
+    if "skipped" not in lines[1]:
+        assert lines[1].startswith(f"built-in corpus embeddings ({len(corpus_passages(None))} passages)")
+        assert any(p.name.endswith(f"-{TOPIC_TOKENS}.npy") for p in (cache_dir() / "embeddings").iterdir())
