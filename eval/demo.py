@@ -45,7 +45,8 @@ def first_answer(base_path: str, pear_path: str, example, elapsed: float) -> str
             answers.append(evaluate(backend, [example], "first answer", progress=False).items[0])
         finally:
             backend.close()
-    question = example.prompt.rstrip().splitlines()[-1]
+    lines = example.prompt.splitlines()
+    question = next((l for l in reversed(lines) if l.startswith("Question:")), lines[-1]).strip()
     rows = "\n".join(f"| {name} | {item.output.strip().replace('|', '/').replace(chr(10), ' ')} | "
                       f"{'yes' if item.correct else 'no'} |" for name, item in zip(("base", "PEAR"), answers))
     return (f"First result, {elapsed:.0f} s after the start: {question} (gold document {example.position + 1}; "
@@ -72,8 +73,15 @@ def run_demo(outdir: Path, coefficients: str | None, quants: list[str], onnx: bo
         coeffs.save(coeffs_path)
     else:
         _step(f"1/6 calibrate PEAR on SmolLM2-135M-Instruct (the default recipe, {budget} budget)")
+        from pear_edge.timing import run_cost
+
+        calibration_start = time.perf_counter()
         coeffs = calibrate(load_model("default"), with_budget(profile_for("default"), budget), progress=progress)
+        coeffs.calibration["cost"] = run_cost(calibration_start)  # as `pear-edge calibrate` records it
         coeffs.save(coeffs_path)
+        cost = coeffs.calibration["cost"]
+        print(f"calibrated in {cost['wall_seconds']:.0f} s, peak RSS {cost['peak_rss_mib'] / 1024:.2f} GiB "
+              f"({cost['machine']}, {cost['torch_threads']} threads)")
     print(coeffs.summary())
 
     _step("2/6 patch the shipped Q4_1 GGUF in place (exact block-scale edits)")

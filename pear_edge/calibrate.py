@@ -150,6 +150,14 @@ PROXY_NOTES = {
 BUDGETS: dict[str, int] = {"full": 1, "fast": 3}
 
 
+# What is measured about each budget other than "full", said after every calibration that used it.
+BUDGET_NOTES = {
+    "fast": "the fast budget kept the default recipe's accuracy gain on the NQ-open test half and the "
+            "counterfactual test split (llama.cpp Q4_1/Q4_K_M, every difference inside its CI) but raised "
+            "perplexity by +3.5 % / +2.5 %, over the +2 % bound; README 'Calibration cost'",
+}
+
+
 def with_budget(base: "CalibrationSettings", budget: str) -> "CalibrationSettings":
     """`base` with BUDGETS[budget] applied (and recorded as settings.budget): steps / k (rounded, >= 1),
     lr * k, gradient_batches / k (>= 1)."""

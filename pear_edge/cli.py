@@ -205,11 +205,12 @@ def _note_caveat(loaded) -> None:
 
 
 def _print_summary(coeffs) -> None:
-    from .calibrate import PROXY_NOTES
+    from .calibrate import BUDGET_NOTES, PROXY_NOTES
     from .info import proxy_summary
 
-    note = PROXY_NOTES.get(str(coeffs.calibration.get("train", {}).get("proxy")))
-    if note:
+    notes = (PROXY_NOTES.get(str(coeffs.calibration.get("train", {}).get("proxy"))),
+             BUDGET_NOTES.get(str(coeffs.calibration.get("budget"))))
+    for note in filter(None, notes):
         print(f"pear-edge: note: {note}", file=sys.stderr)
 
     summary = proxy_summary(coeffs.metrics)

@@ -301,3 +301,18 @@ def test_budget_takes_fewer_larger_steps_and_the_user_flags_win(capsys):
     assert CalibrationSettings.from_args(parse(["calibrate", "-o", "x.json"])).budget == "full"
     assert main(["calibrate", "--budget", "slow", "-o", "x.json"]) == 2
     assert capsys.readouterr().err.startswith("pear-edge: error:")
+
+
+def test_a_fast_calibration_says_what_its_budget_cost(capsys):
+    from types import SimpleNamespace
+
+    from pear_edge.calibrate import BUDGET_NOTES, BUDGETS
+    from pear_edge.cli import _print_summary
+
+    assert set(BUDGET_NOTES) < set(BUDGETS) and "full" not in BUDGET_NOTES
+    _print_summary(SimpleNamespace(calibration={"train": {"proxy": "copy"}, "budget": "fast"}, metrics={}, summary=str))
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and all(line.startswith("pear-edge: note: ") for line in err)
+    assert "perplexity" in err[1] and "fast budget" in err[1]
+    _print_summary(SimpleNamespace(calibration={"train": {"proxy": "copy"}, "budget": "full"}, metrics={}, summary=str))
+    assert len(capsys.readouterr().err.splitlines()) == 1
