@@ -73,15 +73,13 @@ def run_demo(outdir: Path, coefficients: str | None, quants: list[str], onnx: bo
         coeffs.save(coeffs_path)
     else:
         _step(f"1/6 calibrate PEAR on SmolLM2-135M-Instruct (the default recipe, {budget} budget)")
-        from pear_edge.timing import run_cost
+        from pear_edge.timing import cost_summary, run_cost
 
         calibration_start = time.perf_counter()
         coeffs = calibrate(load_model("default"), with_budget(profile_for("default"), budget), progress=progress)
         coeffs.calibration["cost"] = run_cost(calibration_start)  # as `pear-edge calibrate` records it
         coeffs.save(coeffs_path)
-        cost = coeffs.calibration["cost"]
-        print(f"calibrated in {cost['wall_seconds']:.0f} s, peak RSS {cost['peak_rss_mib'] / 1024:.2f} GiB "
-              f"({cost['machine']}, {cost['torch_threads']} threads)")
+        print(f"calibrated in {cost_summary(coeffs.calibration['cost'])}")
     print(coeffs.summary())
 
     _step("2/6 patch the shipped Q4_1 GGUF in place (exact block-scale edits)")
@@ -136,7 +134,7 @@ def run_demo(outdir: Path, coefficients: str | None, quants: list[str], onnx: bo
 
 
 def add_demo_command(sub) -> None:
-    from pear_edge.calibrate import BUDGETS
+    from pear_edge.recipes import BUDGETS
 
     p = sub.add_parser("demo", help="the whole pipeline on the embedded default model, offline (minutes)",
                        description="calibrate -> patch the shipped Q4_1 GGUF -> one answer, base and PEAR side by "

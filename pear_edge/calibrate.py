@@ -12,7 +12,7 @@ from .detect import HeadScores, detect
 from .errors import PearError
 from .positional import SCALES as POSITIONAL_SCALES
 from .prompts import AUTO, FORMAT_CHOICES
-from .recipes import DEFAULT_RECIPE, RECIPES
+from .recipes import BUDGETS, DEFAULT_RECIPE, RECIPES
 from .train import TrainSettings, make_proxy, prompt_format_record, train_coefficients
 
 
@@ -143,11 +143,6 @@ PROXY_NOTES = {
 }
 
 
-# Calibration budgets (issue 14): how many times fewer training steps a budget takes than the recipe as
-# validated ("full"). "fast" = a third of the steps at three times the learning rate (AdamW moves each
-# coefficient about lr per step, so the path is as long) and one detection batch; what it costs in gain is
-# measured in README "Calibration cost". Applied on top of the recipe's settings, before the user's flags.
-BUDGETS: dict[str, int] = {"full": 1, "fast": 3}
 
 
 # What is measured about each budget other than "full", said after every calibration that used it.
@@ -159,13 +154,12 @@ BUDGET_NOTES = {
 
 
 def with_budget(base: "CalibrationSettings", budget: str) -> "CalibrationSettings":
-    """`base` with BUDGETS[budget] applied (and recorded as settings.budget): steps / k (rounded, >= 1),
-    lr * k, gradient_batches / k (>= 1)."""
-    if budget not in BUDGETS:
-        raise PearError(f"unknown budget {budget!r}; choose one of {', '.join(BUDGETS)}")
-    k = BUDGETS[budget]
+    """`base` with BUDGETS[budget] applied (and recorded as settings.budget; an unknown name is refused by
+    `check`): steps / k (rounded, >= 1), lr * k, gradient_batches / k (>= 1)."""
+    k = BUDGETS.get(budget, 1)
     return with_overrides(base, {"budget": budget, "steps": max(1, round(base.train.steps / k)),
-                                 "lr": round(base.train.lr * k, 10), "gradient_batches": max(1, round(base.gradient_batches / k))})
+                                 "lr": round(base.train.lr * k, 10),
+                                 "gradient_batches": max(1, round(base.gradient_batches / k))})
 
 
 def with_overrides(base: CalibrationSettings, overrides: dict, seed: int | None = None) -> CalibrationSettings:

@@ -160,7 +160,7 @@ def cmd_calibrate(args) -> int:
     from .calibrate import calibrate
     from .models import load_model, resolve_spec
     from .proxy import model_device
-    from .timing import run_cost
+    from .timing import cost_summary, run_cost
 
     start = time.perf_counter()
     source = resolve_spec(args.model)
@@ -186,12 +186,8 @@ def cmd_calibrate(args) -> int:
     coeffs.calibration["wall_seconds"] = coeffs.calibration["cost"]["wall_seconds"]
     coeffs.save(out)
     _print_summary(coeffs)
-    cost = coeffs.calibration["cost"]
-    gpu = (f", peak GPU memory {cost['peak_device_mib'] / 1024:.2f} GiB on {cost['device_name']}"
-           if "peak_device_mib" in cost else "")
     also = f" and {heads_path} (+ .png)" if written else ""
-    print(f"wrote {out}{also} in {cost['wall_seconds']:.0f} s, peak RSS "
-          f"{cost['peak_rss_mib'] / 1024:.2f} GiB{gpu} ({cost['machine']}, {cost['torch_threads']} threads)")
+    print(f"wrote {out}{also} in {cost_summary(coeffs.calibration['cost'])}")
     return 0
 
 

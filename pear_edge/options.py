@@ -10,9 +10,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from .calibrate import BUDGETS
 from .prompts import FORMAT_CHOICES
-from .recipes import RECIPES, recipe_help
+from .recipes import BUDGETS, RECIPES, recipe_help
 
 
 def on_off(text: str) -> bool:

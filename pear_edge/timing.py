@@ -118,3 +118,11 @@ def run_cost(start: float, device: str = "cpu") -> dict[str, Any]:
     return {"wall_seconds": round(time.perf_counter() - start, 1), "peak_rss_mib": peak_rss_mib(),
             "device": str(device), "machine": machine(), "torch_threads": torch.get_num_threads(),
             **peak_torch_memory(device)}
+
+
+def cost_summary(cost: dict[str, Any]) -> str:
+    """One line for a `run_cost` record: "W s, peak RSS R GiB[, peak GPU memory …] (machine, T threads)"."""
+    gpu = (f", peak GPU memory {cost['peak_device_mib'] / 1024:.2f} GiB on {cost['device_name']}"
+           if "peak_device_mib" in cost else "")
+    return (f"{cost['wall_seconds']:.0f} s, peak RSS {cost['peak_rss_mib'] / 1024:.2f} GiB{gpu} "
+            f"({cost['machine']}, {cost['torch_threads']} threads)")
