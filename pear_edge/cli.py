@@ -173,6 +173,7 @@ def cmd_calibrate(args) -> int:
         check_output_path(path, *inputs)
     settings = _settings(args)
     loaded = load_model(args.model, device=args.device)
+    load_seconds = round(time.perf_counter() - start, 1)
     _note_caveat(loaded)
     written = []  # the head scores of the learned recipes, saved as soon as they exist
     coeffs = calibrate(loaded, settings, progress=_progress(args),
@@ -182,13 +183,21 @@ def cmd_calibrate(args) -> int:
 
         coeffs.metrics["validation"] = validate_coefficients(loaded, coeffs, args.validate, seed=args.seed,
                                                              progress=_progress(args))
-    coeffs.calibration["cost"] = run_cost(start, model_device(loaded.model))
+    coeffs.calibration["cost"] = {**run_cost(start, model_device(loaded.model)), "load_seconds": load_seconds}
     coeffs.calibration["wall_seconds"] = coeffs.calibration["cost"]["wall_seconds"]
     coeffs.save(out)
     _print_summary(coeffs)
     also = f" and {heads_path} (+ .png)" if written else ""
-    print(f"wrote {out}{also} in {cost_summary(coeffs.calibration['cost'])}")
+    print(f"wrote {out}{also} in {cost_summary(coeffs.calibration['cost'])}{_phases(coeffs.calibration)}")
     return 0
+
+
+def _phases(calibration: dict) -> str:
+    """'; of which load 3 s, proxy 20 s, detection 15 s, training 250 s' (the phases a recipe recorded)."""
+    names = (("load", calibration["cost"].get("load_seconds")), ("proxy", calibration.get("proxy_seconds")),
+             ("detection", calibration.get("detect_seconds")), ("training", calibration.get("train_seconds")))
+    parts = [f"{name} {value:.0f} s" for name, value in names if value is not None]
+    return f"; of which {', '.join(parts)}" if parts else ""
 
 
 def _note_caveat(loaded) -> None:

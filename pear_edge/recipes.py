@@ -11,6 +11,7 @@ reads two facts from them:
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 
@@ -101,7 +102,9 @@ def run_recipe(loaded, settings, progress: bool = True, proxy=None, detect=None,
     from .train import held_out_record, make_proxy, prompt_format_record
 
     recipe = RECIPES[settings.recipe]
+    start = time.perf_counter()
     proxy = proxy or make_proxy(loaded, settings.train)
+    seconds = {"proxy_seconds": round(time.perf_counter() - start, 1)}  # where the time goes (issue 14)
     held_out = proxy.held_out(settings.train.eval_batches, seed=settings.train.seed + 10_000)
     qk, positional = positional_step(loaded, settings, proxy, progress) if recipe.positional else ([], None)
     if recipe.positional and not qk and not recipe.learned:
@@ -109,7 +112,9 @@ def run_recipe(loaded, settings, progress: bool = True, proxy=None, detect=None,
                         f"{len(positional['tried'])} tried); nothing to fold")
     with scale_qk_channels(loaded.adapter, qk_factor_map(qk)):
         if recipe.learned:
+            start = time.perf_counter()
             scores = (detect or detect_heads)(loaded, settings, progress, proxy=proxy)
+            seconds["detect_seconds"] = round(time.perf_counter() - start, 1)
             if on_scores is not None:
                 on_scores(scores)
             learned = train_from_scores(loaded, scores, settings, progress, proxy=proxy)
@@ -124,4 +129,5 @@ def run_recipe(loaded, settings, progress: bool = True, proxy=None, detect=None,
         metrics["held_out_proxy"] = held_out_record(proxy, proxy.evaluate(loaded.model, held_out), after, len(held_out))
     if positional is not None:
         calibration["positional"] = positional
+    calibration.update(seconds)
     return Coefficients(loaded.fingerprint(), heads, calibration, metrics, o_proj_channels=channels, qk_channels=qk)

@@ -315,6 +315,11 @@ def test_calibrate_and_fold_commands_carry_every_recipe(tmp_path, capsys):
         assert main(["-q", "calibrate", *common, "--recipe", recipe, "-o", str(out)]) == 0
         coeffs = Coefficients.load(out)
         assert coeffs.calibration["recipe"] == recipe and out.with_name(f"{recipe}.heads.json").is_file()
+        # where the time went: recorded per phase and said on the `wrote` line
+        cal = coeffs.calibration
+        assert all(cal[k] >= 0 for k in ("proxy_seconds", "detect_seconds", "train_seconds"))
+        assert 0 <= cal["cost"]["load_seconds"] <= cal["wall_seconds"]
+        assert "; of which load " in capsys.readouterr().out
         assert bool(coeffs.o_proj_channels) == (recipe == "seal-c") and bool(coeffs.heads) == (recipe != "seal-c")
         if recipe.startswith("positional"):
             tried = coeffs.calibration["positional"]["tried"]
