@@ -8,7 +8,8 @@ Default runs: the model's profile as `pear-edge calibrate` uses it ("default"), 
 `--checkpoint on`. Each row splits the wall time into loading the model, building the proxy, head detection and
 training (which includes the held-out evaluation after it); the rest is the held-out evaluation before
 training, the plot and writing. Every run writes its coefficients into DIR (default: a temporary folder), so a
-run can be scored afterwards (`pear-edge eval`). Printed: one row per run, the ratios to the first run, and the machine.
+run can be scored afterwards (`pear-edge eval`). Printed: one row per run, the ratios to the first run, and the
+machine.
 Targets live here, not in timed tests (issue 14: the default recipe in <= 300 s and <= 3 GiB on 2 CPU cores).
 On a GPU: `--run "cuda=--device cuda"`; each row then also shows torch's peak GPU memory (`calibration.cost`).
 
@@ -16,8 +17,9 @@ On a GPU: `--run "cuda=--device cuda"`; each row then also shows torch's peak GP
 length, batch, micro-batch and checkpointing, a fresh process loads the model, makes every head's scale
 trainable (the training path, heads.scale_heads) and runs forward + backward of a tail loss (the proxies'
 shape: logits of the last 8 tokens) on random tokens — 1 warm-up and 2 timed steps; seconds per step (median)
-and the process's peak RSS. Printed: the rows, and per model a least-squares line of time and memory against
-prompt tokens (batch 1), so a user can extrapolate to their prompt lengths and, by parameter count, models.
+and the process's peak RSS. Printed: the rows, and per model a least-squares quadratic of time and memory
+against prompt tokens (batch 1), so a user can extrapolate to their prompt lengths and, by the parameters
+outside the embedding, to other models.
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ import time
 from pathlib import Path
 
 from pear_edge.errors import PearError
+from pear_edge.timing import calibration_phases
 
 TARGET_SECONDS, TARGET_GIB = 300.0, 3.0
 DEFAULT_RUNS = ("default=", "checkpoint=--checkpoint on")
@@ -146,11 +149,10 @@ def scaling_markdown(rows: list[dict], machine: str) -> str:
     lines = [f"One training step (forward + backward, every head's scale trainable, tail loss) on {machine}, "
              f"{rows[0]['torch_threads']} torch threads; median of {TIMED_STEPS} steps after a warm-up; each row a "
              "fresh process.", "",
-             "| model | params (M; without embeddings) | prompt tokens | batch / micro-batch | checkpoint | s per step | "
-             "s per 1k tokens | "
-             "peak RSS GiB |", "|---|---|---|---|---|---|---|---|"]
+             "| model | params (M; without embeddings) | prompt tokens | batch / micro-batch | checkpoint | "
+             "s per step | s per 1k tokens | peak RSS GiB |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        size = f"{r['params'] / 1e6:.0f} ({r.get('params_non_embedding', 0) / 1e6:.0f})"
+        size = f"{r['params'] / 1e6:.0f} ({r['params_non_embedding'] / 1e6:.0f})"
         lines.append(f"| {r['model']} | {size} | {r['length']} | {r['batch']} / {r['micro']} | "
                      f"{'on' if r['checkpoint'] else 'off'} | {r['step_seconds']:.2f} | "
                      f"{r['step_seconds'] * 1000 / (r['length'] * r['batch']):.2f} | {r['peak_rss_gib']:.2f} |")
@@ -162,7 +164,7 @@ def scaling_markdown(rows: list[dict], machine: str) -> str:
         xs = [r["length"] / 1000 for r in plain]
         t = fit_quadratic(xs, [r["step_seconds"] for r in plain])
         m = fit_quadratic(xs, [r["peak_rss_gib"] for r in plain])
-        size = f"{plain[0]['params'] / 1e6:.0f} M parameters, {plain[0].get('params_non_embedding', 0) / 1e6:.0f} M " \
+        size = f"{plain[0]['params'] / 1e6:.0f} M parameters, {plain[0]['params_non_embedding'] / 1e6:.0f} M " \
                "without embeddings"
         lines.append(f"- {model} ({size}): s per step ≈ {t[0]:.2f} + {t[1]:.2f} L + {t[2]:.2f} L²; "
                      f"peak RSS GiB ≈ {m[0]:.2f} + {m[1]:.2f} L + {m[2]:.2f} L²")
@@ -217,8 +219,7 @@ def run_one(model: str, label: str, flags: list[str], folder: Path, threads: int
     return {"label": label, "flags": " ".join(flags), "coefficients": str(out),
             "wall_seconds": round(wall, 1), "peak_rss_gib": round(usage.ru_maxrss / 1024 / 1024, 2),
             "train_seconds": calibration.get("train_seconds"), "steps": train.get("steps"),
-            "phases": {"load": cost.get("load_seconds"), "proxy": calibration.get("proxy_seconds"),
-                       "detect": calibration.get("detect_seconds"), "train": calibration.get("train_seconds")},
+            "phases": calibration_phases(calibration),
             "batch": train.get("batch"), "checkpoint": train.get("checkpoint", False),
             "held_out": {"metric": loss_key, "before": proxy["before"][loss_key], "after": proxy["after"][loss_key]},
             "machine": cost["machine"], "torch_threads": cost["torch_threads"], "device": cost.get("device", "cpu"),

@@ -138,12 +138,11 @@ PROXY_NOTES = {
     "cloze": "the cloze proxy (the default): on the NQ-open test half in llama.cpp, 10 documents, the shipped "
              "coefficients gave +7.1 pt at Q4_1 (n=210, p=0.03) and +10.0 pt at Q4_K_M (n=120, p=0.01), mostly at "
              "the first and last positions; re-calibrated with today's tokenizer +5.0 / +7.5 pt (n=120, p=0.26 / "
-             "0.08, level with the shipped file; perplexity +2.3 %, at the +2 % bound); no gain without the short-answer instruction (n=45); KV lookup -8 pt (p=0.17); see README "
+             "0.08, level with the shipped file; perplexity +2.3 %, just over the +2 % bound); no gain without the "
+             "short-answer instruction (n=45); KV lookup -8 pt (p=0.17); see README "
              "'On real documents' for where it helps and where it does not",
     "copy": "the paper's copy proxy did not raise multi-document QA accuracy on SmolLM2-135M (README)",
 }
-
-
 
 
 # What is measured about each budget other than "full", said after every calibration that used it.

@@ -193,10 +193,10 @@ def cmd_calibrate(args) -> int:
 
 
 def _phases(calibration: dict) -> str:
-    """'; of which load 3 s, proxy 20 s, detection 15 s, training 250 s' (the phases a recipe recorded)."""
-    names = (("load", calibration["cost"].get("load_seconds")), ("proxy", calibration.get("proxy_seconds")),
-             ("detection", calibration.get("detect_seconds")), ("training", calibration.get("train_seconds")))
-    parts = [f"{name} {value:.0f} s" for name, value in names if value is not None]
+    """'; of which load 3 s, proxy 20 s, detect 15 s, train 250 s' (the phases the run recorded)."""
+    from .timing import calibration_phases
+
+    parts = [f"{name} {value:.0f} s" for name, value in calibration_phases(calibration).items() if value is not None]
     return f"; of which {', '.join(parts)}" if parts else ""
 
 

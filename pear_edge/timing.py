@@ -126,3 +126,10 @@ def cost_summary(cost: dict[str, Any]) -> str:
            if "peak_device_mib" in cost else "")
     return (f"{cost['wall_seconds']:.0f} s, peak RSS {cost['peak_rss_mib'] / 1024:.2f} GiB{gpu} "
             f"({cost['machine']}, {cost['torch_threads']} threads)")
+
+
+def calibration_phases(calibration: dict[str, Any]) -> dict[str, float | None]:
+    """Where a calibration's wall time went, as recorded: {"load", "proxy", "detect", "train"} -> seconds (None
+    where the run did not record it: e.g. no detection in a recipe without learned scales)."""
+    return {"load": calibration.get("cost", {}).get("load_seconds"), "proxy": calibration.get("proxy_seconds"),
+            "detect": calibration.get("detect_seconds"), "train": calibration.get("train_seconds")}
