@@ -187,7 +187,7 @@ def cmd_eval(args) -> int:
 
     from .backends import TorchBackend, check_backend_input, infer_kind, open_backend
     from .harness import paired_run
-    from .report import Run, write_report
+    from .report import Run, gains_kept, write_report
 
     if not args.task or not args.output:
         raise PearError("pear-edge eval needs --task and -o OUTDIR (or a subcommand: make-data, speed)")
@@ -228,6 +228,10 @@ def cmd_eval(args) -> int:
         run(f"{kind or infer_kind(base)}:{Path(base).name}",
             lambda: warn_format(open_backend(base, kind, threads=args.threads, prompt_format=args.prompt_format)),
             lambda: warn_format(open_backend(pear, kind, threads=args.threads, prompt_format=args.prompt_format)))
+    for kept in (k for k in gains_kept(runs) if k.label != k.reference):
+        share = "" if kept.share is None else f" ({kept.share:.0%} of it)"
+        print(f"{kept.label}: Δ {100 * kept.delta:+.1f} pt vs {kept.reference}{share}, difference "
+              f"{100 * kept.difference:+.1f} pt [{100 * kept.ci_low:+.1f}, {100 * kept.ci_high:+.1f}]")
     written = write_report(args.output, runs, {"settings": settings})
     print("wrote " + ", ".join(map(str, written)))
     return 0

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from pear_edge.atomic import atomic_file, report_folder, write_text_atomic
 
 from .harness import Comparison, EvalResults, PairedResult
+from .metrics import bootstrap_ci
 
 
 @dataclass
@@ -28,6 +29,63 @@ def gap_change(base: float, pear: float) -> str:
     """How the position gap moved, compared on the printed 0.1-pt grid (15.0 -> 15.0 is "unchanged")."""
     b, p = round(100 * base, 1), round(100 * pear, 1)
     return "narrower" if p < b else "unchanged" if p == b else "wider"
+
+
+@dataclass(frozen=True)
+class GainKept:
+    """One run's PEAR gain set against the reference run's, on the same examples (issue 15: how much of the
+    fp32 gain a quantized format keeps). `share` = Δ / Δ_reference (None unless the reference gained);
+    `difference` = Δ − Δ_reference with a paired bootstrap CI over the examples (both runs' base and PEAR
+    answers to one example move together)."""
+    label: str
+    reference: str
+    delta: float
+    share: float | None
+    difference: float
+    ci_low: float
+    ci_high: float
+
+
+def reference_run(runs: Sequence[Run]) -> Run:
+    """The run the others are measured against: the first torch run (fp32, hooked or folded), else the first."""
+    return next((r for r in runs if r.label.startswith("torch:")), runs[0])
+
+
+def gains_kept(runs: Sequence[Run], resamples: int = 10_000, seed: int = 0) -> list[GainKept]:
+    """Each accuracy run's gain against the reference run's ([] for one run, perplexity, or runs over
+    different examples)."""
+    runs = [r for r in runs if r.comparison.overall.metric == "accuracy"]
+    if len(runs) < 2:
+        return []
+    ref = reference_run(runs)
+    ids = [i.id for i in ref.base.items]
+    if any([i.id for i in r.base.items] != ids for r in runs):
+        return []
+    def gain(run: Run) -> list[float]:  # per example: +1 PEAR alone right, -1 base alone right, else 0
+        return [float(p.correct) - float(b.correct) for b, p in zip(run.base.items, run.pear.items)]
+
+    ref_gain, ref_delta = gain(ref), ref.comparison.overall.delta
+    out = []
+    for run in runs:
+        delta = run.comparison.overall.delta
+        low, high = bootstrap_ci([g - r for g, r in zip(gain(run), ref_gain)], resamples, seed)
+        share = delta / ref_delta if ref_delta > 0 else None
+        out.append(GainKept(run.label, ref.label, delta, share, delta - ref_delta, low, high))
+    return out
+
+
+def gains_kept_markdown(runs: Sequence[Run]) -> list[str]:
+    kept = gains_kept(runs)
+    if not kept:
+        return []
+    lines = [f"### Gain kept in each run (reference: {kept[0].reference})", "",
+             "| run | PEAR Δ | share of the reference's Δ | Δ − reference Δ [95% CI] |", "|---|---|---|---|"]
+    for k in kept:
+        share = "—" if k.share is None else f"{k.share:.0%}"
+        lines.append(f"| {k.label} | {100 * k.delta:+.1f} pt | {share} | {100 * k.difference:+.1f} pt "
+                     f"[{100 * k.ci_low:+.1f}, {100 * k.ci_high:+.1f}] |")
+    return lines + ["", "The share is a ratio of two noisy gains; the CI says whether a format's gain differs "
+                        "from the reference's on these examples.", ""]
 
 
 def _name(backend: dict[str, Any]) -> str:
@@ -50,7 +108,7 @@ def _row(label: str, r: PairedResult) -> str:
 
 
 def markdown(runs: Sequence[Run]) -> str:
-    lines = []
+    lines = gains_kept_markdown(runs)
     for run in runs:
         metric = run.comparison.overall.metric
         wins = "passages base better / PEAR better" if metric == "perplexity" else "only base / only PEAR right"
@@ -102,7 +160,9 @@ def plot_positions(runs: Sequence[Run], path: Path) -> Path | None:
 def write_report(outdir: str | Path, runs: Sequence[Run], extra: dict[str, Any] | None = None) -> list[Path]:
     """results.json + report.md + accuracy_by_position.png (when there are positions)."""
     out = report_folder(outdir)
-    doc = {"format": "pear-edge/eval", "version": 1, **(extra or {}), "runs": [r.as_dict() for r in runs]}
+    kept = [asdict(k) for k in gains_kept(runs)]
+    doc = {"format": "pear-edge/eval", "version": 1, **(extra or {}), "runs": [r.as_dict() for r in runs],
+           **({"gain_kept": kept} if kept else {})}
     written = [write_text_atomic(out / "results.json", json.dumps(doc, indent=2, allow_nan=False) + "\n"),
                write_text_atomic(out / "report.md", markdown(runs))]
     plot = plot_positions(runs, out / "accuracy_by_position.png")

@@ -197,12 +197,93 @@ def profile_for(model: str) -> CalibrationSettings:
     return PROFILES.get(model, DEFAULTS)
 
 
+# The recipes measured to raise accuracy on real retrieved passages, by model: the sha256 of the model's fp32
+# weights (ModelFingerprint.weights_sha256) -> (the profile whose settings were measured, where the evidence
+# is). Everything else a user can calibrate - another model, another proxy, recipe, budget or step count - has
+# no such measurement, and `calibrate` says so (issue 15).
+VALIDATED: dict[str, tuple[str, str]] = {
+    # SmolLM2-135M-Instruct, the shipped Q4_1 dequantized (`--model default`)
+    "3c5fdee91060c09a103a3ace048e09657659253dda455eaa5b13bcd2d5525f3b":
+        ("default", "README 'On real documents': NQ-open test half, llama.cpp Q4_1 and Q4_K_M"),
+}
+# Fields that do not change what a recipe computes when the recipe does not use them.
+_POSITIONAL_FIELDS = ("positional_channel", "positional_candidates", "positional_scales", "positional_layers",
+                      "positional_length", "positional_validation")
+
+
+def _flat(record: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in record.items():
+        out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
+
+
+def unvalidated_reason(weights_sha256: str, settings: CalibrationSettings) -> str | None:
+    """None when `settings` are a validated recipe for the model with these weights (VALIDATED), else one
+    sentence saying why not: no recipe measured on this model, or which settings differ from the measured
+    one (execution-only fields and unused positional fields do not count)."""
+    entry = VALIDATED.get(weights_sha256)
+    if entry is None:
+        return ("no recipe has been measured on real passages for this model, so these coefficients may not "
+                "help it; measure them before deploying (`pear-edge eval --task mdqa --data YOUR.jsonl --base "
+                "BASE --pear PATCHED`)")
+    profile, evidence = entry
+    measured, given = _flat(PROFILES[profile].comparable()), _flat(settings.comparable())
+    unused = () if RECIPES[settings.recipe].positional else _POSITIONAL_FIELDS
+    differ = sorted(k for k in measured.keys() | given.keys()
+                    if measured.get(k) != given.get(k) and k not in unused)
+    if not differ:
+        return None
+    return (f"these settings differ from the measured recipe for this model ({', '.join(differ)}; measured: "
+            f"{evidence}), so its gain is not established for them; measure before deploying")
+
+
 def detect_heads(loaded, settings: CalibrationSettings, progress: bool = True, proxy=None) -> HeadScores:
     if settings.method == "gradient" and proxy is None:
         proxy = make_proxy(loaded, settings.train)
     return detect(loaded, settings.method, settings.lengths, settings.detect_batch, settings.seed,
                   settings.positions, progress, proxy=proxy, gradient_batches=settings.gradient_batches,
                   micro_batch=settings.train.micro_batch)
+
+
+def detection_fused(settings: CalibrationSettings) -> bool:
+    """True when detection selects nothing: every head is trained (top_k 0, no per-layer cap) and the scores
+    are gradients, so they only order and record the heads. The heads' scores then come from the first
+    training step's gradient (the same quantity, d(proxy loss)/d(head scale) at scale 1, on that step's
+    batch) instead of separate detection batches - the coefficients are the same, detection's time is saved
+    (issue 14: "reusing one forward for detection and the first training step")."""
+    return settings.method == "gradient" and not settings.top_k and settings.max_per_layer is None
+
+
+def train_every_head(loaded, settings: CalibrationSettings, progress: bool = True, proxy=None,
+                     on_scores=None) -> Coefficients:
+    """Detection fused into training (detection_fused): train every head, score each by the first step's
+    gradient (summed over a head's channels for seal-c), then hand the scores to `on_scores(HeadScores)`."""
+    adapter = loaded.adapter
+    heads = [(l, h, 0.0) for l in range(adapter.num_layers) for h in range(adapter.num_heads)]
+    per_channel = RECIPES[settings.recipe].learned == "channel"
+    proxy = proxy or make_proxy(loaded, settings.train)
+    first = []
+    coeffs = train_coefficients(loaded, heads, settings.train, progress, proxy=proxy, per_channel=per_channel,
+                                on_first_gradient=first.append)
+    grad = first[0].sum(dim=-1) if per_channel else first[0]
+    scores = HeadScores(grad.cpu().view(adapter.num_layers, adapter.num_heads), loaded.fingerprint(),
+                        {"method": "gradient", **proxy.describe(), "batches": 1, "seed": settings.train.seed,
+                         "from": "the first training step"})
+    if on_scores is not None:
+        on_scores(scores)
+    coeffs.heads = [dataclasses.replace(c, score=float(scores.scores[c.layer, c.head])) for c in coeffs.heads]
+    return _with_calibration_record(coeffs, scores, settings, proxy)
+
+
+def _with_calibration_record(coeffs: Coefficients, scores: HeadScores, settings: CalibrationSettings,
+                             proxy) -> Coefficients:
+    coeffs.calibration = {**settings.as_record(), "detection": scores.settings,
+                          "train_seconds": coeffs.calibration.get("train_seconds"),
+                          "loss_curve": coeffs.calibration.get("loss_curve"),
+                          "guard_curve": coeffs.calibration.get("guard_curve"),
+                          **prompt_format_record(proxy)}
+    return coeffs
 
 
 def train_from_scores(loaded, scores: HeadScores, settings: CalibrationSettings,
@@ -212,12 +293,7 @@ def train_from_scores(loaded, scores: HeadScores, settings: CalibrationSettings,
     per_channel = RECIPES[settings.recipe].learned == "channel"
     proxy = proxy or make_proxy(loaded, settings.train)
     coeffs = train_coefficients(loaded, heads, settings.train, progress, proxy=proxy, per_channel=per_channel)
-    coeffs.calibration = {**settings.as_record(), "detection": scores.settings,
-                          "train_seconds": coeffs.calibration.get("train_seconds"),
-                          "loss_curve": coeffs.calibration.get("loss_curve"),
-                          "guard_curve": coeffs.calibration.get("guard_curve"),
-                          **prompt_format_record(proxy)}
-    return coeffs
+    return _with_calibration_record(coeffs, scores, settings, proxy)
 
 
 def calibrate(loaded, settings: CalibrationSettings | None = None, progress: bool = True, proxy=None,

@@ -148,7 +148,10 @@ def cmd_train(args) -> int:
     loaded = load_model(args.model, device=args.device)
     _note_caveat(loaded)
     scores.model.check_matches(loaded.fingerprint(), what=args.model)
-    coeffs = train_from_scores(loaded, scores, _settings(args), progress=_progress(args))
+    settings = _settings(args)
+    unvalidated = _warn_unvalidated(loaded, settings)
+    coeffs = train_from_scores(loaded, scores, settings, progress=_progress(args))
+    coeffs.calibration["validated"] = unvalidated is None
     coeffs.save(args.output)
     _print_summary(coeffs)
     print(f"wrote {args.output}")
@@ -175,6 +178,7 @@ def cmd_calibrate(args) -> int:
     loaded = load_model(args.model, device=args.device)
     load_seconds = round(time.perf_counter() - start, 1)
     _note_caveat(loaded)
+    unvalidated = _warn_unvalidated(loaded, settings)
     written = []  # the head scores of the learned recipes, saved as soon as they exist
     coeffs = calibrate(loaded, settings, progress=_progress(args),
                        on_scores=lambda scores: written.extend(scores.save(heads_path, top_k=settings.top_k)))
@@ -183,6 +187,7 @@ def cmd_calibrate(args) -> int:
 
         coeffs.metrics["validation"] = validate_coefficients(loaded, coeffs, args.validate, seed=args.seed,
                                                              progress=_progress(args))
+    coeffs.calibration["validated"] = unvalidated is None
     coeffs.calibration["cost"] = {**run_cost(start, model_device(loaded.model)), "load_seconds": load_seconds}
     coeffs.calibration["wall_seconds"] = coeffs.calibration["cost"]["wall_seconds"]
     coeffs.save(out)
@@ -200,6 +205,17 @@ def _phases(calibration: dict) -> str:
     return f"; of which {', '.join(parts)}" if parts else ""
 
 
+def _warn_unvalidated(loaded, settings) -> str | None:
+    """Why these settings are not a recipe measured on this model (calibrate.unvalidated_reason), said as
+    one `pear-edge: warning:` line before training; the caller records calibration.validated."""
+    from .calibrate import unvalidated_reason
+
+    reason = unvalidated_reason(loaded.fingerprint().weights_sha256, settings)
+    if reason:
+        print(f"pear-edge: warning: unvalidated: {reason}", file=sys.stderr)
+    return reason
+
+
 def _note_caveat(loaded) -> None:
     """The registry's caveat for this model family, if any, as one `pear-edge: note:` line on stderr."""
     from .registry import caveat_note
@@ -212,8 +228,12 @@ def _note_caveat(loaded) -> None:
 def _print_summary(coeffs) -> None:
     from .calibrate import BUDGET_NOTES, PROXY_NOTES
     from .info import proxy_summary
+    from .recipes import RECIPES
 
-    notes = (PROXY_NOTES.get(str(coeffs.calibration.get("train", {}).get("proxy"))),
+    recipe = RECIPES.get(str(coeffs.calibration.get("recipe")))
+    # a recipe measured on its own says so; otherwise the proxy's note (measured with head scales) applies
+    measured = recipe.measured if recipe else ""
+    notes = (measured or PROXY_NOTES.get(str(coeffs.calibration.get("train", {}).get("proxy"))),
              BUDGET_NOTES.get(str(coeffs.calibration.get("budget"))))
     for note in filter(None, notes):
         print(f"pear-edge: note: {note}", file=sys.stderr)

@@ -14,8 +14,10 @@ def describe_coefficients(coeffs) -> str:
 
     m = coeffs.model
     recipe = coeffs.calibration.get("recipe") if isinstance(coeffs.calibration, dict) else None
+    validated = coeffs.calibration.get("validated") if isinstance(coeffs.calibration, dict) else None
     notes = ([f"recipe {recipe}"] if isinstance(recipe, str) else []) + [
-        f"calibrated on {fmt} prompts" for fmt in [recorded_format(coeffs.calibration)] if fmt]
+        f"calibrated on {fmt} prompts" for fmt in [recorded_format(coeffs.calibration)] if fmt] + (
+        ["UNVALIDATED: no measured gain for this model with these settings"] if validated is False else [])
     lines = [f"PEAR coefficients v{coeffs.version} for {m.name or m.model_type} "
              f"({m.model_type}, {m.num_layers} layers x {m.num_heads} heads x {m.head_dim})",
              f"weights sha256 {m.weights_sha256[:16]}…",

@@ -92,7 +92,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("method", "detection", "exact mean-ablation (paper), one-pass attribution of it (fast, for large "
            "models), or the gradient of the proxy loss with respect to each head's scale",
            choices=("exact", "attribution", "gradient")),
-    Option("gradient_batches", "detection", "proxy batches averaged by --method gradient", int),
+    Option("gradient_batches", "detection", "proxy batches averaged by --method gradient when heads are "
+           "selected (-k > 0 or --max-per-layer); with every head trained the first training step scores them",
+           int),
     Option("lengths", "detection", "copy-proxy lengths n to average over, e.g. 15,25,50", int_list),
     Option("positions", "detection", "ablate at the last predicting position (paper) or at every copy position",
            choices=("last", "copy")),
@@ -101,9 +103,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("select", "training", "train the top-K by score (suppressors, paper) or by |score| (also heads to "
            "strengthen)", choices=("score", "abs")),
     Option("max_per_layer", "training", "cap on heads per layer", int),
-    Option("budget", "training", "full = the recipe as validated; fast = fewer, larger steps and one detection "
-           "batch, about a third of the time (its measured cost in gain: README 'Calibration cost'); "
-           "flags given beside it win", choices=tuple(BUDGETS)),
+    Option("budget", "training", "full = the recipe as validated; fast = a third of the steps at three times the "
+           "learning rate (and one detection batch when heads are selected), about a third of the time (its "
+           "measured cost in gain: README 'Calibration cost'); flags given beside it win", choices=tuple(BUDGETS)),
     Option("steps", "training", "optimizer steps", int),
     Option("batch", "training", "sequences per step", int),
     Option("n", "training", "copy-proxy length for training", int),

@@ -92,10 +92,13 @@ def checkpointed_layers(layers: list[torch.nn.Module]) -> Iterator[None]:
 
 
 def train_coefficients(loaded, heads: list[tuple[int, int, float]], settings: TrainSettings,
-                       progress: bool = True, proxy=None, per_channel: bool = False) -> Coefficients:
+                       progress: bool = True, proxy=None, per_channel: bool = False,
+                       on_first_gradient=None) -> Coefficients:
     """Return Coefficients for `heads` [(layer, head, score)], trained on the proxy task: one scale per head,
     or with `per_channel` one per channel of each head's output (head_dim each; written as o_proj channel
-    scales, 1 for the unselected heads' channels). The same loop, constraints, pull and guard either way."""
+    scales, 1 for the unselected heads' channels). The same loop, constraints, pull and guard either way.
+    `on_first_gradient(grad)` sees d(proxy loss)/d(scales) at scale 1 on the first step's batch (shape of the
+    scales: (heads,) or (heads, head_dim); before the pull and the guard add theirs)."""
     if not heads:
         raise PearError("no heads selected to train")
     if settings.constraint not in CONSTRAINTS:
@@ -124,6 +127,8 @@ def train_coefficients(loaded, heads: list[tuple[int, int, float]], settings: Tr
             optim.zero_grad()
             batch = proxy.sample(gen)
             loss = backward_in_parts(lambda part: proxy.loss(model, part), proxy.parts(batch, settings.micro_batch))
+            if on_first_gradient is not None and not losses:
+                on_first_gradient(values.grad.detach().clone())
             if settings.pull:
                 (settings.pull * ((values - 1) ** 2).sum()).backward()
             if guard is not None:

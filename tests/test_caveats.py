@@ -1,6 +1,9 @@
 """Registry caveats reach the user: `calibrate` prints the Gemma post-norm caveat as a `pear-edge: note:`
-line on stderr, and `info` shows it for a Gemma model folder (tiny config-built model, offline)."""
+line on stderr, and `info` shows it for a Gemma model folder (tiny config-built model, offline); a recipe
+without a measured gain for the model is called unvalidated, at calibration and in `info`."""
 from __future__ import annotations
+
+import json
 
 from gguf import GGMLQuantizationType as T
 
@@ -20,6 +23,33 @@ def test_calibrate_and_info_tell_the_gemma_post_norm_caveat(tmp_path, capsys):
     assert len(notes) == 1 and "gemma3_text" in notes[0]
     assert main(["info", str(folder)]) == 0
     assert "pear-edge: note: gemma3_text: a post-attention RMSNorm" in capsys.readouterr().out
+
+
+def test_calibrate_calls_a_recipe_unmeasured_on_the_model_unvalidated(tmp_path, capsys):
+    folder = save_tiny_llama(tmp_path / "llama")
+    out = tmp_path / "c.json"
+    assert main(["-q", "calibrate", "--model", str(folder), "--proxy", "copy", "--method", "exact", "--lengths", "4",
+                 "--detect-batch", "2", "-k", "2", "--steps", "1", "--batch", "2", "--n", "4", "--guard", "0",
+                 "-o", str(out)]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("pear-edge: warning:")]
+    assert len(warnings) == 1 and "unvalidated: no recipe has been measured" in warnings[0]
+    assert json.loads(out.read_text())["calibration"]["validated"] is False
+    assert main(["info", str(out)]) == 0
+    assert "UNVALIDATED" in capsys.readouterr().out
+
+
+def test_only_the_measured_settings_on_the_measured_model_are_validated():
+    from pear_edge.calibrate import DEFAULTS, VALIDATED, unvalidated_reason, with_budget, with_overrides
+
+    (sha, (profile, _)), = VALIDATED.items()
+    assert profile == "default" and unvalidated_reason(sha, DEFAULTS) is None
+    # execution-only fields (the same gradient) and the unused positional fields do not count
+    same = with_overrides(DEFAULTS, {"micro_batch": 0, "checkpoint": True, "positional_candidates": 5})
+    assert unvalidated_reason(sha, same) is None
+    assert "(recipe;" in unvalidated_reason(sha, with_overrides(DEFAULTS, {"recipe": "seal-c"}))
+    fast = unvalidated_reason(sha, with_budget(DEFAULTS, "fast"))
+    assert "(budget, gradient_batches, train.lr, train.steps;" in fast
+    assert "no recipe has been measured" in unvalidated_reason("0" * 64, DEFAULTS)
 
 
 def test_no_note_for_a_family_without_caveat(tmp_path, capsys):

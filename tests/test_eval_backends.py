@@ -87,17 +87,23 @@ def test_eval_cli_on_llamacpp_base_vs_patched(default_model, tmp_path, capsys):
     coeffs = Coefficients(default_model.fingerprint(), [HeadCoefficient(3, 5, 0.5), HeadCoefficient(8, 2, 0.3)])
     pear = tmp_path / "pear.gguf"
     patch_gguf(default_gguf_path(), coeffs, pear, progress=False)
+    coeffs.save(tmp_path / "c.json")
     out = tmp_path / "report"
     rc = main(["-q", "eval", "--task", "counterfactual", "--count", "1", "--num-docs", "3", "--positions", "0,2",
                "--max-tokens", "10", "--threads", "1", "--base", str(default_gguf_path()), "--pear", str(pear),
-               "-o", str(out)])
+               "--model", "default", "--coefficients", str(tmp_path / "c.json"), "-o", str(out)])
     assert rc == 0
-    assert "McNemar p=" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "McNemar p=" in printed and " vs torch:" in printed
     doc = json.loads((out / "results.json").read_text())
-    run = doc["runs"][0]
+    # the torch run (hooked, fp32) comes first and is the reference of the gain-kept table
+    assert [r["label"].split(":")[0] for r in doc["runs"]] == ["torch", "llamacpp"]
+    assert [k["reference"].split(":")[0] for k in doc["gain_kept"]] == ["torch", "torch"]
+    assert (out / "report.md").read_text().startswith("### Gain kept in each run (reference: torch:")
+    run = doc["runs"][1]
     assert run["label"].startswith("llamacpp:") and run["comparison"]["overall"]["n"] == 2
     assert set(run["comparison"]["by_position"]) == {"0", "2"}
-    assert (out / "report.md").read_text().count("| 0 |") == 1
+    assert (out / "report.md").read_text().count("| 0 |") == 2
     assert (out / "accuracy_by_position.png").read_bytes()[:4] == b"\x89PNG"
     # same prompt, same path as the demo: the harness output equals a direct llama.cpp chat
     item = run["base"]["items"][0]

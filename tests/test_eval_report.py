@@ -32,6 +32,35 @@ def test_write_report_table_json_and_plot(tmp_path):
     assert [p.name for p in (tmp_path / "r").iterdir() if p.name.startswith(".")] == [MARKER]
 
 
+def test_gain_kept_against_the_torch_run(tmp_path):
+    """Several runs on the same examples: each run's gain as a share of the torch (fp32) run's, and the
+    difference with a paired CI; the torch run is the reference wherever it stands."""
+    from pear_edge.eval.report import gains_kept
+
+    base = _results([1, 0, 0] * 4)
+    runs = [Run(label, base, pear, paired_compare(base, pear, resamples=200))
+            for label, pear in (("llamacpp:q4.gguf", _results([1, 1, 0] * 2 + [1, 0, 0] * 2)),   # +2 of 12
+                                ("torch:m hooked", _results([1, 1, 0] * 4)),                      # +4 of 12
+                                ("onnx:int8", _results([1, 0, 0] * 4)))]                           # +0
+    kept = gains_kept(runs, resamples=200)
+    assert [k.label for k in kept] == ["llamacpp:q4.gguf", "torch:m hooked", "onnx:int8"]
+    assert {k.reference for k in kept} == {"torch:m hooked"}
+    assert [k.share for k in kept] == pytest.approx([0.5, 1.0, 0.0])
+    assert [k.difference for k in kept] == pytest.approx([-2 / 12, 0.0, -4 / 12])
+    q4 = kept[0]
+    assert q4.ci_low < q4.difference < q4.ci_high <= 0.0  # it never gains where the reference did not
+    write_report(tmp_path / "r", runs)
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert md.startswith("### Gain kept in each run (reference: torch:m hooked)")
+    assert "| onnx:int8 | +0.0 pt | 0% | -33.3 pt [" in md
+    doc = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert [k["share"] for k in doc["gain_kept"]] == pytest.approx([0.5, 1.0, 0.0])
+    # one run, or no gain in the reference: no share to give
+    assert gains_kept(runs[:1]) == []
+    flat = [Run("torch:x", base, base, paired_compare(base, base, resamples=50)), runs[0]]
+    assert [k.share for k in gains_kept(flat, resamples=50)] == [None, None]
+
+
 def test_gap_change_compares_what_the_report_prints():
     from pear_edge.eval.report import gap_change
 

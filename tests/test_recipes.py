@@ -177,6 +177,39 @@ def test_seal_c_trains_one_scale_per_channel_in_the_one_loop():
     assert again.o_proj_channels == coeffs.o_proj_channels
 
 
+@pytest.mark.parametrize("recipe", ["pear", "seal-c"])
+def test_every_head_trained_scores_heads_by_the_first_step_with_the_same_coefficients(recipe):
+    """Issue 14: with every head trained (top_k 0) detection selects nothing, so run_recipe skips its batches
+    and scores the heads by the first training step's gradient; the coefficients equal detect-then-train's."""
+    from pear_edge.calibrate import detect_heads, detection_fused, train_from_scores
+    from pear_edge.detect import scale_gradient_scores
+    from pear_edge.train import make_proxy
+
+    lm = tiny_model("llama")
+    settings = with_overrides(CalibrationSettings(method="gradient", top_k=0, gradient_batches=2),
+                              {"recipe": recipe, "steps": 3, "batch": 4, "n": 8, "pull": 0.1, "guard": 0.0})
+    assert detection_fused(settings) and not detection_fused(with_overrides(settings, {"top_k": 3}))
+    seen = []
+    fused = run_recipe(lm, settings, progress=False, on_scores=seen.append)
+    separate = train_from_scores(lm, detect_heads(lm, settings, progress=False), settings, progress=False)
+    assert fused.calibration["detect_seconds"] == 0.0
+    assert fused.calibration["detection"] == {**seen[0].settings, "from": "the first training step"}
+    if recipe == "pear":
+        by_head = lambda c: {(h.layer, h.head): h.coefficient for h in c.heads}  # noqa: E731
+        assert by_head(fused) == pytest.approx(by_head(separate), abs=1e-6)
+        assert len(fused.heads) == 3 * 4  # every head
+    else:
+        np.testing.assert_allclose([c.scales for c in fused.o_proj_channels],
+                                   [c.scales for c in separate.o_proj_channels], atol=1e-6)
+    # the recorded scores are detection's quantity on the first training batch: d(loss)/d(head scale) at 1
+    proxy = make_proxy(lm, settings.train)
+    expected = scale_gradient_scores(lm, proxy, 1, seed=-20_000, progress=False)  # its seed + 20000 = 0, the train seed
+    assert seen[0].scores == pytest.approx(expected, abs=1e-5)
+    if recipe == "pear":
+        assert {(h.layer, h.head): h.score for h in fused.heads} == pytest.approx(
+            {(l, h): float(expected[l, h]) for l in range(3) for h in range(4)}, abs=1e-5)
+
+
 def plant_position_channel(lm, channel: int, strength: float = 4.0):
     """Add a ramp over positions to one channel of the embedding output (every layer's residual stream
     carries it); returns the hook handle."""
@@ -319,7 +352,10 @@ def test_calibrate_and_fold_commands_carry_every_recipe(tmp_path, capsys):
         cal = coeffs.calibration
         assert all(cal[k] >= 0 for k in ("proxy_seconds", "detect_seconds", "train_seconds"))
         assert 0 <= cal["cost"]["load_seconds"] <= cal["wall_seconds"]
-        assert "; of which load " in capsys.readouterr().out
+        printed = capsys.readouterr()
+        assert "; of which load " in printed.out
+        # what was measured about the recipe on the default model is said after the run
+        assert f"pear-edge: note: {recipe} on SmolLM2-135M" in printed.err
         assert bool(coeffs.o_proj_channels) == (recipe == "seal-c") and bool(coeffs.heads) == (recipe != "seal-c")
         if recipe.startswith("positional"):
             tried = coeffs.calibration["positional"]["tried"]
