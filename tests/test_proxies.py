@@ -49,8 +49,14 @@ def test_mdqa_proxy_targets_only_the_answer_and_matches_full_logits(default_mode
     assert [p["input_ids"].shape[0] for p, _ in parts] == [2, 1] and sum(w for _, w in parts) == pytest.approx(1)
     parted = sum(w * proxy.loss(default_model.model, p) for p, w in parts)
     assert torch.allclose(parted, sum(expected) / tokens, atol=1e-4)
-    held = proxy.evaluate(default_model.model, proxy.held_out(1, 0))
+    held_out = proxy.held_out(1, 0)
+    held = proxy.evaluate(default_model.model, held_out)
     assert held["answer_loss"] > 0 and 0 <= held["answer_exact"] <= 1
+    # evaluated prompt by prompt, unpadded: the padded batch's own answer loss
+    logits, labels = proxy._logits_labels(default_model.model, held_out[0])
+    with torch.no_grad():
+        padded = F.cross_entropy(logits[labels != -100], labels[labels != -100])
+    assert held["answer_loss"] == pytest.approx(float(padded), abs=1e-4)
 
 
 def test_passage_proxy_targets_the_gold_passage(default_model):
