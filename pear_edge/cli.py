@@ -178,7 +178,7 @@ def cmd_calibrate(args) -> int:
     loaded = load_model(args.model, device=args.device)
     load_seconds = round(time.perf_counter() - start, 1)
     _note_caveat(loaded)
-    unvalidated = _warn_unvalidated(loaded, settings)
+    _warn_unvalidated(loaded, settings)  # run_recipe records it as calibration.validated
     written = []  # the head scores of the learned recipes, saved as soon as they exist
     coeffs = calibrate(loaded, settings, progress=_progress(args),
                        on_scores=lambda scores: written.extend(scores.save(heads_path, top_k=settings.top_k)))
@@ -187,7 +187,6 @@ def cmd_calibrate(args) -> int:
 
         coeffs.metrics["validation"] = validate_coefficients(loaded, coeffs, args.validate, seed=args.seed,
                                                              progress=_progress(args))
-    coeffs.calibration["validated"] = unvalidated is None
     coeffs.calibration["cost"] = {**run_cost(start, model_device(loaded.model)), "load_seconds": load_seconds}
     coeffs.calibration["wall_seconds"] = coeffs.calibration["cost"]["wall_seconds"]
     coeffs.save(out)
@@ -207,7 +206,8 @@ def _phases(calibration: dict) -> str:
 
 def _warn_unvalidated(loaded, settings) -> str | None:
     """Why these settings are not a recipe measured on this model (calibrate.unvalidated_reason), said as
-    one `pear-edge: warning:` line before training; the caller records calibration.validated."""
+    one `pear-edge: warning:` line before training. run_recipe records calibration.validated; `train`, which
+    does not go through it, records it from the returned reason."""
     from .calibrate import unvalidated_reason
 
     reason = unvalidated_reason(loaded.fingerprint().weights_sha256, settings)

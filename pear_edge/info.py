@@ -16,12 +16,13 @@ def describe_coefficients(coeffs) -> str:
     recipe = coeffs.calibration.get("recipe") if isinstance(coeffs.calibration, dict) else None
     validated = coeffs.calibration.get("validated") if isinstance(coeffs.calibration, dict) else None
     notes = ([f"recipe {recipe}"] if isinstance(recipe, str) else []) + [
-        f"calibrated on {fmt} prompts" for fmt in [recorded_format(coeffs.calibration)] if fmt] + (
-        ["UNVALIDATED: no measured gain for this model with these settings"] if validated is False else [])
+        f"calibrated on {fmt} prompts" for fmt in [recorded_format(coeffs.calibration)] if fmt]
     lines = [f"PEAR coefficients v{coeffs.version} for {m.name or m.model_type} "
              f"({m.model_type}, {m.num_layers} layers x {m.num_heads} heads x {m.head_dim})",
              f"weights sha256 {m.weights_sha256[:16]}…",
              f"edits: {coeffs.describe_edits()}" + (f" ({', '.join(notes)})" if notes else "")]
+    if validated is False:
+        lines.append("UNVALIDATED: no measured gain for this model with these settings")
     for h in coeffs.heads:
         score = "" if h.score is None else f"  score {h.score:+.4f}"
         lines.append(f"  L{h.layer:>2}H{h.head:<2} coefficient {h.coefficient:.4f}{score}")

@@ -121,9 +121,11 @@ def _learn(loaded, settings, progress, proxy, detect, on_scores, seconds: dict):
 
 
 def run_recipe(loaded, settings, progress: bool = True, proxy=None, detect=None, on_scores=None):
-    """Calibrate `loaded` by settings.recipe -> Coefficients. `detect(loaded, settings, progress, proxy=)`
+    """Calibrate `loaded` by settings.recipe -> Coefficients (calibration.validated: whether these settings are
+    a recipe measured on this model, calibrate.unvalidated_reason). `detect(loaded, settings, progress, proxy=)`
     replaces calibrate.detect_heads (the variants' cache); `on_scores(HeadScores)` sees the head scores
     of the learned recipes (the CLI writes them beside the coefficients)."""
+    from .calibrate import unvalidated_reason
     from .coefficients import Coefficients, qk_factor_map
     from .errors import PearError
     from .heads import scale_qk_channels
@@ -153,4 +155,5 @@ def run_recipe(loaded, settings, progress: bool = True, proxy=None, detect=None,
     if positional is not None:
         calibration["positional"] = positional
     calibration.update(seconds)
+    calibration["validated"] = unvalidated_reason(loaded.fingerprint().weights_sha256, settings) is None
     return Coefficients(loaded.fingerprint(), heads, calibration, metrics, o_proj_channels=channels, qk_channels=qk)

@@ -193,6 +193,7 @@ def test_every_head_trained_scores_heads_by_the_first_step_with_the_same_coeffic
     fused = run_recipe(lm, settings, progress=False, on_scores=seen.append)
     separate = train_from_scores(lm, detect_heads(lm, settings, progress=False), settings, progress=False)
     assert fused.calibration["detect_seconds"] == 0.0
+    assert fused.calibration["validated"] is False  # the one runner records it, for the Python API too
     assert fused.calibration["detection"] == {**seen[0].settings, "from": "the first training step"}
     if recipe == "pear":
         by_head = lambda c: {(h.layer, h.head): h.coefficient for h in c.heads}  # noqa: E731
