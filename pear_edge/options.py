@@ -11,6 +11,7 @@ import argparse
 from dataclasses import dataclass
 
 from .prompts import FORMAT_CHOICES
+from .textqa import GOLD_SLOTS
 from .recipes import BUDGETS, RECIPES, recipe_help
 
 
@@ -89,6 +90,8 @@ OPTIONS: tuple[Option, ...] = (
            "template; completion = the plain text ending in 'Answer:' (base models); auto = chat when the "
            "model has a chat template, else completion (recorded in the coefficients as "
            "calibration.prompt_format)", choices=FORMAT_CHOICES),
+    Option("gold", "proxy", "cloze proxy: where the gold document goes: uniform over the slots, or middle = "
+           "never the first or the last of 3+ documents", choices=GOLD_SLOTS),
     Option("method", "detection", "exact mean-ablation (paper), one-pass attribution of it (fast, for large "
            "models), or the gradient of the proxy loss with respect to each head's scale",
            choices=("exact", "attribution", "gradient")),

@@ -138,7 +138,7 @@ def MDQAProxy(loaded, batch: int = 4, num_docs: int = 10, pool: int = 400, seed:
 
 def ClozeProxy(loaded, batch: int = 4, pool: int = 2000, seed: int = 0, corpus: str | None = None,
                num_docs: tuple[int, int] = (3, 10), topical_share: float = 0.6,
-               prompt_format: str = AUTO) -> RAGProxy:
+               prompt_format: str = AUTO, gold: str = "uniform") -> RAGProxy:
     """Generated questions over real text (`corpus`: None/'builtin', a folder, or a rag index), the answer
     span as target. Held-out batches use passages whose title hashes to the held-out share."""
     from .corpora import corpus_passages, embed_passages
@@ -153,13 +153,13 @@ def ClozeProxy(loaded, batch: int = 4, pool: int = 2000, seed: int = 0, corpus: 
         if len(index) < num_docs[1] + 1:  # a small user corpus: share passages, never questions' order
             index = list(range(len(passages)))
         records = qa_records([passages[i] for i in index], vectors[index], count, seed=seed + (split == "validation"),
-                             num_docs=num_docs, topical_share=topical_share)
+                             num_docs=num_docs, topical_share=topical_share, gold_slots=gold)
         rng = random.Random(f"cloze-proxy:{split}:{seed}")
         wordings = sorted(WORDINGS)
         examples[split] = [(mdqa_prompt(r.question, r.documents, rng.choice(wordings)), r.answer) for r in records]
     return RAGProxy(loaded.tokenizer, examples, batch, "cloze",
                     {"target": "answer", "corpus": corpus or "builtin", "passages": len(passages),
-                     "num_docs": list(num_docs), "topical_share": topical_share,
+                     "num_docs": list(num_docs), "topical_share": topical_share, "gold": gold,
                      "train_examples": len(examples["train"])}, prompt_format)
 
 

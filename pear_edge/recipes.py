@@ -33,7 +33,8 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
            help="one learned scale per o_proj input channel (SEAL-C, arXiv 2501.15225), folded into W_o's columns",
            measured="seal-c on SmolLM2-135M (llama.cpp Q4_1): real NQ passages -1.7 pt vs base and -8.3 pt vs the "
                     "default pear recipe (n=120, p=0.03); counterfactual documents +20.0 pt, KV lookup +7.3 pt, "
-                    "perplexity -0.8 %: better for verbatim lookup, worse for real-text QA (README 'Peer methods')"),
+                    "perplexity -0.8 %: better for verbatim lookup, worse for real-text QA; NQ validation half "
+                    "-4.4 pt vs pear (n=90) (README 'Peer methods')"),
     Recipe(name="positional", positional=True,
            help="Yu et al. (arXiv 2406.02536): the positional hidden channel scaled as a q/k input "
                 "(W_q[:, ch] *= s, W_k[:, ch] *= s), channel, s and layers searched on validation data",
@@ -42,7 +43,8 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
     Recipe(name="positional+pear", positional=True, learned="head",
            help="the positional edit, then head scales detected and trained with it in place",
            measured="positional+pear on SmolLM2-135M (llama.cpp Q4_1): real NQ passages +6.7 pt, level with pear "
-                    "alone (n=120), perplexity +4.1 %, over the +2 % bound (README 'Peer methods')"),
+                    "alone (n=120; Q4_K_M +0.8 pt vs pear; NQ validation half -3.3 pt vs pear, n=90), perplexity "
+                    "+4.1 %, over the +2 % bound (README 'Peer methods')"),
     Recipe(name="positional+seal-c", positional=True, learned="channel",
            help="the positional edit, then channel scales trained with it in place"),
 )}

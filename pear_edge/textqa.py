@@ -29,6 +29,9 @@ _COUNT = re.compile(r"(?<![\w\-./:])(\d{1,6}(?:,\d{3})*(?:\.\d+)?)\s+([a-z][a-z\
 _NAME = re.compile(r"(?<![\w.])([A-Z][\w&\-]*(?:\s+(?:of|de|von|van|the|and|for)?\s*[A-Z][\w&\-]*){1,3})")
 _STOP_NAMES = {"The", "This", "It", "In", "A", "An", "These", "Its", "He", "She", "They", "See", "For", "When"}
 MIN_WORDS, MAX_WORDS = 12, 28  # question length window around the answer span
+# Where qa_records puts the gold document: uniform over the slots, or middle = never the first or the last
+# of three or more documents (the positions small models lose; issue 11's middle and position gap).
+GOLD_SLOTS = ("uniform", "middle")
 
 
 @dataclass(frozen=True)
@@ -122,13 +125,15 @@ class QARecord:
 
 def qa_records(passages: Sequence[Passage], vectors: np.ndarray | None, count: int, seed: int = 0,
                num_docs: tuple[int, int] = (3, 10), topical_share: float = 0.6,
-               gold: Sequence[int] | None = None) -> list[QARecord]:
+               gold: Sequence[int] | None = None, gold_slots: str = "uniform") -> list[QARecord]:
     """`count` questions over `passages` (asked about `gold` ones only, if given: indices into `passages`),
     each with num_docs[0]..num_docs[1] documents.
 
     Distractors: with probability `topical_share` the passages nearest to the gold one by embedding
     cosine (`vectors`, unit rows), otherwise random ones; never the gold's title, never one that
-    contains the answer (case-insensitive). Gold positions are uniform over the slots."""
+    contains the answer (case-insensitive). Gold positions: `gold_slots` (GOLD_SLOTS)."""
+    if gold_slots not in GOLD_SLOTS:
+        raise PearError(f"unknown gold placement {gold_slots!r}; choose one of {', '.join(GOLD_SLOTS)}")
     if len(passages) < num_docs[1] + 1:
         raise PearError(f"a corpus of {len(passages)} passages is too small for {num_docs[1]}-document prompts; "
                         f"give at least {num_docs[1] + 1} passages (more than 200 is better)")
@@ -159,7 +164,7 @@ def qa_records(passages: Sequence[Passage], vectors: np.ndarray | None, count: i
         if len(chosen) < n - 1:
             continue
         rng.shuffle(chosen)  # nearest-first would put the hardest distractor at a fixed slot
-        pos = rng.randrange(n)
+        pos = rng.randrange(1, n - 1) if gold_slots == "middle" and n >= 3 else rng.randrange(n)
         docs = [Document(passages[i].title, passages[i].text) for i in chosen]
         docs.insert(pos, Document(passages[gold].title, passages[gold].text))
         records.append(QARecord(q.question, q.answer, tuple(docs), pos))

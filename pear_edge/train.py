@@ -50,6 +50,7 @@ class TrainSettings:
     checkpoint: bool = False  # recompute each decoder layer in the backward pass (memory for time)
     micro_batch: int = 0  # backpropagate this many prompts at a time (0: the whole batch); same gradient
     prompt_format: str = "auto"  # RAG-shaped proxies: auto | chat | completion (pear_edge.prompts)
+    gold: str = "uniform"  # cloze proxy: where the gold document goes (textqa.GOLD_SLOTS)
 
 
 def make_proxy(loaded, settings: TrainSettings):
@@ -68,7 +69,7 @@ def make_proxy(loaded, settings: TrainSettings):
         from .rag_proxy import ClozeProxy
 
         return ClozeProxy(loaded, batch=settings.batch, pool=settings.pool, seed=settings.seed, corpus=settings.corpus,
-                          prompt_format=settings.prompt_format)
+                          prompt_format=settings.prompt_format, gold=settings.gold)
     raise PearError(f"unknown proxy {settings.proxy!r}; choose one of {', '.join(PROXIES)}")
 
 

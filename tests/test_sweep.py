@@ -72,3 +72,8 @@ def test_corpus_or_cloze_flags_start_from_the_validated_cloze_recipe():
     args = build_parser().parse_args(["calibrate", "--corpus", "docs", "--proxy", "copy", "-o", "c.json"])
     with pytest.raises(PearError, match="--corpus goes with the cloze proxy"):
         CalibrationSettings.from_args(args, profile_for("default"))
+    args = build_parser().parse_args(["calibrate", "--gold", "middle", "-o", "c.json"])
+    assert CalibrationSettings.from_args(args, profile_for("default")).train.gold == "middle"
+    args = build_parser().parse_args(["calibrate", "--gold", "middle", "--proxy", "passage", "-o", "c.json"])
+    with pytest.raises(PearError, match="--gold goes with the cloze proxy"):
+        CalibrationSettings.from_args(args, profile_for("default"))

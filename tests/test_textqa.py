@@ -72,6 +72,18 @@ def test_qa_records_place_gold_and_never_use_a_distractor_holding_the_answer(top
         assert np.mean(sims[chosen]) > np.median(sims)
 
 
+def test_qa_records_middle_never_puts_gold_first_or_last_and_uniform_is_unchanged():
+    passages = _corpus(40)
+    middle = qa_records(passages, None, 40, seed=2, num_docs=(3, 8), gold_slots="middle")
+    assert all(0 < r.position < len(r.documents) - 1 for r in middle)
+    assert len({r.position for r in middle}) >= 4
+    uniform = qa_records(passages, None, 40, seed=2, num_docs=(3, 8))
+    assert any(r.position in (0, len(r.documents) - 1) for r in uniform)
+    assert uniform == qa_records(passages, None, 40, seed=2, num_docs=(3, 8), gold_slots="uniform")
+    with pytest.raises(PearError, match="gold placement"):
+        qa_records(passages, None, 4, gold_slots="edges")
+
+
 def test_qa_records_refuse_a_tiny_corpus():
     with pytest.raises(PearError, match="too small"):
         qa_records(_corpus(5), None, 3, num_docs=(3, 10))
