@@ -13,6 +13,7 @@ from .errors import PearError
 from .positional import SCALES as POSITIONAL_SCALES
 from .prompts import AUTO, FORMAT_CHOICES
 from .recipes import BUDGETS, DEFAULT_RECIPE, RECIPES
+from .textqa import GOLD_SLOTS
 from .train import TrainSettings, make_proxy, prompt_format_record, train_coefficients
 
 
@@ -83,6 +84,8 @@ class CalibrationSettings:
                 raise PearError(f"--{name} must be at least {low} (got {value})")
         if self.train.corpus is not None and self.train.proxy != "cloze":
             raise PearError(f"--corpus goes with the cloze proxy, not --proxy {self.train.proxy}")
+        if self.train.gold not in GOLD_SLOTS:  # the Python API and variants files; the CLI has choices
+            raise PearError(f"unknown gold placement {self.train.gold!r}; choose one of {', '.join(GOLD_SLOTS)}")
         if self.train.gold != "uniform" and self.train.proxy != "cloze":
             raise PearError(f"--gold goes with the cloze proxy, not --proxy {self.train.proxy}")
         if self.train.prompt_format not in FORMAT_CHOICES:

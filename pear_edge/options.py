@@ -11,8 +11,8 @@ import argparse
 from dataclasses import dataclass
 
 from .prompts import FORMAT_CHOICES
-from .textqa import GOLD_SLOTS
 from .recipes import BUDGETS, RECIPES, recipe_help
+from .textqa import GOLD_SLOTS
 
 
 def on_off(text: str) -> bool:

@@ -77,3 +77,6 @@ def test_corpus_or_cloze_flags_start_from_the_validated_cloze_recipe():
     args = build_parser().parse_args(["calibrate", "--gold", "middle", "--proxy", "passage", "-o", "c.json"])
     with pytest.raises(PearError, match="--gold goes with the cloze proxy"):
         CalibrationSettings.from_args(args, profile_for("default"))
+    from pear_edge.calibrate import with_overrides
+    with pytest.raises(PearError, match="unknown gold placement"):  # the Python API, before any model load
+        with_overrides(profile_for("default"), {"gold": "edges"})
