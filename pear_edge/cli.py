@@ -226,13 +226,15 @@ def _note_caveat(loaded) -> None:
 
 
 def _print_summary(coeffs) -> None:
-    from .calibrate import BUDGET_NOTES, GOLD_NOTES, PROXY_NOTES
+    from .calibrate import BUDGET_NOTES, GOLD_NOTES, MEASURED, PROXY_NOTES
     from .info import proxy_summary
     from .recipes import RECIPES
 
     recipe = RECIPES.get(str(coeffs.calibration.get("recipe")))
-    # a recipe measured on its own says so; otherwise the proxy's note (measured with head scales) applies
-    measured = recipe.measured if recipe else ""
+    # what was measured on this very model says so; else a recipe measured on its own (on SmolLM2), else the
+    # proxy's note (measured with head scales on SmolLM2)
+    model = MEASURED.get(coeffs.model.weights_sha256)
+    measured = (model.note if model else "") or (recipe.measured if recipe else "")
     train = coeffs.calibration.get("train", {})
     notes = (measured or PROXY_NOTES.get(str(train.get("proxy"))), GOLD_NOTES.get(str(train.get("gold"))),
              BUDGET_NOTES.get(str(coeffs.calibration.get("budget"))))

@@ -314,13 +314,16 @@ def test_a_fast_calibration_says_what_its_budget_cost(capsys):
     from pear_edge.textqa import GOLD_SLOTS
 
     assert set(GOLD_NOTES) < set(GOLD_SLOTS) and "uniform" not in GOLD_NOTES
-    _print_summary(SimpleNamespace(calibration={"train": {"proxy": "copy"}, "budget": "fast"}, metrics={}, summary=str))
+    model = SimpleNamespace(weights_sha256="0" * 64)  # a model nothing was measured on: the proxy's note
+    _print_summary(SimpleNamespace(model=model, calibration={"train": {"proxy": "copy"}, "budget": "fast"},
+                                   metrics={}, summary=str))
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 2 and all(line.startswith("pear-edge: note: ") for line in err)
     assert "perplexity" in err[1] and "fast budget" in err[1]
-    _print_summary(SimpleNamespace(calibration={"train": {"proxy": "copy"}, "budget": "full"}, metrics={}, summary=str))
-    assert len(capsys.readouterr().err.splitlines()) == 1
-    _print_summary(SimpleNamespace(calibration={"train": {"proxy": "cloze", "gold": "middle"}, "budget": "full"},
+    _print_summary(SimpleNamespace(model=model, calibration={"train": {"proxy": "copy"}, "budget": "full"},
                                    metrics={}, summary=str))
+    assert len(capsys.readouterr().err.splitlines()) == 1
+    _print_summary(SimpleNamespace(model=model, calibration={"train": {"proxy": "cloze", "gold": "middle"},
+                                                             "budget": "full"}, metrics={}, summary=str))
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 2 and "--gold middle" in err[1] and "not adopted" in err[1]
