@@ -22,7 +22,7 @@ def describe_coefficients(coeffs) -> str:
              f"weights sha256 {m.weights_sha256[:16]}…",
              f"edits: {coeffs.describe_edits()}" + (f" ({', '.join(notes)})" if notes else "")]
     if validated is False:
-        lines.append("UNVALIDATED: no measured gain for this model with these settings")
+        lines.append("UNVALIDATED: no established gain for this model with these settings")
     for h in coeffs.heads:
         score = "" if h.score is None else f"  score {h.score:+.4f}"
         lines.append(f"  L{h.layer:>2}H{h.head:<2} coefficient {h.coefficient:.4f}{score}")

@@ -75,20 +75,21 @@ def test_gemma_profile_is_the_measured_cloze_recipe_and_says_what_was_measured_o
     not established (README), so even those settings are called unvalidated, saying where the evidence is; after
     a calibration of Gemma the note is Gemma's own measurement, not SmolLM2's numbers (the shipped Gemma
     coefficients carry its fingerprint)."""
-    from pear_edge.calibrate import GEMMA_SHA256, MEASURED, PROFILES, PROXY_NOTES, unvalidated_reason, with_overrides
+    from pear_edge.calibrate import (GEMMA_WEIGHTS_SHA256, MEASURED, PROFILES, PROXY_NOTES, unvalidated_reason,
+                                     with_overrides)
     from pear_edge.cli import _print_summary
     from pear_edge.coefficients import Coefficients
 
     profile = PROFILES["gemma3-270m"]
     assert (profile.recipe, profile.top_k, profile.train.proxy, profile.train.prompt_format) == ("pear", 0, "cloze",
                                                                                                    "auto")
-    entry = MEASURED[GEMMA_SHA256]
+    entry = MEASURED[GEMMA_WEIGHTS_SHA256]
     assert entry.profile == "gemma3-270m" and not entry.validated and "Gemma" in entry.note
-    reason = unvalidated_reason(GEMMA_SHA256, profile)
+    reason = unvalidated_reason(GEMMA_WEIGHTS_SHA256, profile)
     assert "no established gain" in reason and "Q8_0" in reason
-    assert unvalidated_reason(GEMMA_SHA256, with_overrides(profile, {"recipe": "seal-c"})) == reason
+    assert unvalidated_reason(GEMMA_WEIGHTS_SHA256, with_overrides(profile, {"recipe": "seal-c"})) == reason
     shipped = Coefficients.load("docs/results/gemma3-270m.coeffs.json")
-    assert shipped.model.weights_sha256 == GEMMA_SHA256 and shipped.calibration["validated"] is False
+    assert shipped.model.weights_sha256 == GEMMA_WEIGHTS_SHA256 and shipped.calibration["validated"] is False
     assert shipped.calibration["prompt_format"] == "completion"
     _print_summary(shipped)
     notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("pear-edge: note:")]
