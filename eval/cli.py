@@ -1,8 +1,10 @@
 """`pear-edge eval`: base vs PEAR on a task -> results.json, report.md, accuracy_by_position.png;
 `pear-edge eval make-data` writes the built-in data sets as JSONL; `pear-edge eval speed` measures
-patched/base speed and memory ratios (interleaved runs, one process per measurement)."""
+patched/base speed and memory ratios (interleaved runs, one process per measurement); `pear-edge eval tradeoff`
+draws calibration cost against gain from saved reports."""
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -18,7 +20,7 @@ TASKS = ("mdqa", "counterfactual", "kv", "perplexity")
 def add_commands(sub) -> None:
     p = sub.add_parser("eval", help="evaluate base vs PEAR (accuracy by gold position, Δ with CI and p-value)",
                        description="Run base and PEAR models on a task and compare them on the same examples. "
-                                   "Subcommands: make-data, speed.")
+                                   "Subcommands: make-data, speed, tradeoff.")
     p.add_argument("--task", choices=TASKS, help="mdqa (your NQ-open JSONL), counterfactual, kv, perplexity")
     p.add_argument("--data", help="JSONL in the lost-in-the-middle format (required for mdqa; optional for "
                                   "counterfactual/kv, which are generated when omitted)")
@@ -87,6 +89,17 @@ def add_commands(sub) -> None:
     s.add_argument("--threads", type=int, help="llama.cpp threads (default: all cores)")
     s.add_argument("-o", "--output", required=True, help="output folder (speed.json, speed.md, speed.png)")
     s.set_defaults(func=cmd_speed)
+
+    t = eval_sub.add_parser("tradeoff", help="calibration cost against gain from saved eval reports: one table, one "
+                                             "plot (e.g. --budget fast vs full)")
+    t.add_argument("--point", action="append", default=[], metavar="LABEL=SECONDS[:GIB]=REPORT[#RUN],...",
+                   help="one way of calibrating: its wall seconds (and peak GiB), then the eval reports "
+                        "(results.json or its folder; #RUN picks a run, default 0) that measured it (repeatable)")
+    t.add_argument("--bound", type=float, default=2.0, help="perplexity bound in %% drawn and flagged "
+                                                            "(default: %(default)s)")
+    t.add_argument("--time-target", type=float, help="a wall-time target in seconds, drawn as a vertical line")
+    t.add_argument("-o", "--output", required=True, help="output folder (tradeoff.md, tradeoff.png, tradeoff.json)")
+    t.set_defaults(func=cmd_tradeoff)
 
     from .demo import add_demo_command
 
@@ -324,6 +337,23 @@ def cmd_speed(args) -> int:
                            device=device, repeats=args.repeats)
     print(speed_markdown(report))
     print("wrote " + ", ".join(map(str, write_speed_report(report, args.output))))
+    return 0
+
+
+def cmd_tradeoff(args) -> int:
+    from pear_edge.atomic import Kind, check_output
+
+    from .tradeoff import parse_point, write_tradeoff
+
+    if not (args.bound >= 0 and math.isfinite(args.bound)):
+        raise PearError(f"--bound must be a finite percentage >= 0 (got {args.bound})")
+    if args.time_target is not None and not (args.time_target > 0 and math.isfinite(args.time_target)):
+        raise PearError(f"--time-target must be positive seconds (got {args.time_target})")
+    check_output(args.output, kind=Kind.REPORTS)
+    points = [parse_point(spec) for spec in args.point]
+    written = write_tradeoff(args.output, points, args.bound, args.time_target)
+    print(written[1].read_text(), end="")
+    print("wrote " + ", ".join(map(str, written)))
     return 0
 
 

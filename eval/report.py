@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from pear_edge.atomic import atomic_file, report_folder, write_text_atomic
+from pear_edge.atomic import report_folder, write_text_atomic
 
 from .harness import Comparison, EvalResults, PairedResult
 from .metrics import bootstrap_ci
@@ -132,12 +132,9 @@ def plot_positions(runs: Sequence[Run], path: Path) -> Path | None:
     runs = [r for r in runs if r.comparison.by_position]
     if not runs:
         return None
-    import matplotlib
+    from pear_edge.plots import pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = pyplot().subplots(figsize=(6.4, 4.2))
     for i, run in enumerate(runs):
         colour = f"C{i}"
         pos = list(run.comparison.by_position)
@@ -151,10 +148,7 @@ def plot_positions(runs: Sequence[Run], path: Path) -> Path | None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_file(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 def write_report(outdir: str | Path, runs: Sequence[Run], extra: dict[str, Any] | None = None) -> list[Path]:

@@ -11,7 +11,7 @@ import argparse
 from dataclasses import dataclass
 
 from .prompts import FORMAT_CHOICES
-from .recipes import BUDGETS, RECIPES, recipe_help
+from .recipes import BUDGETS, RECIPES, budget_help, recipe_help
 from .textqa import GOLD_SLOTS
 
 
@@ -106,9 +106,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("select", "training", "train the top-K by score (suppressors, paper) or by |score| (also heads to "
            "strengthen)", choices=("score", "abs")),
     Option("max_per_layer", "training", "cap on heads per layer", int),
-    Option("budget", "training", "full = the recipe as validated; fast = a third of the steps at three times the "
-           "learning rate (and one detection batch when heads are selected), about a third of the time (its "
-           "measured cost in gain: README 'Calibration cost'); flags given beside it win", choices=tuple(BUDGETS)),
+    Option("budget", "training", "how much training: " + budget_help() + " (default: the model's, "
+           "lean for the default model, else full; their measured cost in gain: README 'Calibration cost'); "
+           "flags given beside it win", choices=tuple(BUDGETS)),
     Option("steps", "training", "optimizer steps", int),
     Option("batch", "training", "sequences per step", int),
     Option("n", "training", "copy-proxy length for training", int),
@@ -118,6 +118,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("pull", "training", "L2 pull of the coefficients towards 1 (0 = off)", float),
     Option("guard", "training", "weight of the language-model loss on natural text, a leash on perplexity "
            "(0 = off)", float),
+    Option("guard_batch", "training", "natural-text windows (256 tokens each) the guard reads per step", int),
     Option("micro_batch", "training", "backpropagate this many prompts at a time (0 = the whole batch): the "
            "same gradient with one micro-batch's activation memory", int),
     Option("checkpoint", "training", "on = recompute each decoder layer in the backward pass: activation "

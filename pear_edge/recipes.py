@@ -50,13 +50,30 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
 )}
 DEFAULT_RECIPE = "pear"
 
-# Calibration budgets (issue 14; `calibrate.with_budget`): how many times fewer training steps a budget takes
-# than the recipe as validated ("full"). "fast" = a third of the steps at three times the learning rate (AdamW
-# moves each coefficient about lr per step, so the path is as long) and one detection batch (used only when
-# heads are selected: with every head trained the first step scores them, calibrate.detection_fused); what it
-# costs in gain is measured in README "Calibration cost". Applied on top of the recipe's settings, before the
-# user's flags.
-BUDGETS: dict[str, int] = {"full": 1, "fast": 3}
+@dataclass(frozen=True, kw_only=True)
+class Budget:
+    """How a calibration budget changes a recipe's training (issue 14; `calibrate.with_budget`): `steps` is
+    the fraction of the recipe's training steps kept (and of its detection batches, used only when heads are
+    selected), the learning rate is divided by it (AdamW moves each coefficient about lr per step, so the
+    path, steps x lr, is as long), and `per_step` is the fraction of the prompts and guard windows each step
+    reads. The proxy, the guard's weight and the fold are unchanged. What each budget costs in gain is
+    measured in README "Calibration cost"."""
+    name: str
+    steps: float
+    per_step: float = 1.0
+    help: str
+
+
+BUDGETS: dict[str, Budget] = {b.name: b for b in (
+    Budget(name="full", steps=1.0, help="the recipe as validated"),
+    Budget(name="fast", steps=1 / 3, help="a third of the steps at three times the learning rate"),
+    Budget(name="lean", steps=0.6, per_step=0.5,
+           help="60 % of the steps at 1/0.6 times the learning rate, each step on half the prompts and guard windows"),
+)}
+
+
+def budget_help() -> str:
+    return "; ".join(f"{b.name} = {b.help}" for b in BUDGETS.values())
 
 
 def recipe_help() -> str:

@@ -47,6 +47,12 @@ def test_only_the_measured_settings_on_the_measured_model_are_validated():
     same = with_overrides(DEFAULTS, {"micro_batch": 0, "checkpoint": True, "positional_candidates": 5})
     assert unvalidated_reason(sha, same) is None
     assert "(recipe;" in unvalidated_reason(sha, with_overrides(DEFAULTS, {"recipe": "seal-c"}))
+    # both measured budgets of the default profile are validated: full (the shipped file) and lean (the
+    # default budget, adopted by docs/realtext/budget/LEAN-RULE.md); a lean run with another step count is not
+    assert entry.budgets == ("full", "lean")
+    assert unvalidated_reason(sha, with_budget(DEFAULTS, "full")) is None
+    assert unvalidated_reason(sha, with_budget(DEFAULTS, "lean")) is None
+    assert "(train.steps;" in unvalidated_reason(sha, with_overrides(with_budget(DEFAULTS, "lean"), {"steps": 19}))
     fast = unvalidated_reason(sha, with_budget(DEFAULTS, "fast"))
     assert "(budget, gradient_batches, train.lr, train.steps;" in fast
     assert "no recipe has been measured" in unvalidated_reason("0" * 64, DEFAULTS)

@@ -289,16 +289,30 @@ def test_budget_takes_fewer_larger_steps_and_the_user_flags_win(capsys):
     from pear_edge.calibrate import BUDGETS, DEFAULTS, with_budget
     from pear_edge.cli import build_parser, main
 
-    k = BUDGETS["fast"]
+    assert BUDGETS["fast"].steps == pytest.approx(1 / 3) and BUDGETS["fast"].per_step == 1
     fast = with_budget(DEFAULTS, "fast")
-    assert fast.budget == "fast" and fast.train.steps == round(DEFAULTS.train.steps / k)
-    assert fast.train.lr == pytest.approx(DEFAULTS.train.lr * k) and fast.gradient_batches == 1
+    assert fast.budget == "fast" and fast.train.steps == round(DEFAULTS.train.steps / 3) == 10
+    assert fast.train.lr == pytest.approx(DEFAULTS.train.lr * 3) and fast.gradient_batches == 1
     assert fast.train.proxy == DEFAULTS.train.proxy and fast.train.guard == DEFAULTS.train.guard  # same meaning
+    assert (fast.train.batch, fast.train.guard_batch) == (DEFAULTS.train.batch, DEFAULTS.train.guard_batch)
+    # lean: 60 % of the steps, the same path (steps x lr), half the prompts and guard windows per step
+    lean = with_budget(DEFAULTS, "lean")
+    assert (lean.train.steps, lean.train.lr, lean.train.batch, lean.train.guard_batch) == (18, 0.0417, 2, 2)
+    assert lean.train.guard == DEFAULTS.train.guard and lean.train.pull == DEFAULTS.train.pull
     assert with_budget(DEFAULTS, "full") == dataclasses.replace(DEFAULTS, budget="full")
     parse = build_parser().parse_args
     given = CalibrationSettings.from_args(parse(["calibrate", "-o", "x.json", "--budget", "fast", "--steps", "4"]))
     assert given.budget == "fast" and given.train.steps == 4 and given.train.lr == fast.train.lr
     assert CalibrationSettings.from_args(parse(["calibrate", "-o", "x.json"])).budget == "full"
+    # the CLI: the default model calibrates at its default budget (lean) unless --budget says otherwise;
+    # any other model at full
+    from pear_edge.calibrate import profile_for, recipe_profile
+    from pear_edge.cli import _settings
+
+    assert _settings(parse(["calibrate", "-o", "x.json"])) == lean == profile_for("default")
+    assert _settings(parse(["calibrate", "--budget", "full", "-o", "x.json"])) == with_budget(DEFAULTS, "full")
+    assert _settings(parse(["calibrate", "--model", "gemma3-270m", "-o", "x.json"])).budget == "full"
+    assert recipe_profile("default") == DEFAULTS and DEFAULTS.train.steps == 30
     assert main(["calibrate", "--budget", "slow", "-o", "x.json"]) == 2
     assert capsys.readouterr().err.startswith("pear-edge: error:")
 

@@ -89,3 +89,39 @@ def test_speed_summary_uses_per_round_ratios(tmp_path):
     paths = write_speed_report(report, tmp_path / "s")
     assert "| q | prefill_tps | 80.0 | 72.0 | 1.000 | [0.950, 1.050] |" in paths[1].read_text()
     assert paths[2].read_bytes()[:4] == b"\x89PNG"
+
+
+def _perplexity(nlls):
+    from pear_edge.eval.harness import PassageResult
+
+    return EvalResults("perplexity", {"kind": "llamacpp", "name": "m.gguf", "source": "m.gguf"},
+                       [PassageResult(f"p{i}", x, 100) for i, x in enumerate(nlls)])
+
+
+def test_tradeoff_table_and_plot_from_saved_reports(tmp_path, capsys):
+    """`pear-edge eval tradeoff`: each point's cost beside its saved reports' paired Δ, one column per thing
+    measured, perplexity as a relative change flagged over the bound; bad points are one error each."""
+    from pear_edge.cli import main
+
+    base, pear = _results([1, 0, 0] * 4), _results([1, 1, 0] * 4)
+    write_report(tmp_path / "acc", [Run("q", base, pear, paired_compare(base, pear, resamples=200))])
+    pb, pp = _perplexity([200.0] * 8), _perplexity([210.0] * 8)  # nll per passage of 100 tokens: +10 %/100 tok
+    write_report(tmp_path / "ppl", [Run("q", pb, pp, paired_compare(pb, pp, resamples=200))])
+    assert main(["eval", "tradeoff", "-o", str(tmp_path / "t"), "--time-target", "300",
+                 "--point", f"slow=900:2.5={tmp_path / 'acc'},{tmp_path / 'ppl' / 'results.json'}#0",
+                 "--point", f"quick=250={tmp_path / 'acc'}"]) == 0
+    md = (tmp_path / "t" / "tradeoff.md").read_text()
+    assert "| slow | 900 | 2.50 | +33.3 pt [" in md and "(n=12) | +10.5 % [+10.5, +10.5] (n=8) **over the bound** |" in md
+    assert "| quick | 250 | — | +33.3 pt [" in md and md.splitlines()[3].endswith("| — |")
+    assert (tmp_path / "t" / "tradeoff.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((tmp_path / "t" / "tradeoff.json").read_text())["points"][1]["seconds"] == 250
+    capsys.readouterr()
+    for spec, says in ((f"x=1={tmp_path / 'nothere'}", "cannot read eval report"),
+                       (f"x=-3={tmp_path / 'acc'}", "seconds must be positive"),
+                       (f"x={tmp_path / 'acc'}", "expected LABEL=SECONDS"),
+                       (f"x=1={tmp_path / 'acc'}#3", "not a pear-edge eval report with run 3"),
+                       (f"x=1={tmp_path / 'acc'},{tmp_path / 'acc'}", "two reports measure the same thing")):
+        assert main(["eval", "tradeoff", "-o", str(tmp_path / "t2"), "--point", spec]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("pear-edge: error:") and says in err and err.count("\n") == 1, err
+    assert not (tmp_path / "t2").exists()  # a bad point is refused before anything is written
