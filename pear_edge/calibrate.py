@@ -158,8 +158,8 @@ PROXY_NOTES = {
 
 # What is measured about each budget other than "full", said after every calibration that used it.
 BUDGET_NOTES = {
-    "lean": "the lean budget (the default model's default: 18 steps x 2 prompts, 265 s and 2.5 GiB on 2 CPU cores) "
-            "gave +3.3 pt at Q4_1 and +5.8 pt at Q4_K_M on the NQ-open test half (n=120, p=0.50 / 0.19; the full "
+    "lean": "the lean budget (the default model's default: 18 steps x 2 prompts, about 270 s and 2.6 GiB on 2 "
+            "CPU cores) gave +3.3 pt at Q4_1 and +5.8 pt at Q4_K_M on the NQ-open test half (n=120, p=0.50 / 0.19; the full "
             "budget +6.7 / +10.0 pt, lean - full -3.3 / -4.2 pt, p=0.48 / 0.23), perplexity +1.2 % / +0.3 % "
             "(46 passages); it meets the edge budget with the gain inside the full budget's CI, but at about half "
             "its size: --budget full (810 s) for the gain confirmed on 140 records; README 'Calibration cost'",
