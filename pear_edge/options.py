@@ -106,9 +106,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("select", "training", "train the top-K by score (suppressors, paper) or by |score| (also heads to "
            "strengthen)", choices=("score", "abs")),
     Option("max_per_layer", "training", "cap on heads per layer", int),
-    Option("budget", "training", "how much training: " + budget_help() + " (default: the model's, "
-           "lean for the default model, else full; their measured cost in gain: README 'Calibration cost'); "
-           "flags given beside it win", choices=tuple(BUDGETS)),
+    Option("budget", "training", "how much training: " + budget_help() + " (default: full; their "
+           "measured cost in gain: README 'Calibration cost'); flags given beside it win", choices=tuple(BUDGETS)),
     Option("steps", "training", "optimizer steps", int),
     Option("batch", "training", "sequences per step", int),
     Option("n", "training", "copy-proxy length for training", int),

@@ -304,13 +304,13 @@ def test_budget_takes_fewer_larger_steps_and_the_user_flags_win(capsys):
     given = CalibrationSettings.from_args(parse(["calibrate", "-o", "x.json", "--budget", "fast", "--steps", "4"]))
     assert given.budget == "fast" and given.train.steps == 4 and given.train.lr == fast.train.lr
     assert CalibrationSettings.from_args(parse(["calibrate", "-o", "x.json"])).budget == "full"
-    # the CLI: the default model calibrates at its default budget (lean) unless --budget says otherwise;
-    # any other model at full
+    # the CLI: a model calibrates at its default budget (calibrate.DEFAULT_BUDGETS; full for every model today)
+    # unless --budget says otherwise
     from pear_edge.calibrate import profile_for, recipe_profile
     from pear_edge.cli import _settings
 
-    assert _settings(parse(["calibrate", "-o", "x.json"])) == lean == profile_for("default")
-    assert _settings(parse(["calibrate", "--budget", "full", "-o", "x.json"])) == with_budget(DEFAULTS, "full")
+    assert _settings(parse(["calibrate", "-o", "x.json"])) == with_budget(DEFAULTS, "full") == profile_for("default")
+    assert _settings(parse(["calibrate", "--budget", "lean", "-o", "x.json"])) == lean
     assert _settings(parse(["calibrate", "--model", "gemma3-270m", "-o", "x.json"])).budget == "full"
     assert recipe_profile("default") == DEFAULTS and DEFAULTS.train.steps == 30
     assert main(["calibrate", "--budget", "slow", "-o", "x.json"]) == 2
