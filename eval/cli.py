@@ -343,16 +343,16 @@ def cmd_speed(args) -> int:
 def cmd_tradeoff(args) -> int:
     from pear_edge.atomic import Kind, check_output
 
-    from .tradeoff import parse_point, write_tradeoff
+    from .tradeoff import markdown, parse_point, write_tradeoff
 
     if not (args.bound >= 0 and math.isfinite(args.bound)):
         raise PearError(f"--bound must be a finite percentage >= 0 (got {args.bound})")
     if args.time_target is not None and not (args.time_target > 0 and math.isfinite(args.time_target)):
         raise PearError(f"--time-target must be positive seconds (got {args.time_target})")
-    check_output(args.output, kind=Kind.REPORTS)
-    points = [parse_point(spec) for spec in args.point]
+    points = [parse_point(spec) for spec in args.point]  # reads the reports only: a bad one is refused first
+    check_output(args.output, *[f for p in points for f in p.files], kind=Kind.REPORTS)
     written = write_tradeoff(args.output, points, args.bound, args.time_target)
-    print(written[1].read_text(), end="")
+    print(markdown(points, args.bound), end="")
     print("wrote " + ", ".join(map(str, written)))
     return 0
 

@@ -56,7 +56,7 @@ def first_answer(base_path: str, pear_path: str, example, elapsed: float) -> str
 def run_demo(outdir: Path, coefficients: str | None, quants: list[str], onnx: bool, records: int,
              num_docs: int, positions: tuple[int, ...], passages: int, speed_rounds: int, seed: int,
              progress: bool = True, budget: str = "fast") -> Path:
-    from pear_edge.calibrate import calibrate, recipe_profile, with_budget
+    from pear_edge.calibrate import calibrate, profile_for, with_budget
     from pear_edge.coefficients import Coefficients
     from pear_edge.converters.gguf_export import export_gguf
     from pear_edge.converters.gguf_patch import patch_gguf
@@ -76,7 +76,7 @@ def run_demo(outdir: Path, coefficients: str | None, quants: list[str], onnx: bo
         from pear_edge.timing import cost_summary, run_cost
 
         calibration_start = time.perf_counter()
-        coeffs = calibrate(load_model("default"), with_budget(recipe_profile("default"), budget), progress=progress)
+        coeffs = calibrate(load_model("default"), with_budget(profile_for("default"), budget), progress=progress)
         coeffs.calibration["cost"] = run_cost(calibration_start)  # as `pear-edge calibrate` records it
         coeffs.save(coeffs_path)
         print(f"calibrated in {cost_summary(coeffs.calibration['cost'])}")

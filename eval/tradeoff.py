@@ -16,7 +16,7 @@ column: seconds on x, Δ on y with CI bars).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pear_edge.atomic import report_folder, write_text_atomic
@@ -40,6 +40,7 @@ class Point:
     seconds: float
     gib: float | None
     measures: tuple[Measure, ...]
+    files: tuple[Path, ...]  # the results.json files read (inputs: an output may not lie among them)
 
 
 def _number(text: str, what: str, spec: str) -> float:
@@ -52,10 +53,15 @@ def _number(text: str, what: str, spec: str) -> float:
     return value
 
 
+def report_file(ref: str) -> Path:
+    """REPORT[#RUN] -> the results.json it names (REPORT may be the folder holding it)."""
+    path = Path(ref.partition("#")[0])
+    return path / "results.json" if path.is_dir() else path
+
+
 def read_measure(ref: str) -> Measure:
     """REPORT[#RUN] (a results.json, or the folder holding it; RUN = index of the run, default 0) -> Measure."""
-    path, _, run = ref.partition("#")
-    file = Path(path) / "results.json" if Path(path).is_dir() else Path(path)
+    file, run = report_file(ref), ref.partition("#")[2]
     try:
         doc = json.loads(file.read_text())
         runs = doc["runs"]
@@ -85,11 +91,13 @@ def parse_point(spec: str) -> Point:
         raise PearError(f"--point {spec!r}: expected LABEL=SECONDS[:GIB]=REPORT[#RUN][,REPORT[#RUN]...]")
     label, cost, refs = parts
     seconds, _, gib = cost.partition(":")
-    measures = tuple(read_measure(r.strip()) for r in refs.split(",") if r.strip())
+    refs = [r.strip() for r in refs.split(",") if r.strip()]
+    measures = tuple(read_measure(r) for r in refs)
     columns = [m.column for m in measures]
     if len(set(columns)) != len(columns):
         raise PearError(f"--point {spec!r}: two reports measure the same thing ({columns})")
-    return Point(label.strip(), _number(seconds, "seconds", spec), _number(gib, "GiB", spec) if gib else None, measures)
+    return Point(label.strip(), _number(seconds, "seconds", spec), _number(gib, "GiB", spec) if gib else None, measures,
+                 tuple(report_file(r) for r in refs))
 
 
 def columns_of(points: list[Point]) -> list[str]:
@@ -162,7 +170,7 @@ def write_tradeoff(outdir: str | Path, points: list[Point], bound: float = 2.0,
     out = report_folder(outdir)
     doc = {"format": "pear-edge/tradeoff", "version": 1, "bound_pct": bound, "time_target_s": time_target,
            "points": [{"label": p.label, "seconds": p.seconds, "gib": p.gib,
-                       "measures": [m.__dict__ for m in p.measures]} for p in points]}
+                       "measures": [asdict(m) for m in p.measures]} for p in points]}
     return [write_text_atomic(out / "tradeoff.json", json.dumps(doc, indent=2) + "\n"),
             write_text_atomic(out / "tradeoff.md", markdown(points, bound)),
             plot(points, bound, out / "tradeoff.png", time_target)]

@@ -52,11 +52,9 @@ class CalibrationSettings:
         self.positional_layers = tuple(tuple(r) for r in self.positional_layers)
 
     @classmethod
-    def from_args(cls, args, base: "CalibrationSettings | None" = None,
-                  budget: str = "full") -> "CalibrationSettings":
-        """`base` (a recipe as validated, budget "full"; default: DEFAULTS) with every option given on the
-        command line applied on top (`pear_edge.options`); --corpus without --proxy means the cloze proxy.
-        The budget is --budget if given, else `budget` (the model's default budget, DEFAULT_BUDGETS)."""
+    def from_args(cls, args, base: "CalibrationSettings | None" = None) -> "CalibrationSettings":
+        """`base` (default: DEFAULTS) with every option given on the command line applied on top
+        (`pear_edge.options`); --corpus without --proxy means the cloze proxy."""
         from .options import given
 
         overrides = given(args)
@@ -66,8 +64,8 @@ class CalibrationSettings:
         proxy = overrides.get("proxy")
         if proxy in PROXY_SETTINGS and base.train.proxy != proxy:
             base = with_overrides(base, PROXY_SETTINGS[proxy])  # that proxy's validated settings, then the flags
-        # the budget's knobs, then the user's other flags
-        base = with_budget(base, overrides.get("budget", budget))
+        if "budget" in overrides:
+            base = with_budget(base, overrides["budget"])  # the budget's knobs, then the user's other flags
         return with_overrides(base, overrides, getattr(args, "seed", base.seed))
 
     def check(self) -> None:
@@ -220,25 +218,10 @@ DEFAULTS = with_overrides(_COMMON, PROXY_SETTINGS["cloze"])
 # completion format) uses the same cloze recipe: chosen on the NQ-open validation half over the per-channel
 # recipe (seal-c) by a rule written before any Gemma result (docs/realtext/gemma/RULE.md; README "Gemma-3-270M").
 PROFILES: dict[str, CalibrationSettings] = {"default": DEFAULTS, "gemma3-270m": DEFAULTS}
-# The budget `calibrate --model NAME` uses unless --budget is given (recipes.BUDGETS; "full" for any model not
-# named). None is named: the lean budget met its rule (docs/realtext/budget/LEAN-RULE.md) and was the default
-# model's default for an hour, until the counterfactual test split showed it keeps none of the full budget's
-# gain there (README "Calibration cost"); the full recipe is the one whose gains are established.
-DEFAULT_BUDGETS: dict[str, str] = {}
-
-
-def recipe_profile(model: str) -> CalibrationSettings:
-    """The model's recipe as validated (the full budget); `profile_for` applies its default budget."""
-    return PROFILES.get(model, DEFAULTS)
-
-
-def default_budget(model: str) -> str:
-    return DEFAULT_BUDGETS.get(model, "full")
 
 
 def profile_for(model: str) -> CalibrationSettings:
-    """The settings `calibrate --model NAME` uses without options: its recipe at its default budget."""
-    return with_budget(recipe_profile(model), default_budget(model))
+    return PROFILES.get(model, DEFAULTS)
 
 
 # The sha256 of the packaged Gemma-3-270M's fp32 weights (ModelFingerprint.weights_sha256; not the GGUF file's
@@ -253,8 +236,6 @@ class Measured(NamedTuple):
     validated: bool  # True: a gain established on a real-text test half; False: measured, not established
     note: str = ""  # what was measured on this model, said after every calibration of it (the proxy and recipe
     #                 notes are SmolLM2-135M's measurements)
-    budgets: tuple[str, ...] = ("full",)  # the budgets of the profile that were measured (the first: the
-    #                                        reference that other settings are compared with)
 
 
 # The calibration profiles measured on real retrieved passages, by model: the sha256 of the model's fp32
@@ -300,11 +281,7 @@ def unvalidated_reason(weights_sha256: str, settings: CalibrationSettings) -> st
     if not entry.validated:
         return (f"the recipe measured on this model has no established gain on real passages ({entry.evidence}); "
                 f"measure before deploying")
-    budgets = [with_budget(PROFILES[entry.profile], b) for b in entry.budgets]
-    if any(b.comparable() == settings.comparable() for b in budgets):
-        return None
-    reference = budgets[entry.budgets.index(settings.budget)] if settings.budget in entry.budgets else budgets[0]
-    measured, given = _flat(reference.comparable()), _flat(settings.comparable())
+    measured, given = _flat(PROFILES[entry.profile].comparable()), _flat(settings.comparable())
     unused = () if RECIPES[settings.recipe].positional else _POSITIONAL_FIELDS
     differ = sorted(k for k in measured.keys() | given.keys()
                     if measured.get(k) != given.get(k) and k not in unused)

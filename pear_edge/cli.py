@@ -104,18 +104,18 @@ def _progress(args) -> bool:
 
 def _settings(args):
     """The model's calibration profile, with every option given on the command line applied on top."""
-    from .calibrate import CalibrationSettings, default_budget, recipe_profile
+    from .calibrate import CalibrationSettings, profile_for
 
-    return CalibrationSettings.from_args(args, base=recipe_profile(args.model), budget=default_budget(args.model))
+    return CalibrationSettings.from_args(args, base=profile_for(args.model))
 
 
 def cmd_profiles(args) -> int:
     import dataclasses
 
-    from .calibrate import PROFILES, profile_for
+    from .calibrate import PROFILES
 
-    for name in PROFILES:
-        print(f"{name}: {json.dumps(dataclasses.asdict(profile_for(name)))}")
+    for name, profile in PROFILES.items():
+        print(f"{name}: {json.dumps(dataclasses.asdict(profile))}")
     return 0
 
 

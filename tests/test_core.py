@@ -304,15 +304,14 @@ def test_budget_takes_fewer_larger_steps_and_the_user_flags_win(capsys):
     given = CalibrationSettings.from_args(parse(["calibrate", "-o", "x.json", "--budget", "fast", "--steps", "4"]))
     assert given.budget == "fast" and given.train.steps == 4 and given.train.lr == fast.train.lr
     assert CalibrationSettings.from_args(parse(["calibrate", "-o", "x.json"])).budget == "full"
-    # the CLI: a model calibrates at its default budget (calibrate.DEFAULT_BUDGETS; full for every model today)
-    # unless --budget says otherwise
-    from pear_edge.calibrate import profile_for, recipe_profile
+    # the CLI: a model calibrates at the full budget unless --budget says otherwise
+    from pear_edge.calibrate import profile_for
     from pear_edge.cli import _settings
 
     assert _settings(parse(["calibrate", "-o", "x.json"])) == with_budget(DEFAULTS, "full") == profile_for("default")
     assert _settings(parse(["calibrate", "--budget", "lean", "-o", "x.json"])) == lean
     assert _settings(parse(["calibrate", "--model", "gemma3-270m", "-o", "x.json"])).budget == "full"
-    assert recipe_profile("default") == DEFAULTS and DEFAULTS.train.steps == 30
+    assert profile_for("default") == DEFAULTS and DEFAULTS.train.steps == 30
     assert main(["calibrate", "--budget", "slow", "-o", "x.json"]) == 2
     assert capsys.readouterr().err.startswith("pear-edge: error:")
 

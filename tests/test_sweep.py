@@ -55,28 +55,28 @@ def test_cached_results_round_trip():
 
 
 def test_corpus_or_cloze_flags_start_from_the_validated_cloze_recipe():
-    from pear_edge.calibrate import PROXY_SETTINGS, CalibrationSettings, recipe_profile
+    from pear_edge.calibrate import PROXY_SETTINGS, CalibrationSettings, profile_for
     from pear_edge.cli import build_parser
 
     for argv, corpus in ((["--corpus", "docs"], "docs"), (["--proxy", "cloze"], None)):
         args = build_parser().parse_args(["calibrate", *argv, "--lr", "0.03", "-o", "c.json"])
-        s = CalibrationSettings.from_args(args, recipe_profile("default"))
+        s = CalibrationSettings.from_args(args, profile_for("default"))
         assert (s.train.proxy, s.train.corpus, s.train.lr) == ("cloze", corpus, 0.03)  # the user's flag wins
         cloze = PROXY_SETTINGS["cloze"]
         assert (s.train.steps, s.train.batch) == (cloze["steps"], cloze["batch"])
     args = build_parser().parse_args(["calibrate", "--proxy", "passage", "-o", "c.json"])
-    s = CalibrationSettings.from_args(args, recipe_profile("default"))  # the previous default, as validated
+    s = CalibrationSettings.from_args(args, profile_for("default"))  # the previous default, as validated
     passage = PROXY_SETTINGS["passage"]
     assert (s.train.proxy, s.train.steps, s.train.batch, s.train.guard) == ("passage", passage["steps"],
                                                                             passage["batch"], passage["guard"])
     args = build_parser().parse_args(["calibrate", "--corpus", "docs", "--proxy", "copy", "-o", "c.json"])
     with pytest.raises(PearError, match="--corpus goes with the cloze proxy"):
-        CalibrationSettings.from_args(args, recipe_profile("default"))
+        CalibrationSettings.from_args(args, profile_for("default"))
     args = build_parser().parse_args(["calibrate", "--gold", "middle", "-o", "c.json"])
-    assert CalibrationSettings.from_args(args, recipe_profile("default")).train.gold == "middle"
+    assert CalibrationSettings.from_args(args, profile_for("default")).train.gold == "middle"
     args = build_parser().parse_args(["calibrate", "--gold", "middle", "--proxy", "passage", "-o", "c.json"])
     with pytest.raises(PearError, match="--gold goes with the cloze proxy"):
-        CalibrationSettings.from_args(args, recipe_profile("default"))
+        CalibrationSettings.from_args(args, profile_for("default"))
     from pear_edge.calibrate import with_overrides
     with pytest.raises(PearError, match="unknown gold placement"):  # the Python API, before any model load
-        with_overrides(recipe_profile("default"), {"gold": "edges"})
+        with_overrides(profile_for("default"), {"gold": "edges"})
