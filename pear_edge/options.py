@@ -137,7 +137,7 @@ def add_options(p: argparse.ArgumentParser, groups: tuple[str, ...], skip: tuple
                 continue
             flags = (o.short, o.flag) if o.short else (o.flag,)
             g.add_argument(*flags, dest=o.field, type=o.type, choices=o.choices, default=argparse.SUPPRESS,
-                           help=o.help)
+                           help=o.help.replace("%", "%%"))  # argparse %-formats help; texts are data
 
 
 def given(args: argparse.Namespace) -> dict:

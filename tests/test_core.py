@@ -316,6 +316,29 @@ def test_budget_takes_fewer_larger_steps_and_the_user_flags_win(capsys):
     assert capsys.readouterr().err.startswith("pear-edge: error:")
 
 
+def test_every_command_prints_its_help(capsys):
+    """--help of every command and sub-command formats (argparse %-formats help texts, some of which are data
+    with a literal '%', e.g. the lean budget's "60 % of the steps")."""
+    import argparse
+
+    from pear_edge.cli import build_parser, main
+
+    def commands(parser, prefix=()):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield (*prefix, name)
+                    yield from commands(sub, (*prefix, name))
+
+    found = list(commands(build_parser()))
+    assert ("calibrate",) in found and ("rag", "calibrate") in found and ("eval", "tradeoff") in found
+    for argv in found:
+        assert main([*argv, "--help"]) == 0, argv  # main turns --help's SystemExit(0) into 0
+        assert capsys.readouterr().out.startswith("usage: "), argv
+    assert main(["calibrate", "--help"]) == 0
+    assert "lean = 60 % of the steps" in " ".join(capsys.readouterr().out.split())
+
+
 def test_a_fast_calibration_says_what_its_budget_cost(capsys):
     from types import SimpleNamespace
 
