@@ -132,7 +132,13 @@ class TorchBackend(_HFGenerating):
 
     kind = "torch"
 
-    def __init__(self, loaded, coefficients=None, fold: bool = False, prompt_format: str = AUTO):
+    def __init__(self, loaded, coefficients=None, fold: bool = False, prompt_format: str = AUTO,
+                 threads: int | None = None):
+        """`threads`: torch's CPU threads, process-wide (None: leave torch's setting)."""
+        import torch
+
+        if threads is not None:
+            torch.set_num_threads(threads)
         super().__init__(loaded.model, loaded.tokenizer, loaded.name, str(loaded.source), prompt_format)
         self.loaded, self.coefficients, self.mode = loaded, coefficients, "plain"
         if coefficients is not None:
@@ -197,7 +203,10 @@ class OnnxBackend(_HFGenerating):
     kind = "onnx"
     PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
-    def __init__(self, folder: str | Path, device: str = "cpu", prompt_format: str = AUTO):
+    def __init__(self, folder: str | Path, device: str = "cpu", prompt_format: str = AUTO, threads: int | None = None):
+        """`threads`: onnxruntime's intra-op threads, not spinning between runs (None: its default, one per core,
+        spinning — which steals a shared CPU from the jobs beside it)."""
+        import onnxruntime
         from optimum.onnxruntime import ORTModelForCausalLM
         from transformers import AutoTokenizer
 
@@ -205,8 +214,12 @@ class OnnxBackend(_HFGenerating):
         if not path.is_dir() or not any(path.glob("*.onnx")):
             raise PearError(f"{path} is not a folder with an exported ONNX model (*.onnx)")
         provider = self.PROVIDERS[device]
+        options = onnxruntime.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            model = ORTModelForCausalLM.from_pretrained(path, provider=provider)
+            model = ORTModelForCausalLM.from_pretrained(path, provider=provider, session_options=options)
             tokenizer = AutoTokenizer.from_pretrained(path)
         except Exception as exc:  # onnxruntime and optimum raise many types on broken folders
             raise PearError(f"onnxruntime cannot load {path}: {str(exc).splitlines()[0]}") from None
@@ -315,7 +328,8 @@ def open_backend(spec: str, kind: str | None = None, coefficients=None, fold: bo
 
     `coefficients` (a Coefficients) apply PEAR on the fly and exist only for torch; GGUF and ONNX
     models are patched ahead of time with `pear-edge patch-gguf` / `pear-edge export onnx`.
-    `threads`: llama.cpp threads (on a machine shared with other jobs, 1 avoids spinning threads).
+    `threads`: llama.cpp threads, onnxruntime intra-op threads or torch threads (None: the runtime's default; on
+    a machine shared with other jobs, 1 avoids threads spinning against them).
     `device`: cpu or cuda (llama.cpp: every layer offloaded; onnxruntime: the CUDA execution provider;
     torch: the model moved to the GPU). `prompt_format`: auto (the model's chat template if it has one, else
     a plain completion prompt), chat or completion (pear_edge.prompts)."""
@@ -338,7 +352,8 @@ def open_backend(spec: str, kind: str | None = None, coefficients=None, fold: bo
         return LlamaCppBackend(path, n_ctx=n_ctx, n_threads=threads,
                                n_gpu_layers=ALL_LAYERS if device == "cuda" else 0, prompt_format=prompt_format)
     if kind == "onnx":
-        return OnnxBackend(spec, device, prompt_format)
+        return OnnxBackend(spec, device, prompt_format, threads)
     from pear_edge.models import load_model
 
-    return TorchBackend(load_model(spec, device=device), coefficients, fold=fold, prompt_format=prompt_format)
+    return TorchBackend(load_model(spec, device=device), coefficients, fold=fold, prompt_format=prompt_format,
+                        threads=threads)

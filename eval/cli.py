@@ -49,7 +49,8 @@ def add_commands(sub) -> None:
     p.add_argument("--passages", type=int, default=16, help="perplexity: pydoc passages (default: %(default)s)")
     p.add_argument("--limit", type=int, help="use only the first N records")
     p.add_argument("--max-tokens", type=int, default=32, help="new tokens per answer (default: %(default)s)")
-    p.add_argument("--threads", type=int, help="llama.cpp threads (default: all cores)")
+    p.add_argument("--threads", type=int, help="threads per model: llama.cpp threads, onnxruntime intra-op threads "
+                   "(not spinning), torch threads (default: each runtime's own, about all cores)")
     p.add_argument("--batch", type=int, default=1,
                    help="torch: answer this many prompts at once (left-padded greedy batches; default: %(default)s)")
     p.add_argument("-o", "--output", help="output folder")
@@ -234,8 +235,9 @@ def cmd_eval(args) -> int:
         label = f"torch:{loaded.name}" + (" folded" if args.fold else " hooked")
         pear_loaded = load_model(args.model) if args.fold else loaded
         fmt = args.prompt_format
-        run(label, lambda: warn_format(TorchBackend(loaded, prompt_format=fmt)),
-            lambda: warn_format(TorchBackend(pear_loaded, coeffs, fold=args.fold, prompt_format=fmt)))
+        run(label, lambda: warn_format(TorchBackend(loaded, prompt_format=fmt, threads=args.threads)),
+            lambda: warn_format(TorchBackend(pear_loaded, coeffs, fold=args.fold, prompt_format=fmt,
+                                             threads=args.threads)))
     for base, pear in pairs:
         kind = args.backend
         run(f"{kind or infer_kind(base)}:{Path(base).name}",

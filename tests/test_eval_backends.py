@@ -53,6 +53,12 @@ def test_torch_hooked_equals_folded_and_identity_is_a_no_op(default_model):
     identity = TorchBackend(plain, Coefficients.identity(plain.fingerprint(), [(0, 1)]))
     assert identity.nll(text)[0] == pytest.approx(nll_base[0], rel=1e-6)
     assert base.nll(text) == nll_base                      # hooks were removed after each call
+    before = torch.get_num_threads()
+    try:  # --threads 1 reaches torch (process-wide, like the OMP_NUM_THREADS it replaces)
+        assert TorchBackend(plain, threads=1).nll(text)[0] == pytest.approx(nll_base[0], rel=1e-5)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_backend_refusals(tmp_path):

@@ -159,6 +159,11 @@ def test_onnx_backend_runs_on_the_provider_asked_for(work):
 
     backend = OnnxBackend(work["base_int8"])
     assert backend.model.providers[0] == "CPUExecutionProvider" and backend.nll("w3 w4 w5 w6")[1] == 3
+    one = OnnxBackend(work["base_int8"], threads=1)  # --threads 1: one intra-op thread, not spinning
+    options = one.model.session.get_session_options()
+    assert options.intra_op_num_threads == 1
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert one.nll("w3 w4 w5 w6") == pytest.approx(backend.nll("w3 w4 w5 w6"), rel=1e-5)
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         pytest.skip("onnxruntime-gpu is installed here: the CUDA provider is available")
     with pytest.raises(PearError, match="CUDAExecutionProvider"):  # never a silent fallback to the CPU
