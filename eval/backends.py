@@ -214,8 +214,9 @@ class OnnxBackend(_HFGenerating):
         if not path.is_dir() or not any(path.glob("*.onnx")):
             raise PearError(f"{path} is not a folder with an exported ONNX model (*.onnx)")
         provider = self.PROVIDERS[device]
-        options = onnxruntime.SessionOptions()
+        options = None  # None: optimum's default session
         if threads is not None:
+            options = onnxruntime.SessionOptions()
             options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
