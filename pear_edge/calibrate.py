@@ -255,8 +255,8 @@ MEASURED: dict[str, Measured] = {
         "on Gemma-3-270M (completion prompts) its profile, the cloze recipe, gave +8.3 pt on the NQ-open test half "
         "in the packaged Q4_K_M patched in place (8.3 -> 16.7 %, n=120, p=0.03), but -0.8 pt in a Q8_0 export of "
         "the same coefficients, -7.5 pt in an ONNX int8 export, +3.3 pt in torch fp32 (p=0.42) and -1.7 pt with 5 "
-        "topical documents; it cut key-value "
-        "lookup by 25 pt (p<0.001) and lowered perplexity by 58 %; README 'Gemma-3-270M'"),
+        "topical documents; it cut key-value lookup by 25 pt (p<0.001) and lowered perplexity by 58 %; README "
+        "'Gemma-3-270M'"),
 }
 # Fields that do not change what a recipe computes when the recipe does not use them.
 _POSITIONAL_FIELDS = ("positional_channel", "positional_candidates", "positional_scales", "positional_layers",

@@ -32,9 +32,9 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
     Recipe(name="seal-c", learned="channel",
            help="one learned scale per o_proj input channel (SEAL-C, arXiv 2501.15225), folded into W_o's columns",
            measured="seal-c on SmolLM2-135M (llama.cpp Q4_1): real NQ passages -1.7 pt vs base and -8.3 pt vs the "
-                    "default pear recipe (n=120, p=0.03; Q4_K_M -6.7 pt vs pear); counterfactual documents +20.0 pt, KV "
-                    "lookup +7.3 pt, perplexity -1.3 % (46 passages): better for verbatim lookup, worse for "
-                    "real-text QA; NQ validation half -4.4 pt vs pear (n=90) (README 'Peer methods')"),
+                    "default pear recipe (n=120, p=0.03; Q4_K_M -6.7 pt vs pear); counterfactual documents "
+                    "+20.0 pt, KV lookup +7.3 pt, perplexity -1.3 % (46 passages): better for verbatim lookup, "
+                    "worse for real-text QA; NQ validation half -4.4 pt vs pear (n=90) (README 'Peer methods')"),
     Recipe(name="positional", positional=True,
            help="Yu et al. (arXiv 2406.02536): the positional hidden channel scaled as a q/k input "
                 "(W_q[:, ch] *= s, W_k[:, ch] *= s), channel, s and layers searched on validation data",
