@@ -16,6 +16,7 @@ column: seconds on x, Δ on y with CI bars).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -48,8 +49,8 @@ def _number(text: str, what: str, spec: str) -> float:
         value = float(text)
     except ValueError:
         raise PearError(f"--point {spec!r}: {what} {text!r} is not a number") from None
-    if not value > 0:
-        raise PearError(f"--point {spec!r}: {what} must be positive (got {text})")
+    if not (value > 0 and math.isfinite(value)):
+        raise PearError(f"--point {spec!r}: {what} must be positive and finite (got {text})")
     return value
 
 

@@ -119,6 +119,7 @@ def test_tradeoff_table_and_plot_from_saved_reports(tmp_path, capsys):
     capsys.readouterr()
     for spec, says in ((f"x=1={tmp_path / 'nothere'}", "cannot read eval report"),
                        (f"x=-3={tmp_path / 'acc'}", "seconds must be positive"),
+                       (f"x=1:inf={tmp_path / 'acc'}", "GiB must be positive and finite"),
                        (f"x={tmp_path / 'acc'}", "expected LABEL=SECONDS"),
                        (f"x=1={tmp_path / 'acc'}#3", "not a pear-edge eval report with run 3"),
                        (f"x=1={tmp_path / 'acc'},{tmp_path / 'acc'}", "two reports measure the same thing")):
