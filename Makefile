@@ -2,11 +2,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.pear-edge-setup
 
-.PHONY: setup setup-cuda gpu-check test demo clean
+.PHONY: setup setup-cuda gpu-check test demo clean lock
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml scripts/setup.sh scripts/llama_cmake_args.py
+$(STAMP): pyproject.toml requirements.lock scripts/setup.sh scripts/llama_cmake_args.py
 	bash scripts/setup.sh
 	touch $@
 
@@ -16,7 +16,7 @@ setup-cuda:
 	bash scripts/setup.sh --cuda
 	touch $(STAMP)
 
-# The prepared GPU measurements of issue 17 (set-up included), into OUT (default: out/gpu-check).
+# The prepared GPU measurements (set-up included), into OUT (default: out/gpu-check).
 gpu-check:
 	bash scripts/gpu_check.sh $(or $(OUT),out/gpu-check)
 
@@ -28,3 +28,8 @@ demo: setup
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# Refresh requirements.lock: a new venv with the newest releases the project admits, then their versions and
+# PyPI hashes. Run `make test` on the result before committing it.
+lock:
+	python3 scripts/lock.py --refresh

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from pear_edge.errors import PearError
+from pear_edge.base.errors import PearError
 
 FORMAT_MODULES = {"gguf": "pear_edge.converters.gguf_cli", "onnx": "pear_edge.converters.onnx_cli"}
 
@@ -24,9 +24,9 @@ def _format_of(path: Path) -> str:
 
 
 def cmd_verify(args) -> int:
-    from pear_edge.atomic import check_output_path
+    from pear_edge.base.atomic import check_output_path
 
-    from .verify import run_verify
+    from pear_edge.converters.verify import run_verify
 
     fmt = _format_of(Path(args.patched))
     if args.output:  # the JSON report and its .png plot, checked before any work
@@ -55,7 +55,7 @@ def _bounded(low: float, high: float, what: str):
 
 
 def add_commands(sub) -> None:
-    from .verify import tolerances_help
+    from pear_edge.converters.verify import tolerances_help
 
     modules = [importlib.import_module(m) for m in FORMAT_MODULES.values()]
     export = sub.add_parser("export", help="fold coefficients and export to GGUF (llama.cpp) or ONNX (onnxruntime)")

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pear_edge.cli import add_force_option
+from pear_edge.cli.commands import add_force_option
 
 
 def cmd_export(args) -> int:
-    from .gguf_export import export_gguf, parse_quants
+    from pear_edge.converters.gguf_export import export_gguf, parse_quants
 
     quants = parse_quants(args.quant)
     for path in export_gguf(args.model, args.coefficients, quants, args.output, progress=not args.quiet,
@@ -17,10 +17,10 @@ def cmd_export(args) -> int:
 
 
 def cmd_patch(args) -> int:
-    from pear_edge.atomic import check_output_path
-    from pear_edge.coefficients import Coefficients
+    from pear_edge.base.atomic import check_output_path
+    from pear_edge.edits.coefficients import Coefficients
 
-    from .gguf_patch import patch_gguf
+    from pear_edge.converters.gguf_patch import patch_gguf
 
     check_output_path(args.output, args.input, args.coefficients)
     coeffs = Coefficients.load(args.coefficients)
@@ -56,6 +56,6 @@ def add_commands(sub) -> None:
 
 
 def verify_format():
-    from .gguf_verify import GgufFormat
+    from pear_edge.converters.gguf_verify import GgufFormat
 
     return GgufFormat()

@@ -14,15 +14,15 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pear_edge.atomic import Kind, atomic_dir, check_output
-from pear_edge.coefficients import Coefficients
-from pear_edge.errors import PearError
-from pear_edge.fold import check_not_patched, fold_model, save_model_folder
-from pear_edge.models import file_sha256, load_model, resolve_spec
+from pear_edge.base.atomic import Kind, atomic_dir, check_output
+from pear_edge.edits.coefficients import Coefficients
+from pear_edge.base.errors import PearError
+from pear_edge.edits.fold import check_not_patched, fold_model, save_model_folder
+from pear_edge.runtime.models import file_sha256, load_model, resolve_spec
 
-from .gguf_patch import add_pear_metadata
-from .gguf_tokenizer import replace_tokenizer
-from .llama_sources import CONVERTER, ensure_converter
+from pear_edge.converters.gguf_patch import add_pear_metadata
+from pear_edge.converters.gguf_tokenizer import replace_tokenizer
+from pear_edge.converters.llama_sources import CONVERTER, ensure_converter
 
 QUANT_FTYPES = {
     "f32": "ALL_F32", "f16": "MOSTLY_F16", "bf16": "MOSTLY_BF16", "q8_0": "MOSTLY_Q8_0",

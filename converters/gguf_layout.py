@@ -16,16 +16,15 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, MODEL_TENSOR, TENSOR_NAMES, GGUFReader, GGUFValueType, Keys
 from gguf.quants import dequantize
 
-from pear_edge.coefficients import ModelFingerprint
-from pear_edge.errors import PearError
-from pear_edge.layout import HeadLayout
-from pear_edge.registry import caveat_note, model_type_for_gguf_arch
+from pear_edge.edits.coefficients import PEAR_COEFFICIENTS, ModelFingerprint
+from pear_edge.base.errors import PearError
+from pear_edge.arch.layout import HeadLayout
+from pear_edge.arch.registry import caveat_note, model_type_for_gguf_arch
 
 # The pear.* keys `patch-gguf`/`export gguf` append (gguf-py has no constants for them: they are ours).
 PEAR_PREFIX = "pear."
 PEAR_VERSION = "pear.version"
 PEAR_TOOL = "pear.tool"
-PEAR_COEFFICIENTS = "pear.coefficients"      # the coefficients JSON
 PEAR_SOURCE_SHA256 = "pear.source_sha256"
 PEAR_REPORT = "pear.report"                  # per-tensor patch method and error, JSON
 READER_VERSION_FIELD = "GGUF.version"        # a pseudo-key GGUFReader adds for the header's version
@@ -166,7 +165,7 @@ def tensor_bytes(tensor) -> np.ndarray:
 
 
 def gguf_fingerprint(reader: GGUFReader, name: str) -> ModelFingerprint:
-    """Head layout + per-layer attn_output norms and sketches, comparable with pear_edge.models.fingerprint."""
+    """Head layout + per-layer attn_output norms and sketches, comparable with pear_edge.runtime.models.fingerprint."""
     heads = head_layout(reader, name)
     tensors = attn_output_tensors(reader, heads, name)
     # attn_output dequantizes to (n_embd, n_head * head_dim): the (out, in) layout fingerprints use.
@@ -233,8 +232,8 @@ def tensor_signature(reader: GGUFReader) -> list[tuple[str, str, tuple[int, ...]
 
 def describe_gguf(path: Path) -> str:
     """`pear-edge info FILE.gguf`: architecture, head layout, tensor types and PEAR patch state."""
-    from pear_edge.coefficients import Coefficients
-    from pear_edge.info import describe_coefficients
+    from pear_edge.edits.coefficients import Coefficients
+    from pear_edge.edits.describe import describe_coefficients
 
     reader = read_gguf(path)
     types = Counter(t.tensor_type.name for t in reader.tensors)

@@ -1,6 +1,6 @@
 """`pear-edge patch-gguf`: fold coefficients into an existing GGUF without re-converting it.
 
-Every edit kind of the coefficients (pear_edge.fold's transformations, on GGUF tensors):
+Every edit kind of the coefficients (pear_edge.edits.fold's transformations, on GGUF tensors):
   head scales and o_proj channel scales -> columns of blk.N.attn_output.weight (Coefficients.o_proj_factors);
   q/k channel scales                    -> column `channel` of blk.N.attn_q.weight and blk.N.attn_k.weight.
 Only those columns change (see gguf_quant for how, per type: head scales on whole blocks stay exact block-scale
@@ -18,15 +18,15 @@ import numpy as np
 from tqdm import tqdm
 
 from pear_edge import __version__
-from pear_edge.atomic import atomic_file, check_output_path
-from pear_edge.coefficients import Coefficients
-from pear_edge.errors import PearError
-from pear_edge.models import file_sha256
+from pear_edge.base.atomic import atomic_file, check_output_path
+from pear_edge.edits.coefficients import Coefficients
+from pear_edge.base.errors import PearError
+from pear_edge.runtime.models import file_sha256
 
-from .gguf_layout import (PEAR_COEFFICIENTS, PEAR_REPORT, PEAR_SOURCE_SHA256, PEAR_TOOL, PEAR_VERSION,
+from pear_edge.converters.gguf_layout import (PEAR_COEFFICIENTS, PEAR_REPORT, PEAR_SOURCE_SHA256, PEAR_TOOL, PEAR_VERSION,
                           attn_output_tensors, gguf_fingerprint, head_layout, pear_metadata, qk_tensors, read_gguf,
                           tensor_bytes, write_gguf_copy)
-from .gguf_quant import check_supported, scale_columns
+from pear_edge.converters.gguf_quant import check_supported, scale_columns
 
 PEAR_GGUF_VERSION = 1
 

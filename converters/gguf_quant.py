@@ -2,7 +2,7 @@
 
 A row of a 2-D GGUF weight runs along its *input* features (ggml ne0): attn_output's along the
 concatenated heads (n_head*head_dim), attn_q/attn_k's along the hidden channels. So "W[:, j] *= f_j"
-(pear_edge.fold) scales element j of every row, and quant blocks tile that axis. Per block, best first:
+(pear_edge.edits.fold) scales element j of every row, and quant blocks tile that axis. Per block, best first:
 
 * scale-edit: every factor in the block is the same c (a head covering whole blocks, or a per-channel
   vector constant over the block) -> multiply the block's fp16 scale(s) by c. Dequantization of all
@@ -24,9 +24,9 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
 from gguf.quants import dequantize, quantize
 
-from pear_edge.errors import PearError
+from pear_edge.base.errors import PearError
 
-from .libggml import QUANTIZABLE, quantize_blocks
+from pear_edge.converters.libggml import QUANTIZABLE, quantize_blocks
 
 FLOAT_TYPES = {T.F32, T.F16, T.BF16}
 # Byte offsets of the fp16 scale fields inside one block (layouts of ggml-common.h's block_* structs).

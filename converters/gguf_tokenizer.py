@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pear_edge.errors import PearError
+from pear_edge.base.errors import PearError
 
 TOKENIZER_PREFIX = "tokenizer."
 

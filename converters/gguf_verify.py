@@ -10,11 +10,11 @@ from typing import Sequence
 import numpy as np
 from gguf import GGMLQuantizationType as Q
 
-from pear_edge.coefficients import Coefficients
-from pear_edge.errors import PearError
-from pear_edge.llamacpp import open_gguf
+from pear_edge.edits.coefficients import Coefficients
+from pear_edge.base.errors import PearError
+from pear_edge.runtime.llamacpp import open_gguf
 
-from .gguf_layout import PEAR_COEFFICIENTS, head_layout, pear_metadata, read_gguf
+from pear_edge.converters.gguf_layout import PEAR_COEFFICIENTS, head_layout, pear_metadata, read_gguf
 
 # GGML storage types -> verify's weight kinds (converters/verify.py TOLERANCES); all others are "low-bit".
 WEIGHT_KINDS = {Q.F32: "fp32", Q.F16: "fp16", Q.BF16: "fp16", Q.Q8_0: "8-bit", Q.Q8_1: "8-bit", Q.Q8_K: "8-bit"}

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-from pear_edge.errors import PearError
+from pear_edge.base.errors import PearError
 
 # Types ggml can quantize without an importance matrix (ggml_quantize_chunk would abort otherwise).
 QUANTIZABLE = {GGMLQuantizationType[n] for n in (

@@ -13,9 +13,9 @@ import tempfile
 from importlib import metadata
 from pathlib import Path
 
-from pear_edge.atomic import atomic_dir
-from pear_edge.errors import PearError
-from pear_edge.models import cache_dir
+from pear_edge.base.atomic import atomic_dir
+from pear_edge.base.errors import PearError
+from pear_edge.runtime.models import cache_dir
 
 # What the converter script imports from the llama.cpp source tree.
 NEEDED = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/")

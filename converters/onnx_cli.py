@@ -1,9 +1,9 @@
 """ONNX commands: `export onnx`, `patch-onnx`, and `verify` for ONNX folders."""
 from __future__ import annotations
 
-from pear_edge.cli import add_force_option
+from pear_edge.cli.commands import add_force_option
 
-from .onnx_quantize import QUANTIZATIONS
+from pear_edge.converters.onnx_quantize import QUANTIZATIONS
 
 
 def add_export_parser(export_sub) -> None:
@@ -28,7 +28,7 @@ def add_commands(sub) -> None:
 
 
 def cmd_export_onnx(args) -> int:
-    from .onnx_export import export_onnx
+    from pear_edge.converters.onnx_export import export_onnx
 
     out, match = export_onnx(args.model, args.coefficients, args.output, args.quantize, progress=not args.quiet,
                              replace=args.force)
@@ -39,7 +39,7 @@ def cmd_export_onnx(args) -> int:
 
 
 def cmd_patch_onnx(args) -> int:
-    from .onnx_patch import patch_onnx_folder
+    from pear_edge.converters.onnx_patch import patch_onnx_folder
 
     out, match = patch_onnx_folder(args.source, args.coefficients, args.output, progress=not args.quiet,
                                    replace=args.force)
@@ -48,6 +48,6 @@ def cmd_patch_onnx(args) -> int:
 
 
 def verify_format():
-    from .onnx_verify import OnnxFormat
+    from pear_edge.converters.onnx_verify import OnnxFormat
 
     return OnnxFormat()

@@ -13,13 +13,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pear_edge.atomic import Kind, atomic_dir, check_output, scratch_dir
-from pear_edge.coefficients import Coefficients
-from pear_edge.errors import PearError
-from pear_edge.fold import COEFFICIENTS_FILENAME, check_not_patched, fold_model, save_model_folder
+from pear_edge.base.atomic import Kind, atomic_dir, check_output, scratch_dir
+from pear_edge.edits.coefficients import Coefficients
+from pear_edge.base.errors import PearError
+from pear_edge.edits.fold import COEFFICIENTS_FILENAME, check_not_patched, fold_model, save_model_folder
 
-from .onnx_graph import MODEL_FILENAME
-from .onnx_quantize import QUANTIZATIONS, quantize
+from pear_edge.converters.onnx_graph import MODEL_FILENAME
+from pear_edge.converters.onnx_quantize import QUANTIZATIONS, quantize
 
 ONNX_TASK = "text-generation-with-past"
 
@@ -31,7 +31,7 @@ def export_onnx(model_spec: str, coefficients: str | Path | None, output: str | 
 
     Returns the output folder and the fingerprint match kind ("base" without coefficients).
     """
-    from pear_edge.models import load_model, resolve_spec
+    from pear_edge.runtime.models import load_model, resolve_spec
 
     if quantization not in QUANTIZATIONS:
         raise PearError(f"unknown quantization {quantization!r}; choose one of {', '.join(QUANTIZATIONS)}")

@@ -18,10 +18,10 @@ import onnx
 from onnx import numpy_helper
 from onnx.external_data_helper import load_external_data_for_model
 
-from pear_edge.coefficients import ModelFingerprint
-from pear_edge.errors import PearError
-from pear_edge.layout import HeadLayout, layout_from_config
-from pear_edge.registry import ArchSpec, qk_output_rows, spec_for
+from pear_edge.edits.coefficients import ModelFingerprint
+from pear_edge.base.errors import PearError
+from pear_edge.arch.layout import HeadLayout, layout_from_config
+from pear_edge.arch.registry import ArchSpec, qk_output_rows, spec_for
 
 MODEL_FILENAME = "model.onnx"
 # Ops that mean a projection's weights are no longer plain floats.

@@ -3,7 +3,7 @@
 ONNX MatMul computes X @ W with W stored (in, out), so input column j of a torch weight is row j of the
 initializer: o_proj row j is multiplied by Coefficients.o_proj_factors (head h owns rows [h*d, (h+1)*d)),
 and row `ch` of a q/k projection, at its query/key outputs, by the q/k channel scale — in fp32, like
-torch's in-place fold (pear_edge.fold), so the result is the tensor `export onnx --coefficients` writes.
+torch's in-place fold (pear_edge.edits.fold), so the result is the tensor `export onnx --coefficients` writes.
 """
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ import onnx
 from onnx import numpy_helper
 from tqdm import tqdm
 
-from pear_edge.atomic import Kind, atomic_dir, check_output
-from pear_edge.coefficients import Coefficients
-from pear_edge.fold import COEFFICIENTS_FILENAME, check_not_patched
+from pear_edge.base.atomic import Kind, atomic_dir, check_output
+from pear_edge.edits.coefficients import Coefficients
+from pear_edge.edits.fold import COEFFICIENTS_FILENAME, check_not_patched
 
-from .onnx_graph import MODEL_FILENAME, OnnxExport, find_o_proj_weights, find_qk_weights, fingerprint, load_export
-from .onnx_quantize import TWO_GB
+from pear_edge.converters.onnx_graph import MODEL_FILENAME, OnnxExport, find_o_proj_weights, find_qk_weights, fingerprint, load_export
+from pear_edge.converters.onnx_quantize import TWO_GB
 
 
 def patch_export(export: OnnxExport, coefficients: Coefficients, progress: bool = True) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import onnx
 
-from pear_edge.errors import PearError
+from pear_edge.base.errors import PearError
 
 QUANTIZATIONS = ("none", "int8", "int4")
 INT4_BLOCK_SIZE = 32

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pear_edge.coefficients import Coefficients
-from pear_edge.errors import PearError
-from pear_edge.fold import COEFFICIENTS_FILENAME
+from pear_edge.edits.coefficients import Coefficients
+from pear_edge.base.errors import PearError
+from pear_edge.edits.fold import COEFFICIENTS_FILENAME
 
-from .onnx_graph import graph_only, model_path, read_layout, weight_format
-from .verify import hf_greedy, torch_logits
+from pear_edge.converters.onnx_graph import graph_only, model_path, read_layout, weight_format
+from pear_edge.converters.verify import hf_greedy, torch_logits
 
 # onnx_graph.weight_format -> verify's weight kinds (converters/verify.py TOLERANCES).
 WEIGHT_KINDS = {"fp32": "fp32", "fp16": "fp16", "int8": "8-bit", "int4": "low-bit"}

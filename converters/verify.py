@@ -7,8 +7,8 @@ unpatched torch model (the format's own error floor) and with the patched export
 patch's effect, which should dwarf the export error). Each format plugs in an `ExportRunner` (its
 logits, optionally a greedy continuation through its KV-cache path); everything else is here.
 
-The coefficients may carry every edit kind of pear_edge.coefficients (head scales, o_proj channel scales,
-q/k channel scales); torch folds them all through pear_edge.fold, so the comparison checks each edit the
+The coefficients may carry every edit kind of pear_edge.edits.coefficients (head scales, o_proj channel scales,
+q/k channel scales); torch folds them all through pear_edge.edits.fold, so the comparison checks each edit the
 export holds, and the report counts them by kind (`edits`).
 
 Tolerance policy (one for both formats): the first comparison, export vs folded torch, passes when
@@ -32,10 +32,10 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from pear_edge.atomic import write_text_atomic
-from pear_edge.coefficients import Coefficients
-from pear_edge.errors import PearError
-from pear_edge.prompts import Document, mdqa_prompt
+from pear_edge.base.atomic import write_text_atomic
+from pear_edge.edits.coefficients import Coefficients
+from pear_edge.base.errors import PearError
+from pear_edge.data.prompts import Document, mdqa_prompt
 
 GREEDY_TOKENS = 16
 BUILTIN_PROMPTS = (
@@ -134,7 +134,7 @@ def hf_greedy(model, ids: Sequence[int], pad_token_id: int, tokens: int = GREEDY
 def read_prompts(path: str | None, builtin: Sequence[str] = BUILTIN_PROMPTS) -> list[str]:
     """`verify --prompts`: one prompt per non-empty line, `\\n` for a newline inside a prompt;
     `builtin` when no file is given."""
-    from pear_edge.inputs import read_text
+    from pear_edge.base.inputs import read_text
 
     if path is None:
         return list(builtin)
@@ -219,8 +219,8 @@ def verify_export(fmt: ExportFormat, patched: str | Path, model: str = "default"
                   max_abs_logit_diff: float | None = None, min_top1_agreement: float | None = None) -> VerifyReport:
     """Run `patched` (and `base`, an unpatched export of the same model) in its runtime and torch `model`
     with the coefficients (`coefficients` file, else those stored in the export) folded in."""
-    from pear_edge.fold import fold_model
-    from pear_edge.models import load_model
+    from pear_edge.edits.fold import fold_model
+    from pear_edge.runtime.models import load_model
 
     patched = Path(patched)
     base_path = Path(base) if base else None
@@ -290,7 +290,7 @@ def format_table(report: VerifyReport) -> str:
 def plot_report(report: VerifyReport, path: Path) -> Path:
     """Per-prompt max |Δlogit| of each comparison, log scale, with the tolerance: export error vs the patch's
     own effect. Written atomically."""
-    from pear_edge.plots import pyplot, save_png
+    from pear_edge.base.plots import pyplot, save_png
 
     fig, ax = pyplot().subplots(figsize=(7.5, 3.8))
     for c in report.comparisons:

@@ -2,7 +2,7 @@
 
     from pear_edge.eval import open_backend, evaluate, paired_compare
 """
-from .backends import open_backend
-from .harness import evaluate, paired_compare
+from pear_edge.eval.backends import open_backend
+from pear_edge.eval.harness import evaluate, paired_compare
 
 __all__ = ["open_backend", "evaluate", "paired_compare"]

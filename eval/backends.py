@@ -2,9 +2,9 @@
 
     generate(prompt, max_tokens) -> str        greedy answer to the user text `prompt`, in prompt_format
     nll(text) -> (summed NLL, predicted tokens)
-    last_timing                                 tokens and seconds of the latest generate() (pear_edge.timing)
+    last_timing                                 tokens and seconds of the latest generate() (pear_edge.runtime.timing)
     prompt_format                               chat (the model's chat template) or completion (plain text
-                                                ending in a cue, answer up to a newline): pear_edge.prompts;
+                                                ending in a cue, answer up to a newline): pear_edge.data.prompts;
                                                 auto-detected from the tokenizer / GGUF metadata unless given
     calibration_record()                        the calibration record of coefficients the model carries
 
@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from pear_edge.errors import PearError
-from pear_edge.prompts import AUTO, CHAT, COMPLETION_STOPS, end_answer, prompt_ids, tokenizer_format
-from pear_edge.timing import Stopwatch, Timing
+from pear_edge.base.errors import PearError
+from pear_edge.data.prompts import AUTO, CHAT, COMPLETION_STOPS, end_answer, prompt_ids, tokenizer_format
+from pear_edge.runtime.timing import Stopwatch, Timing
 
 KINDS = ("torch", "llamacpp", "onnx")
 
@@ -143,7 +143,7 @@ class TorchBackend(_HFGenerating):
         self.loaded, self.coefficients, self.mode = loaded, coefficients, "plain"
         if coefficients is not None:
             if fold:
-                from pear_edge.fold import fold_model
+                from pear_edge.edits.fold import fold_model
                 fold_model(loaded, coefficients)
                 self.mode = "folded"
             else:
@@ -153,7 +153,7 @@ class TorchBackend(_HFGenerating):
     def _forward_context(self):
         if self.mode != "hooked":
             return super()._forward_context()
-        from pear_edge.heads import apply_coefficients
+        from pear_edge.edits.heads import apply_coefficients
         return apply_coefficients(self.loaded.adapter, self.coefficients)
 
     def calibration_record(self):
@@ -236,15 +236,15 @@ class OnnxBackend(_HFGenerating):
 def _folder_calibration(folder: Path) -> dict[str, Any]:
     """The calibration record of the coefficients folded into an HF or ONNX folder (pear_coefficients.json,
     written by fold / export), or {} (none, or a packaged model / GGUF source)."""
-    from pear_edge.coefficients import Coefficients
-    from pear_edge.fold import COEFFICIENTS_FILENAME
+    from pear_edge.edits.coefficients import Coefficients
+    from pear_edge.edits.fold import COEFFICIENTS_FILENAME
 
     path = Path(folder) / COEFFICIENTS_FILENAME
     return Coefficients.load(path).calibration if Path(folder).is_dir() and path.is_file() else {}
 
 
 class LlamaCppBackend(Backend):
-    """A GGUF in llama.cpp, through the same answer path as the RAG demo (`pear_edge.llamacpp.timed_answer`:
+    """A GGUF in llama.cpp, through the same answer path as the RAG demo (`pear_edge.runtime.llamacpp.timed_answer`:
     the GGUF's chat template, or a plain completion for a GGUF without one)."""
 
     kind = "llamacpp"
@@ -252,7 +252,7 @@ class LlamaCppBackend(Backend):
 
     def __init__(self, path: str | Path, n_ctx: int = 4096, n_threads: int | None = None, n_gpu_layers: int = 0,
                  prompt_format: str = AUTO):
-        from pear_edge.llamacpp import open_gguf, prompt_format_of
+        from pear_edge.runtime.llamacpp import open_gguf, prompt_format_of
 
         self.path = Path(path)
         super().__init__(self.path.name, str(self.path))
@@ -266,18 +266,18 @@ class LlamaCppBackend(Backend):
             raise
 
     def generate(self, prompt, max_tokens=32):
-        from pear_edge.llamacpp import timed_answer
+        from pear_edge.runtime.llamacpp import timed_answer
 
         text, self.last_timing = timed_answer(self.llm, prompt, self.prompt_format, max_tokens)
         return text
 
     def calibration_record(self):
-        from pear_edge.llamacpp import recorded_calibration
+        from pear_edge.runtime.llamacpp import recorded_calibration
 
         return recorded_calibration(self.llm)
 
     def nll(self, text):
-        from pear_edge.llamacpp import open_gguf
+        from pear_edge.runtime.llamacpp import open_gguf
 
         if self._scorer is None:  # a second context that keeps logits for every position
             self._scorer = open_gguf(self.path, n_ctx=self.PPL_CONTEXT, logits_all=True, n_threads=self.n_threads,
@@ -306,7 +306,7 @@ def infer_kind(spec: str) -> str:
 def check_backend_input(spec: str, kind: str | None = None) -> None:
     """Cheap checks of a model before any evaluation starts (a damaged --pear file must not be found
     only after the whole base run): it exists, and a GGUF's header and tensor infos are valid."""
-    from pear_edge.models import resolve_spec
+    from pear_edge.runtime.models import resolve_spec
 
     kind = kind or infer_kind(spec)
     if kind == "onnx":
@@ -333,8 +333,8 @@ def open_backend(spec: str, kind: str | None = None, coefficients=None, fold: bo
     a machine shared with other jobs, 1 avoids threads spinning against them).
     `device`: cpu or cuda (llama.cpp: every layer offloaded; onnxruntime: the CUDA execution provider;
     torch: the model moved to the GPU). `prompt_format`: auto (the model's chat template if it has one, else
-    a plain completion prompt), chat or completion (pear_edge.prompts)."""
-    from pear_edge.llamacpp import ALL_LAYERS
+    a plain completion prompt), chat or completion (pear_edge.data.prompts)."""
+    from pear_edge.runtime.llamacpp import ALL_LAYERS
 
     kind = kind or infer_kind(spec)
     if kind not in KINDS:
@@ -345,7 +345,7 @@ def open_backend(spec: str, kind: str | None = None, coefficients=None, fold: bo
         raise PearError(f"--coefficients only applies to the torch backend; for {kind}, patch the model first "
                         "(`pear-edge patch-gguf` / `pear-edge export onnx`) and pass the patched file")
     if kind == "llamacpp":
-        from pear_edge.models import resolve_spec
+        from pear_edge.runtime.models import resolve_spec
 
         path = resolve_spec(spec)
         if path.suffix.lower() != ".gguf":
@@ -354,7 +354,7 @@ def open_backend(spec: str, kind: str | None = None, coefficients=None, fold: bo
                                n_gpu_layers=ALL_LAYERS if device == "cuda" else 0, prompt_format=prompt_format)
     if kind == "onnx":
         return OnnxBackend(spec, device, prompt_format, threads)
-    from pear_edge.models import load_model
+    from pear_edge.runtime.models import load_model
 
     return TorchBackend(load_model(spec, device=device), coefficients, fold=fold, prompt_format=prompt_format,
                         threads=threads)

@@ -8,11 +8,11 @@ import math
 import sys
 from pathlib import Path
 
-from pear_edge.errors import PearError
-from pear_edge.options import int_list
-from pear_edge.prompts import FORMAT_CHOICES, WORDINGS, format_mismatch
+from pear_edge.base.errors import PearError
+from pear_edge.calibration.options import int_list
+from pear_edge.data.prompts import FORMAT_CHOICES, WORDINGS, format_mismatch
 
-from .realqa import DISTRACTORS, HALVES
+from pear_edge.eval.realqa import DISTRACTORS, HALVES
 
 TASKS = ("mdqa", "counterfactual", "kv", "perplexity")
 
@@ -102,7 +102,7 @@ def add_commands(sub) -> None:
     t.add_argument("-o", "--output", required=True, help="output folder (tradeoff.md, tradeoff.png, tradeoff.json)")
     t.set_defaults(func=cmd_tradeoff)
 
-    from .demo import add_demo_command
+    from pear_edge.eval.demo import add_demo_command
 
     add_demo_command(sub)
 
@@ -127,8 +127,8 @@ def add_commands(sub) -> None:
 
 
 def add_speed_options(p) -> None:
-    """What `eval speed` and `python -m pear_edge.eval.bench_speed` share: the device and the run sizes."""
-    from .speed import DEVICE_DEFAULTS
+    """What `eval speed` and `python -m pear_edge.eval.lab.bench_speed` share: the device and the run sizes."""
+    from pear_edge.eval.speed import DEVICE_DEFAULTS
 
     cpu, gpu = DEVICE_DEFAULTS["cpu"], DEVICE_DEFAULTS["cuda"]
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
@@ -146,7 +146,7 @@ def add_speed_options(p) -> None:
 def _add_variant_options(p, model_help: str, records: int, kv_records: int, passages: int) -> None:
     """What `sweep` and `search` share: the model, the variants, and the size of the validation sets."""
     p.add_argument("--model", default="default", help=model_help)
-    p.add_argument("--variants", help="a bundled variant set (a file name in eval/variants/ without .json, e.g. "
+    p.add_argument("--variants", help="a bundled variant set (a file name in eval/lab/variants/ without .json, e.g. "
                                       "sweep-smollm2, search-smollm2, realtext-smollm2) or a JSON file "
                                       "{name: {setting: value}} (default: sweep-smollm2)")
     p.add_argument("--only", help="comma-separated variant names to run")
@@ -168,9 +168,9 @@ def _pairs(args) -> list[tuple[str, str]]:
 
 
 def build_examples(args):
-    from . import tasks
-    from .kv import generate_kv
-    from .tasks import parse_kv
+    from pear_edge.data import tasks
+    from pear_edge.data.kv import generate_kv
+    from pear_edge.data.tasks import parse_kv
 
     if args.task == "perplexity":
         return tasks.pydoc_passages(args.passages, seed=args.seed)
@@ -196,12 +196,12 @@ def _default_positions(slots: int) -> tuple[int, ...]:
 
 
 def cmd_eval(args) -> int:
-    from pear_edge.atomic import Kind, check_output
-    from pear_edge.coefficients import Coefficients
+    from pear_edge.base.atomic import Kind, check_output
+    from pear_edge.edits.coefficients import Coefficients
 
-    from .backends import TorchBackend, check_backend_input, infer_kind, open_backend
-    from .harness import paired_run
-    from .report import Run, gains_kept, write_report
+    from pear_edge.eval.backends import TorchBackend, check_backend_input, infer_kind, open_backend
+    from pear_edge.eval.harness import paired_run
+    from pear_edge.eval.report import Run, gains_kept, write_report
 
     if not args.task or not args.output:
         raise PearError("pear-edge eval needs --task and -o OUTDIR (or a subcommand: make-data, speed)")
@@ -228,7 +228,7 @@ def cmd_eval(args) -> int:
         _print_comparison(label, comparison)
 
     if args.model:
-        from pear_edge.models import load_model
+        from pear_edge.runtime.models import load_model
 
         coeffs = Coefficients.load(args.coefficients)
         loaded = load_model(args.model)
@@ -277,15 +277,15 @@ def _print_comparison(label: str, cmp) -> None:
 
 
 def cmd_make_data(args) -> int:
-    from pear_edge.atomic import check_output_path
+    from pear_edge.base.atomic import check_output_path
 
-    from .counterfactual import generate_counterfactual
-    from .jsonl import write_jsonl
-    from .kv import generate_kv
+    from pear_edge.data.counterfactual import generate_counterfactual
+    from pear_edge.data.jsonl import write_jsonl
+    from pear_edge.data.kv import generate_kv
 
     out = check_output_path(args.output, *[x for x in (args.source, args.corpus) if x])
     if args.task == "corpus":
-        from .realqa import as_jsonl_records, corpus_records
+        from pear_edge.eval.realqa import as_jsonl_records, corpus_records
 
         if not args.corpus:
             raise PearError("make-data --task corpus needs --corpus DIR|index.db")
@@ -296,7 +296,7 @@ def cmd_make_data(args) -> int:
               f"distractors, {args.num_docs} documents) to {out}")
         return 0
     if args.task == "nq":
-        from .realqa import as_jsonl_records, load_half, with_distractors
+        from pear_edge.eval.realqa import as_jsonl_records, load_half, with_distractors
 
         if not args.source:
             raise PearError("make-data --task nq needs --source NQ.jsonl(.gz) (records with gold passages)")
@@ -319,10 +319,10 @@ def cmd_make_data(args) -> int:
 
 
 def cmd_speed(args) -> int:
-    from pear_edge.atomic import Kind, check_output
+    from pear_edge.base.atomic import Kind, check_output
 
-    from .backends import infer_kind
-    from .speed import Pair, measure_pairs, resolve_device, speed_markdown, write_speed_report
+    from pear_edge.eval.backends import infer_kind
+    from pear_edge.eval.speed import Pair, measure_pairs, resolve_device, speed_markdown, write_speed_report
 
     pairs = _pairs(args)
     if not pairs:
@@ -343,9 +343,9 @@ def cmd_speed(args) -> int:
 
 
 def cmd_tradeoff(args) -> int:
-    from pear_edge.atomic import Kind, check_output
+    from pear_edge.base.atomic import Kind, check_output
 
-    from .tradeoff import markdown, parse_point, write_tradeoff
+    from pear_edge.eval.lab.tradeoff import markdown, parse_point, write_tradeoff
 
     if not (args.bound >= 0 and math.isfinite(args.bound)):
         raise PearError(f"--bound must be a finite percentage >= 0 (got {args.bound})")
@@ -361,9 +361,9 @@ def cmd_tradeoff(args) -> int:
 
 def _variant_run(args):
     """What `search` and `sweep` share: the variants and the validation sets."""
-    from pear_edge.atomic import Kind, check_output
+    from pear_edge.base.atomic import Kind, check_output
 
-    from .variants import load_variants, validation_sets
+    from pear_edge.eval.lab.variants import load_variants, validation_sets
 
     check_output(args.output, args.variants, args.real, kind=Kind.REPORTS)  # before any model or data work
     variants = load_variants(args.variants, args.only)
@@ -373,9 +373,9 @@ def _variant_run(args):
 
 
 def cmd_search(args) -> int:
-    from pear_edge.models import load_model
+    from pear_edge.runtime.models import load_model
 
-    from .variants import TorchScorer, run_variants
+    from pear_edge.eval.lab.variants import TorchScorer, run_variants
 
     variants, sets = _variant_run(args)
     loaded = load_model(args.model, device=args.device)
@@ -386,9 +386,9 @@ def cmd_search(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from pear_edge.models import load_model, resolve_spec
+    from pear_edge.runtime.models import load_model, resolve_spec
 
-    from .variants import LlamaCppScorer, run_variants
+    from pear_edge.eval.lab.variants import LlamaCppScorer, run_variants
 
     base = resolve_spec(args.model)
     if base.suffix.lower() != ".gguf":

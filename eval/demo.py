@@ -10,14 +10,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from pear_edge.atomic import Kind, check_output, report_folder, write_text_atomic
-from pear_edge.options import int_list
+from pear_edge.base.atomic import Kind, check_output, report_folder, write_text_atomic
+from pear_edge.calibration.options import int_list
 
-from .backends import open_backend
-from .harness import paired_run
-from .report import Run, markdown, write_report
-from .speed import Pair, measure_pairs, speed_markdown, write_speed_report
-from .tasks import counterfactual_records, mdqa_examples, pydoc_passages
+from pear_edge.eval.backends import open_backend
+from pear_edge.eval.harness import paired_run
+from pear_edge.eval.report import Run, markdown, write_report
+from pear_edge.eval.speed import Pair, measure_pairs, speed_markdown, write_speed_report
+from pear_edge.data.tasks import counterfactual_records, mdqa_examples, pydoc_passages
 
 
 def _step(message: str) -> None:
@@ -36,7 +36,7 @@ def _pair_results(base_path: str, pear_path: str, label: str, sets: dict, progre
 def first_answer(base_path: str, pear_path: str, example, elapsed: float) -> str:
     """The demo's first result: one test-split question (gold in the middle), base and PEAR answers side by
     side in llama.cpp, as markdown."""
-    from .harness import evaluate
+    from pear_edge.eval.harness import evaluate
 
     answers = []
     for path in (base_path, pear_path):
@@ -56,11 +56,11 @@ def first_answer(base_path: str, pear_path: str, example, elapsed: float) -> str
 def run_demo(outdir: Path, coefficients: str | None, quants: list[str], onnx: bool, records: int,
              num_docs: int, positions: tuple[int, ...], passages: int, speed_rounds: int, seed: int,
              progress: bool = True, budget: str = "fast") -> Path:
-    from pear_edge.calibrate import calibrate, profile_for, with_budget
-    from pear_edge.coefficients import Coefficients
+    from pear_edge.calibration.calibrate import calibrate, profile_for, with_budget
+    from pear_edge.edits.coefficients import Coefficients
     from pear_edge.converters.gguf_export import export_gguf
     from pear_edge.converters.gguf_patch import patch_gguf
-    from pear_edge.models import default_gguf_path, load_model
+    from pear_edge.runtime.models import default_gguf_path, load_model
 
 
     start = time.perf_counter()
@@ -73,7 +73,7 @@ def run_demo(outdir: Path, coefficients: str | None, quants: list[str], onnx: bo
         coeffs.save(coeffs_path)
     else:
         _step(f"1/6 calibrate PEAR on SmolLM2-135M-Instruct (the default recipe, {budget} budget)")
-        from pear_edge.timing import cost_summary, run_cost
+        from pear_edge.runtime.timing import cost_summary, run_cost
 
         calibration_start = time.perf_counter()
         coeffs = calibrate(load_model("default"), with_budget(profile_for("default"), budget), progress=progress)
@@ -134,7 +134,7 @@ def run_demo(outdir: Path, coefficients: str | None, quants: list[str], onnx: bo
 
 
 def add_demo_command(sub) -> None:
-    from pear_edge.recipes import BUDGETS
+    from pear_edge.calibration.recipes import BUDGETS
 
     p = sub.add_parser("demo", help="the whole pipeline on the embedded default model, offline (minutes)",
                        description="calibrate -> patch the shipped Q4_1 GGUF -> one answer, base and PEAR side by "

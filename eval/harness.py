@@ -11,11 +11,11 @@ from typing import Any, Sequence
 
 from tqdm import tqdm
 
-from pear_edge.errors import PearError
+from pear_edge.base.errors import PearError
 
-from .backends import Backend
-from .metrics import best_subspan_em, bootstrap_ci, bootstrap_perplexity_delta, mcnemar_exact, sign_test
-from .tasks import QAExample, TextExample
+from pear_edge.eval.backends import Backend
+from pear_edge.eval.metrics import best_subspan_em, bootstrap_ci, bootstrap_perplexity_delta, mcnemar_exact, sign_test
+from pear_edge.data.tasks import QAExample, TextExample
 
 DEFAULT_MAX_TOKENS = 32
 

@@ -20,10 +20,10 @@ from typing import Sequence
 
 import numpy as np
 
-from pear_edge.errors import PearError
+from pear_edge.base.errors import PearError
 
-from .metrics import normalize_answer
-from .tasks import MDQARecord, load_mdqa
+from pear_edge.eval.metrics import normalize_answer
+from pear_edge.data.tasks import MDQARecord, load_mdqa
 
 HALVES = ("validation", "test")
 DISTRACTORS = ("random", "topical")
@@ -97,8 +97,8 @@ def corpus_records(corpus: str, count: int, num_docs: int, mode: str = "topical"
     the passages nearest to the gold one (`topical`) or random ones — none containing the answer.
     The questions share the cloze proxy's generator, so they rank calibrations against each other on this
     corpus (e.g. --corpus vs the built-in default); they are not a claim about real users' questions."""
-    from pear_edge.corpora import corpus_passages, embed_passages
-    from pear_edge.textqa import qa_records, split_of
+    from pear_edge.data.corpora import corpus_passages, embed_passages
+    from pear_edge.data.textqa import qa_records, split_of
 
     if mode not in DISTRACTORS:
         raise PearError(f"distractors must be one of {', '.join(DISTRACTORS)}, not {mode!r}")
@@ -117,7 +117,7 @@ def real_examples(path: str | Path, half: str, records: int | None, num_docs: in
                   mode: str = "random", wording: str = "short", seed: int = 0, embed=None):
     """QAExamples for one half: the first `records` records (distractors drawn from the whole half),
     gold at each of `positions`."""
-    from .tasks import mdqa_examples
+    from pear_edge.data.tasks import mdqa_examples
 
     pool = with_distractors(load_half(path, half), num_docs, mode, seed, embed)
     return mdqa_examples(pool[:records] if records else pool, num_docs, positions, seed, "own", wording=wording)

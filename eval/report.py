@@ -6,10 +6,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from pear_edge.atomic import report_folder, write_text_atomic
+from pear_edge.base.atomic import report_folder, write_text_atomic
 
-from .harness import Comparison, EvalResults, PairedResult
-from .metrics import bootstrap_ci
+from pear_edge.eval.harness import Comparison, EvalResults, PairedResult
+from pear_edge.eval.metrics import bootstrap_ci
 
 
 @dataclass
@@ -132,7 +132,7 @@ def plot_positions(runs: Sequence[Run], path: Path) -> Path | None:
     runs = [r for r in runs if r.comparison.by_position]
     if not runs:
         return None
-    from pear_edge.plots import pyplot, save_png
+    from pear_edge.base.plots import pyplot, save_png
 
     fig, ax = pyplot().subplots(figsize=(6.4, 4.2))
     for i, run in enumerate(runs):

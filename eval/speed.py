@@ -22,12 +22,12 @@ from typing import Any, Sequence
 
 from tqdm import tqdm
 
-from pear_edge.atomic import report_folder, write_text_atomic
-from pear_edge.device import cuda_requested, environment
-from pear_edge.errors import PearError
+from pear_edge.base.atomic import report_folder, write_text_atomic
+from pear_edge.runtime.device import cuda_requested, environment
+from pear_edge.base.errors import PearError
 
-from .backends import infer_kind
-from .metrics import median_iqr
+from pear_edge.eval.backends import infer_kind
+from pear_edge.eval.metrics import median_iqr
 
 METRICS = ("prefill_tps", "decode_tps", "peak_rss_mib")
 DEVICE_METRIC = "peak_device_mib"  # GPU memory the worker added (cuda only)
@@ -183,7 +183,7 @@ def device_description(settings: dict[str, Any]) -> str:
     env = settings.get("environment", {})
     if settings.get("device", "cpu") != "cuda":
         return f"the CPU ({env['machine']})" if env.get("machine") else "the CPU"
-    from pear_edge.device import Gpu
+    from pear_edge.runtime.device import Gpu
 
     gpus = [Gpu(**g).describe() for g in env.get("gpus", [])]
     return f"the GPU ({'; '.join(gpus) or 'unknown'})"
@@ -217,7 +217,7 @@ def speed_markdown(report: SpeedReport) -> str:
 
 def plot_speed(report: SpeedReport, path: Path) -> Path:
     """Box plot of per-round patched/base ratios, one box per backend and metric."""
-    from pear_edge.plots import pyplot, save_png
+    from pear_edge.base.plots import pyplot, save_png
 
     labels, data = [], []
     for pair in report.pairs:

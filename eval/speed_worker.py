@@ -6,7 +6,7 @@
     python -m pear_edge.eval.speed_worker --probe llamacpp      # can this backend run on the GPU here?
 
 Prints one JSON line: prefill and decode tokens/s (the median over `repeats` timed passes after a
-warm-up), load seconds and, on a GPU, `peak_device_mib` (pear_edge.device.PeakDeviceMemory: sampled
+warm-up), load seconds and, on a GPU, `peak_device_mib` (pear_edge.runtime.device.PeakDeviceMemory: sampled
 before loading and after the warm-up and every timed pass, never inside one). `--probe` prints
 {"problem": null} or {"problem": "why not"} for the GPU (`cuda_problem`).
 """
@@ -19,6 +19,8 @@ import time
 from typing import Callable
 
 import numpy as np
+
+from pear_edge.runtime.device import cuda_problem
 
 
 def _prompt_ids(tokenize, count: int) -> list[int]:
@@ -38,7 +40,7 @@ def _rates(prompt_tokens: int, gen_tokens: int, passes: list[tuple[float, float]
 
 
 def measure_llamacpp(spec: dict, checkpoint: Callable[[], None]) -> dict:
-    from pear_edge.llamacpp import ALL_LAYERS, open_gguf
+    from pear_edge.runtime.llamacpp import ALL_LAYERS, open_gguf
 
     start = time.perf_counter()
     llm = open_gguf(spec["path"], n_ctx=spec["prompt_tokens"] + spec["gen_tokens"] + 8, n_threads=spec.get("threads"),
@@ -67,9 +69,9 @@ def measure_hf(spec: dict, checkpoint: Callable[[], None]) -> dict:
     """onnxruntime (or torch) through generate(); the Stopwatch's first tick splits prefill and decode."""
     import torch
 
-    from pear_edge.timing import Stopwatch
+    from pear_edge.runtime.timing import Stopwatch
 
-    from .backends import open_backend
+    from pear_edge.eval.backends import open_backend
 
     start = time.perf_counter()
     backend = open_backend(spec["path"], kind=spec["kind"], device=spec.get("device", "cpu"))
@@ -96,27 +98,7 @@ def measure_hf(spec: dict, checkpoint: Callable[[], None]) -> dict:
     return {**_rates(len(ids), spec["gen_tokens"], passes), "load_s": load}
 
 
-def cuda_problem(kind: str) -> str | None:
-    """Why backend KIND cannot run on the GPU with what is installed here, or None when it can."""
-    from importlib import metadata
 
-    from pear_edge.device import torch_cuda_problem
-
-    if kind == "llamacpp":
-        import llama_cpp
-
-        if llama_cpp.llama_supports_gpu_offload():
-            return None
-        return (f"llama-cpp-python {metadata.version('llama-cpp-python')} here is a CPU build "
-                "(`make setup-cuda` builds the CUDA one)")
-    if kind == "onnx":
-        import onnxruntime
-
-        if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
-            return None
-        return (f"onnxruntime {onnxruntime.__version__} here has no CUDAExecutionProvider "
-                "(`make setup-cuda` installs onnxruntime-gpu)")
-    return torch_cuda_problem()
 
 
 def main(argv: list[str]) -> int:
@@ -126,7 +108,7 @@ def main(argv: list[str]) -> int:
     spec = json.loads(argv[0])
     memory = None
     if spec.get("device") == "cuda":
-        from pear_edge.device import PeakDeviceMemory
+        from pear_edge.runtime.device import PeakDeviceMemory
 
         memory = PeakDeviceMemory()  # before anything in this process touches the GPU
     measure = measure_llamacpp if spec["kind"] == "llamacpp" else measure_hf

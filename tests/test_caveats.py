@@ -39,10 +39,12 @@ def test_calibrate_calls_a_recipe_unmeasured_on_the_model_unvalidated(tmp_path, 
 
 
 def test_only_the_measured_settings_on_the_measured_model_are_validated():
-    from pear_edge.calibrate import DEFAULTS, MEASURED, unvalidated_reason, with_budget, with_overrides
+    from pear_edge import results
+    from pear_edge.calibration.calibrate import DEFAULTS, unvalidated_reason, with_budget, with_overrides
 
-    (sha, entry), = [(sha, entry) for sha, entry in MEASURED.items() if entry.profile == "default"]
-    assert entry.validated and unvalidated_reason(sha, DEFAULTS) is None
+    entry = results.measured()["notes"]["model"]["default"]
+    sha = entry["weights_sha256"]
+    assert entry["validated"] and unvalidated_reason(sha, DEFAULTS) is None
     # execution-only fields (the same gradient) and the unused positional fields do not count
     same = with_overrides(DEFAULTS, {"micro_batch": 0, "checkpoint": True, "positional_candidates": 5})
     assert unvalidated_reason(sha, same) is None
@@ -74,28 +76,30 @@ def test_info_of_a_gemma_gguf_tells_the_caveat(tmp_path, capsys):
 
 
 def test_gemma_profile_is_the_measured_cloze_recipe_and_says_what_was_measured_on_it(capsys):
-    """Gemma-3-270M's profile is the recipe its validation half chose (docs/realtext/gemma/RULE.md): the cloze
+    """Gemma-3-270M's profile is the recipe its validation half chose (docs/experiments/): the cloze
     proxy, every head, in the completion format `auto` picks for a model without a chat template; its gain is
-    not established (README), so even those settings are called unvalidated, saying where the evidence is; after
+    not established (docs/results.md), so even those settings are called unvalidated, saying where the evidence is; after
     a calibration of Gemma the note is Gemma's own measurement, not SmolLM2's numbers (the shipped Gemma
     coefficients carry its fingerprint)."""
-    from pear_edge.calibrate import (GEMMA_WEIGHTS_SHA256, MEASURED, PROFILES, PROXY_NOTES, unvalidated_reason,
-                                     with_overrides)
-    from pear_edge.cli import _print_summary
-    from pear_edge.coefficients import Coefficients
+    from pear_edge import results
+    from pear_edge.calibration.calibrate import PROFILES, unvalidated_reason, with_overrides
+    from pear_edge.cli.commands import _print_summary
+    from pear_edge.edits.coefficients import Coefficients
 
     profile = PROFILES["gemma3-270m"]
     assert (profile.recipe, profile.top_k, profile.train.proxy, profile.train.prompt_format) == ("pear", 0, "cloze",
                                                                                                    "auto")
-    entry = MEASURED[GEMMA_WEIGHTS_SHA256]
-    assert entry.profile == "gemma3-270m" and not entry.validated and "Gemma" in entry.note
+    entry = results.measured()["notes"]["model"]["gemma3-270m"]
+    GEMMA_WEIGHTS_SHA256 = entry["weights_sha256"]
+    assert entry["profile"] == "gemma3-270m" and not entry["validated"] and "Gemma" in entry["text"]
     reason = unvalidated_reason(GEMMA_WEIGHTS_SHA256, profile)
-    assert "no established gain" in reason and "Q8_0" in reason
+    assert "no established gain" in reason and "docs/results.md" in reason
     assert unvalidated_reason(GEMMA_WEIGHTS_SHA256, with_overrides(profile, {"recipe": "seal-c"})) == reason
-    shipped = Coefficients.load("docs/results/gemma3-270m.coeffs.json")
+    shipped = Coefficients.load("gemma3-270m")
     assert shipped.model.weights_sha256 == GEMMA_WEIGHTS_SHA256 and shipped.calibration["validated"] is False
     assert shipped.calibration["prompt_format"] == "completion"
     _print_summary(shipped)
     notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("pear-edge: note:")]
-    assert notes == [f"pear-edge: note: {entry.note}"] and PROXY_NOTES["cloze"] not in notes[0]
+    assert notes == [f"pear-edge: note: {results.note('model', 'gemma3-270m')}"]
+    assert results.note("proxy", "cloze") not in notes[0]
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from pear_edge.cli import main
-from pear_edge.coefficients import Coefficients
-from pear_edge.heads import scale_heads
-from pear_edge.models import default_gguf_path, load_model
+from pear_edge.edits.coefficients import Coefficients
+from pear_edge.edits.heads import scale_heads
+from pear_edge.runtime.models import default_gguf_path, load_model
 
 # The copy proxy keeps this fast; the RAG-shaped proxies + guard are exercised in test_search.py and test_proxies.py.
 FAST = ["--method", "attribution", "--proxy", "copy", "--guard", "0", "--lengths", "12", "--detect-batch", "4", "-k", "4",

@@ -10,15 +10,15 @@ import pytest
 import torch
 from tiny import TINY_CONFIGS, VOCAB, tiny_model
 
-from pear_edge.calibrate import CalibrationSettings, calibrate
-from pear_edge.coefficients import Coefficients, HeadCoefficient
-from pear_edge.detect import HeadScores, _capture_head_outputs, _margin, _replace_head, detect
-from pear_edge.errors import PearError
-from pear_edge.fold import fold_coefficients
-from pear_edge.heads import edit_heads, scale_heads
-from pear_edge.proxy import ProxyVocab, copy_logits_targets, proxy_batch
-from pear_edge.registry import REGISTRY, spec_for, supported_model_types
-from pear_edge.train import TrainSettings, train_coefficients
+from pear_edge.calibration.calibrate import CalibrationSettings, calibrate
+from pear_edge.edits.coefficients import Coefficients, HeadCoefficient
+from pear_edge.calibration.detect import HeadScores, _capture_head_outputs, _margin, _replace_head, detect
+from pear_edge.base.errors import PearError
+from pear_edge.edits.fold import fold_coefficients
+from pear_edge.edits.heads import edit_heads, scale_heads
+from pear_edge.calibration.proxy import ProxyVocab, copy_logits_targets, proxy_batch
+from pear_edge.arch.registry import REGISTRY, spec_for, supported_model_types
+from pear_edge.calibration.train import TrainSettings, train_coefficients
 
 ARCHS = sorted(TINY_CONFIGS)
 
@@ -39,7 +39,7 @@ def test_tiny_models_cover_every_registry_entry():
 def test_registry_entries_are_keyword_data_with_caveats_for_the_user():
     from dataclasses import fields
 
-    from pear_edge.registry import ArchSpec, caveat_note, model_type_for_gguf_arch
+    from pear_edge.arch.registry import ArchSpec, caveat_note, model_type_for_gguf_arch
 
     with pytest.raises(TypeError):
         ArchSpec(("llama",), ("model.layers",), "self_attn.o_proj", 1, "llama")  # positional rows are refused
@@ -169,7 +169,7 @@ def test_head_scores_roundtrip_and_heatmap(tmp_path):
 
 
 def test_heatmap_labels_name_the_method_that_made_the_scores():
-    from pear_edge.detect import heatmap_title, score_meaning
+    from pear_edge.calibration.detect import heatmap_title, score_meaning
 
     lm = tiny_model("llama")
     gradient = detect(lm, "gradient", (6,), batch=4, progress=False, gradient_batches=1)
@@ -200,7 +200,7 @@ def test_training_is_deterministic_constrained_and_lowers_loss():
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3_text", "gpt2"])
 def test_checkpointed_and_micro_batched_training_give_the_same_coefficients(arch):
-    from pear_edge.train import checkpointed_layers
+    from pear_edge.calibration.train import checkpointed_layers
 
     lm = tiny_model(arch)
     heads = [(layer, head, 0.0) for layer in range(lm.adapter.num_layers) for head in range(lm.adapter.num_heads)]
@@ -240,7 +240,7 @@ def test_coefficients_roundtrip_and_validation(tmp_path):
 
 
 def test_a_loaded_model_is_folded_once_and_its_fingerprint_follows_the_fold():
-    from pear_edge.fold import fold_model
+    from pear_edge.edits.fold import fold_model
 
     lm = tiny_model("llama")
     coeffs = _random_coefficients(lm)
@@ -270,7 +270,7 @@ def test_fingerprint_refuses_other_models_and_accepts_requantized_weights():
     with torch.no_grad():
         for p in a.model.parameters():
             p.add_(torch.randn_like(p) * p.abs().mean() * 0.05)
-    from pear_edge.models import fingerprint
+    from pear_edge.runtime.models import fingerprint
 
     assert fa.check_matches(fingerprint(a.model, a.adapter)) == "compatible"
 
@@ -286,7 +286,7 @@ def test_calibrate_api_on_tiny_model():
 
 
 def test_budget_takes_fewer_larger_steps_and_the_user_flags_win(capsys):
-    from pear_edge.calibrate import BUDGETS, DEFAULTS, with_budget
+    from pear_edge.calibration.calibrate import BUDGETS, DEFAULTS, with_budget
     from pear_edge.cli import build_parser, main
 
     assert BUDGETS["fast"].steps == pytest.approx(1 / 3) and BUDGETS["fast"].per_step == 1
@@ -305,8 +305,8 @@ def test_budget_takes_fewer_larger_steps_and_the_user_flags_win(capsys):
     assert given.budget == "fast" and given.train.steps == 4 and given.train.lr == fast.train.lr
     assert CalibrationSettings.from_args(parse(["calibrate", "-o", "x.json"])).budget == "full"
     # the CLI: a model calibrates at the full budget unless --budget says otherwise
-    from pear_edge.calibrate import profile_for
-    from pear_edge.cli import _settings
+    from pear_edge.calibration.calibrate import profile_for
+    from pear_edge.cli.commands import _settings
 
     assert _settings(parse(["calibrate", "-o", "x.json"])) == with_budget(DEFAULTS, "full") == profile_for("default")
     assert _settings(parse(["calibrate", "--budget", "lean", "-o", "x.json"])) == lean
@@ -342,24 +342,24 @@ def test_every_command_prints_its_help(capsys):
 def test_a_fast_calibration_says_what_its_budget_cost(capsys):
     from types import SimpleNamespace
 
-    from pear_edge.calibrate import BUDGET_NOTES, BUDGETS
-    from pear_edge.cli import _print_summary
+    from pear_edge import results
+    from pear_edge.calibration.calibrate import BUDGETS
+    from pear_edge.cli.commands import _print_summary
+    from pear_edge.data.textqa import GOLD_SLOTS
 
-    assert set(BUDGET_NOTES) < set(BUDGETS) and "full" not in BUDGET_NOTES
-    from pear_edge.calibrate import GOLD_NOTES
-    from pear_edge.textqa import GOLD_SLOTS
-
-    assert set(GOLD_NOTES) < set(GOLD_SLOTS) and "uniform" not in GOLD_NOTES
+    notes = results.measured()["notes"]
+    assert set(notes["budget"]) < set(BUDGETS) and "full" not in notes["budget"]
+    assert set(notes["gold"]) < set(GOLD_SLOTS) and "uniform" not in notes["gold"]
     model = SimpleNamespace(weights_sha256="0" * 64)  # a model nothing was measured on: the proxy's note
     _print_summary(SimpleNamespace(model=model, calibration={"train": {"proxy": "copy"}, "budget": "fast"},
                                    metrics={}, summary=str))
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 2 and all(line.startswith("pear-edge: note: ") for line in err)
-    assert "perplexity" in err[1] and "fast budget" in err[1]
+    assert err[1] == f"pear-edge: note: {results.note('budget', 'fast')}"
     _print_summary(SimpleNamespace(model=model, calibration={"train": {"proxy": "copy"}, "budget": "full"},
                                    metrics={}, summary=str))
     assert len(capsys.readouterr().err.splitlines()) == 1
     _print_summary(SimpleNamespace(model=model, calibration={"train": {"proxy": "cloze", "gold": "middle"},
                                                              "budget": "full"}, metrics={}, summary=str))
     err = capsys.readouterr().err.splitlines()
-    assert len(err) == 2 and "--gold middle" in err[1] and "not adopted" in err[1]
+    assert len(err) == 2 and err[1] == f"pear-edge: note: {results.note('gold', 'middle')}"

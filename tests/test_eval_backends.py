@@ -8,16 +8,16 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from pear_edge.cli import build_parser, main
-from pear_edge.coefficients import Coefficients, HeadCoefficient
+from pear_edge.edits.coefficients import Coefficients, HeadCoefficient
 from pear_edge.converters.gguf_patch import patch_gguf
 from pear_edge.eval.backends import LlamaCppBackend, TorchBackend, open_backend
 from pear_edge.eval.cli import build_examples
 from pear_edge.eval.harness import evaluate
 from pear_edge.eval.speed import measure_once
-from pear_edge.llamacpp import chat, open_gguf
-from pear_edge.eval.tasks import pydoc_passages
-from pear_edge.models import default_gguf_path, load_model, wrap_model
-from pear_edge.prompts import user_messages
+from pear_edge.runtime.llamacpp import chat, open_gguf
+from pear_edge.data.tasks import pydoc_passages
+from pear_edge.runtime.models import default_gguf_path, load_model, wrap_model
+from pear_edge.data.prompts import user_messages
 
 PROMPT = "Name a colour."
 
@@ -62,7 +62,7 @@ def test_torch_hooked_equals_folded_and_identity_is_a_no_op(default_model):
 
 
 def test_backend_refusals(tmp_path):
-    from pear_edge.errors import PearError
+    from pear_edge.base.errors import PearError
 
     with pytest.raises(PearError, match="only applies to the torch backend"):
         open_backend("x.gguf", coefficients=object())
@@ -131,7 +131,7 @@ def test_speed_measurement_reports_rates_and_child_peak_rss():
 def test_demo_first_answer_shows_both_models_on_one_test_question():
     from pear_edge.eval.demo import first_answer
     from pear_edge.eval.metrics import best_subspan_em
-    from pear_edge.eval.tasks import counterfactual_records, mdqa_examples
+    from pear_edge.data.tasks import counterfactual_records, mdqa_examples
 
     example = mdqa_examples(counterfactual_records(1, "test", 3, 0), 3, (1,), 0)[0]
     text = first_answer(str(default_gguf_path()), str(default_gguf_path()), example, 12.3)

@@ -5,11 +5,11 @@ import json
 import pytest
 
 from pear_edge.cli import main
-from pear_edge.errors import PearError
-from pear_edge.eval.counterfactual import SPLITS, generate_counterfactual, split_of
-from pear_edge.eval.jsonl import write_jsonl
-from pear_edge.eval.kv import generate_kv
-from pear_edge.eval.tasks import kv_examples, load_kv, load_mdqa, mdqa_examples, pydoc_passages
+from pear_edge.base.errors import PearError
+from pear_edge.data.counterfactual import SPLITS, generate_counterfactual, split_of
+from pear_edge.data.jsonl import write_jsonl
+from pear_edge.data.kv import generate_kv
+from pear_edge.data.tasks import kv_examples, load_kv, load_mdqa, mdqa_examples, pydoc_passages
 
 
 def _write(path, lines):

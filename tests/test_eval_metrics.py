@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from pear_edge.errors import PearError
+from pear_edge.base.errors import PearError
 from pear_edge.eval.harness import EvalResults, ExampleResult, PassageResult, paired_compare
 from pear_edge.eval.metrics import best_subspan_em, bootstrap_ci, mcnemar_exact, median_iqr, normalize_answer
 

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from pear_edge.atomic import MARKER
+from pear_edge.base.atomic import MARKER
 from pear_edge.eval.harness import EvalResults, ExampleResult, paired_compare
 from pear_edge.eval.report import Run, write_report
 from pear_edge.eval.speed import Pair, SpeedReport, write_speed_report
@@ -127,3 +127,9 @@ def test_tradeoff_table_and_plot_from_saved_reports(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith("pear-edge: error:") and says in err and err.count("\n") == 1, err
     assert not (tmp_path / "t2").exists()  # a bad point is refused before anything is written
+    damaged = json.loads((tmp_path / "acc" / "results.json").read_text())
+    damaged["runs"][0]["comparison"]["overall"]["ci_high"] = damaged["runs"][0]["comparison"]["overall"]["delta"] - 0.1
+    (tmp_path / "damaged.json").write_text(json.dumps(damaged))
+    assert main(["eval", "tradeoff", "-o", str(tmp_path / "t3"), "--point", f"x=1={tmp_path / 'damaged.json'}"]) == 2
+    err = capsys.readouterr().err
+    assert "does not contain its difference" in err and err.count("\n") == 1 and not (tmp_path / "t3").exists()

@@ -9,8 +9,8 @@ import pytest
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
 
 from pear_edge.cli import main
-from pear_edge.coefficients import Coefficients, HeadCoefficient, ModelFingerprint
-from pear_edge.layout import HeadLayout
+from pear_edge.edits.coefficients import Coefficients, HeadCoefficient, ModelFingerprint
+from pear_edge.arch.layout import HeadLayout
 
 from gguf_tiny import coefficients_for, write_tiny_gguf
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pear_edge.coefficients import Coefficients, HeadCoefficient
+from pear_edge.edits.coefficients import Coefficients, HeadCoefficient
 from pear_edge.converters.gguf_layout import read_gguf, tensor_signature
 from pear_edge.converters.gguf_patch import patch_gguf
 from pear_edge.converters.gguf_verify import gguf_logits
 from pear_edge.converters.verify import BUILTIN_PROMPTS, compare, torch_logits
-from pear_edge.fold import fold_model
-from pear_edge.models import default_gguf_path, load_model
+from pear_edge.edits.fold import fold_model
+from pear_edge.runtime.models import default_gguf_path, load_model
 
 pytestmark = pytest.mark.slow
 HEADS = [(2, 5, 0.35), (9, 3, 0.0), (17, 0, 0.5), (21, 4, -0.5), (29, 2, 1.5)]

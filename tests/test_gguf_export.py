@@ -10,14 +10,14 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from pear_edge.atomic import MARKER
+from pear_edge.base.atomic import MARKER
 from pear_edge.cli import main
-from pear_edge.coefficients import Coefficients, HeadCoefficient
+from pear_edge.edits.coefficients import Coefficients, HeadCoefficient
 from pear_edge.converters.gguf_layout import pear_metadata, read_gguf
 from pear_edge.converters.gguf_verify import gguf_logits
 from pear_edge.converters.verify import compare, torch_logits
-from pear_edge.fold import fold_model
-from pear_edge.models import _gguf_cache_folder, default_gguf_path, load_model
+from pear_edge.edits.fold import fold_model
+from pear_edge.runtime.models import _gguf_cache_folder, default_gguf_path, load_model
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 

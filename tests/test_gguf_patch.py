@@ -117,7 +117,7 @@ def test_k_quant_shared_superblock_is_requantized_by_libggml(tmp_path):
 
 
 def test_fp16_scale_overflow_is_refused(tmp_path):
-    from pear_edge.errors import PearError
+    from pear_edge.base.errors import PearError
 
     src = write_tiny_gguf(tmp_path / "in.gguf", T.Q8_0)
     with pytest.raises(PearError, match="overflows the fp16 block scale"):
@@ -132,7 +132,7 @@ def _dequant(tensor) -> np.ndarray:
 
 
 def _folded(values: np.ndarray, edit) -> np.ndarray:
-    """pear_edge.fold's own transformation applied to a dequantized GGUF weight, laid out (out, in)."""
+    """pear_edge.edits.fold's own transformation applied to a dequantized GGUF weight, laid out (out, in)."""
     import torch
 
     w = torch.from_numpy(values.copy())
@@ -141,7 +141,7 @@ def _folded(values: np.ndarray, edit) -> np.ndarray:
 
 
 def _v2(src, heads=(), channels=(), qk=()):
-    from pear_edge.coefficients import ChannelScales, QKChannelScale
+    from pear_edge.edits.coefficients import ChannelScales, QKChannelScale
 
     base = coefficients_for(src, list(heads))
     return type(base)(base.model, base.heads, o_proj_channels=[ChannelScales(l, tuple(s)) for l, s in channels],
@@ -149,7 +149,7 @@ def _v2(src, heads=(), channels=(), qk=()):
 
 
 def test_o_proj_channel_scales_are_requantized_by_libggml_and_equal_the_fold(tmp_path):
-    from pear_edge.fold import scale_o_proj_columns
+    from pear_edge.edits.fold import scale_o_proj_columns
 
     src = write_tiny_gguf(tmp_path / "in.gguf", T.Q4_1)
     rng = np.random.default_rng(3)
@@ -185,7 +185,7 @@ def test_channel_scales_constant_over_each_block_stay_exact_scale_edits(tmp_path
 
 @pytest.mark.parametrize("qk_type", [T.Q4_1, T.Q8_0, T.F32])
 def test_qk_channel_scales_edit_attn_q_and_attn_k_columns(tmp_path, qk_type):
-    from pear_edge.fold import scale_qk_input_channel
+    from pear_edge.edits.fold import scale_qk_input_channel
 
     src = write_tiny_gguf(tmp_path / "in.gguf", T.Q4_1, qk_type=qk_type)
     qk = [(5, -1.0, 0, 1), (40, 0.0, 1, 1)]
@@ -217,7 +217,7 @@ def test_qk_channel_scales_edit_attn_q_and_attn_k_columns(tmp_path, qk_type):
 
 
 def test_fused_qkv_gguf_is_refused_for_qk_edits(tmp_path):
-    from pear_edge.errors import PearError
+    from pear_edge.base.errors import PearError
 
     src = write_tiny_gguf(tmp_path / "in.gguf", T.Q8_0, fused_qkv=True)
     with pytest.raises(PearError, match="fused in blk.0.attn_qkv.*export gguf"):
@@ -228,7 +228,7 @@ def test_fused_qkv_gguf_is_refused_for_qk_edits(tmp_path):
 
 def test_version_2_coefficients_travel_in_the_gguf_and_info_shows_them(tmp_path, capsys):
     from pear_edge.cli import main
-    from pear_edge.coefficients import Coefficients
+    from pear_edge.edits.coefficients import Coefficients
 
     src = write_tiny_gguf(tmp_path / "in.gguf", T.Q4_1)
     coeffs = _v2(src, heads=[(0, 1, 0.5)], channels=[(1, [0.9] * 128)], qk=[(5, -0.5, 0, 1)])

@@ -19,10 +19,11 @@ import torch
 from gguf import GGMLQuantizationType as T
 from gguf_tiny import coefficients_for, write_tiny_gguf
 
-from pear_edge import device as dev
+from pear_edge.runtime import device as dev
 from pear_edge.cli import main
-from pear_edge.errors import PearError
-from pear_edge.eval import bench_speed, speed, speed_worker
+from pear_edge.base.errors import PearError
+from pear_edge.eval import speed, speed_worker
+from pear_edge.eval.lab import bench_speed
 from pear_edge.eval.speed import Pair, SpeedReport, measure_once, speed_markdown, write_speed_report
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,7 +68,7 @@ def without_gpu(monkeypatch, tmp_path):
     monkeypatch.setattr(dev, "NVIDIA_SMI", str(tmp_path / "no-nvidia-smi"))
 
 
-# --------------------------------------------------------------------------- pear_edge.device
+# --------------------------------------------------------------------------- pear_edge.runtime.device
 
 def test_parse_gpus_reads_nvidia_smi_rows():
     gpus = dev.parse_gpus(H100 + "1, NVIDIA A10, 535.1, 8.6, [N/A]\nNo devices were found\n")
@@ -119,7 +120,7 @@ def test_environment_names_machine_gpus_and_runtimes(with_gpu):
 # --------------------------------------------------------------------------- calibration cost
 
 def test_run_cost_adds_peak_gpu_memory_on_cuda_only(monkeypatch):
-    from pear_edge.timing import run_cost
+    from pear_edge.runtime.timing import run_cost
 
     cpu = run_cost(time.perf_counter(), torch.device("cpu"))
     assert "peak_device_mib" not in cpu and cpu["device"] == "cpu"
@@ -133,7 +134,7 @@ def test_run_cost_adds_peak_gpu_memory_on_cuda_only(monkeypatch):
 
 @pytest.mark.skipif(not TORCH_CUDA, reason="torch sees no CUDA GPU here")
 def test_run_cost_measures_real_peak_gpu_memory():
-    from pear_edge.timing import run_cost
+    from pear_edge.runtime.timing import run_cost
 
     block = torch.empty(64 * 1024**2, dtype=torch.uint8, device="cuda")  # 64 MiB
     cost = run_cost(time.perf_counter(), block.device)
@@ -141,7 +142,7 @@ def test_run_cost_measures_real_peak_gpu_memory():
 
 
 def test_bench_calibrate_table_shows_gpu_memory():
-    from pear_edge.eval.bench_calibrate import markdown
+    from pear_edge.eval.lab.bench_calibrate import markdown
 
     row = {"label": "cuda", "flags": "--device cuda", "steps": 40, "batch": 8, "wall_seconds": 50.0,
            "peak_rss_gib": 2.5, "held_out": {"metric": "loss", "before": 0.5, "after": 0.3},
@@ -175,7 +176,7 @@ def tiny_pair(tmp_path):
     coefficients_for(base, [(0, 1, 0.5)]).save(coeffs)
     pear = tmp_path / "pear.gguf"
     from pear_edge.converters.gguf_patch import patch_gguf
-    from pear_edge.coefficients import Coefficients
+    from pear_edge.edits.coefficients import Coefficients
 
     patch_gguf(base, Coefficients.load(coeffs), pear, progress=False)
     return base, pear, coeffs
@@ -283,9 +284,9 @@ class StandInLlama:
 
 
 def test_worker_repeats_passes_offloads_and_samples_device_memory(tmp_path, monkeypatch, capsys):
-    import pear_edge.llamacpp
+    import pear_edge.runtime.llamacpp
 
-    monkeypatch.setattr(pear_edge.llamacpp, "open_gguf",
+    monkeypatch.setattr(pear_edge.runtime.llamacpp, "open_gguf",
                         lambda path, n_ctx, n_threads, n_gpu_layers: StandInLlama(path, n_ctx, n_threads, n_gpu_layers))
     monkeypatch.setattr(dev, "NVIDIA_SMI", str(fake_nvidia_smi(tmp_path, used=[500, 900, 1700, 1600, 1650])))
     spec = {"kind": "llamacpp", "path": "m.gguf", "prompt_tokens": 40, "gen_tokens": 3, "threads": 1,
@@ -311,7 +312,7 @@ def gpu_llamacpp():
 
 @pytest.mark.slow
 def test_speed_worker_on_the_gpu_reports_device_memory(gpu_llamacpp):
-    from pear_edge.models import default_gguf_path
+    from pear_edge.runtime.models import default_gguf_path
 
     result = measure_once("llamacpp", str(default_gguf_path()), 64, 8, None, device="cuda", repeats=2)
     assert result["prefill_tps"] > 0 and result["decode_tps"] > 0 and result["peak_device_mib"] > 50
@@ -319,7 +320,7 @@ def test_speed_worker_on_the_gpu_reports_device_memory(gpu_llamacpp):
 
 @pytest.mark.skipif(not TORCH_CUDA, reason="torch sees no CUDA GPU here")
 def test_stopwatch_ticks_after_the_cuda_step_finished():
-    from pear_edge.timing import Stopwatch
+    from pear_edge.runtime.timing import Stopwatch
 
     watch = Stopwatch()
     scores = torch.zeros(1, 8, device="cuda")
@@ -346,8 +347,8 @@ def test_bench_formats_and_the_as_is_pair(tiny_pair, tmp_path):
 def test_save_model_folder_writes_base_and_folded(tmp_path):
     from tiny import tiny_model
 
-    from pear_edge.coefficients import Coefficients, HeadCoefficient
-    from pear_edge.fold import COEFFICIENTS_FILENAME, fold_model, save_model_folder
+    from pear_edge.edits.coefficients import Coefficients, HeadCoefficient
+    from pear_edge.edits.fold import COEFFICIENTS_FILENAME, fold_model, save_model_folder
 
     class Tokenizer:
         def save_pretrained(self, folder):

@@ -1,4 +1,4 @@
-"""The torch tokenizer of a GGUF gives llama.cpp's token ids (pear_edge.llama_tokenizer).
+"""The torch tokenizer of a GGUF gives llama.cpp's token ids (pear_edge.runtime.llama_tokenizer).
 
 Compared against llama.cpp itself, loaded with `vocab_only` (no weights, no forward): tiny SentencePiece
 vocabularies written here, and (slow) the packaged Gemma-3-270M and SmolLM2 vocabularies, plus SmolLM2's
@@ -12,10 +12,10 @@ import gguf
 import numpy as np
 import pytest
 
-from pear_edge.errors import PearError
-from pear_edge.llama_tokenizer import (PRE_TOKENIZERS, TOKENIZER_BUILD, read_metadata, read_vocab, spm_merges,
+from pear_edge.base.errors import PearError
+from pear_edge.runtime.llama_tokenizer import (PRE_TOKENIZERS, TOKENIZER_BUILD, read_metadata, read_vocab, spm_merges,
                                        tokenizer_from_gguf, unsupported_reason)
-from pear_edge.models import _gguf_cache_folder, default_gguf_path, gemma_gguf_path
+from pear_edge.runtime.models import _gguf_cache_folder, default_gguf_path, gemma_gguf_path
 
 llama_cpp = pytest.importorskip("llama_cpp")
 

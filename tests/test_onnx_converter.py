@@ -13,11 +13,11 @@ import torch
 from optimum.onnxruntime import ORTModelForCausalLM
 
 from pear_edge.cli import main
-from pear_edge.coefficients import Coefficients, HeadCoefficient
+from pear_edge.edits.coefficients import Coefficients, HeadCoefficient
 from pear_edge.converters.onnx_graph import find_o_proj_weights, load_export, weight_differences
-from pear_edge.errors import PearError
-from pear_edge.fold import fold_model
-from pear_edge.models import load_model
+from pear_edge.base.errors import PearError
+from pear_edge.edits.fold import fold_model
+from pear_edge.runtime.models import load_model
 from tests.tiny import VOCAB, save_tiny_llama
 
 HEADS = [HeadCoefficient(0, 1, 0.5), HeadCoefficient(2, 3, 1.75), HeadCoefficient(2, 0, 0.0)]
@@ -108,7 +108,7 @@ def test_patch_onnx_equals_export_with_coefficients(work, tmp_path):
 def test_patch_onnx_with_every_edit_kind_then_verify_against_the_torch_fold(work, tmp_path, capsys):
     """Version-2 coefficients (head, o_proj channel and q/k channel scales): patch-onnx writes the torch fold's
     weights, onnxruntime computes the folded torch model, and verify counts each edit kind."""
-    from pear_edge.coefficients import ChannelScales, QKChannelScale
+    from pear_edge.edits.coefficients import ChannelScales, QKChannelScale
 
     loaded = load_model(str(work["hf"]))
     scales = tuple(float(x) for x in np.random.default_rng(0).uniform(0.5, 1.5, 32))

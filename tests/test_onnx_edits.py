@@ -11,11 +11,11 @@ import pytest
 from onnx import helper, numpy_helper
 from tiny import tiny_model
 
-from pear_edge.coefficients import ChannelScales, Coefficients, HeadCoefficient, QKChannelScale
+from pear_edge.edits.coefficients import ChannelScales, Coefficients, HeadCoefficient, QKChannelScale
 from pear_edge.converters.onnx_graph import OnnxExport, find_qk_weights
 from pear_edge.converters.onnx_patch import patch_export
-from pear_edge.errors import PearError
-from pear_edge.fold import fold_coefficients
+from pear_edge.base.errors import PearError
+from pear_edge.edits.fold import fold_coefficients
 
 
 def optimum_like_export(lm, shared_k: bool = False) -> OnnxExport:

@@ -1,4 +1,4 @@
-"""Prompt formats (pear_edge.prompts): chat models keep exactly the prompts they had; a model without a chat
+"""Prompt formats (pear_edge.data.prompts): chat models keep exactly the prompts they had; a model without a chat
 template gets plain completion prompts in the RAG proxies, the coefficients record, the eval backends
 (torch and llama.cpp) and `rag ask`."""
 from __future__ import annotations
@@ -10,17 +10,17 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from pear_edge.calibrate import CalibrationSettings, calibrate, with_overrides
+from pear_edge.calibration.calibrate import CalibrationSettings, calibrate, with_overrides
 from pear_edge.cli import main
-from pear_edge.coefficients import Coefficients, HeadCoefficient
-from pear_edge.errors import PearError
+from pear_edge.edits.coefficients import Coefficients, HeadCoefficient
+from pear_edge.base.errors import PearError
 from pear_edge.eval.backends import LlamaCppBackend, TorchBackend
 from pear_edge.eval.harness import evaluate
-from pear_edge.eval.tasks import counterfactual_records, mdqa_examples
-from pear_edge.models import _gguf_cache_folder, default_gguf_path, gemma_gguf_path, load_model, wrap_model
-from pear_edge.prompts import (answer_ids, choose_format, completion_prompt, end_answer, format_mismatch, gguf_format,
+from pear_edge.data.tasks import counterfactual_records, mdqa_examples
+from pear_edge.runtime.models import _gguf_cache_folder, default_gguf_path, gemma_gguf_path, load_model, wrap_model
+from pear_edge.data.prompts import (answer_ids, choose_format, completion_prompt, end_answer, format_mismatch, gguf_format,
                                kv_prompt, mdqa_prompt, prompt_ids, Document, tokenizer_format, user_messages)
-from pear_edge.rag_proxy import ClozeProxy, MDQAProxy, RAGProxy
+from pear_edge.calibration.rag_proxy import ClozeProxy, MDQAProxy, RAGProxy
 
 QUESTION = mdqa_prompt("Who built the Salbe tower?", [Document("Salbe", "Salbe Society built the Salbe tower."),
                                                       Document("Niho", "Dintor Niho was a painter.")])
@@ -161,7 +161,7 @@ def test_calibration_records_the_prompt_format(plain_tokenizer, tmp_path):
     path = coeffs.save(tmp_path / "c.json")
     assert json.loads(path.read_text())["version"] == 1  # head scales only: still a version-1 file
     assert Coefficients.load(path).calibration["prompt_format"] == "completion"
-    from pear_edge.info import describe_coefficients
+    from pear_edge.cli.info import describe_coefficients
 
     assert "(recipe pear, calibrated on completion prompts)" in describe_coefficients(Coefficients.load(path))
     copy_proxy = calibrate(lm, with_overrides(CalibrationSettings(), {"steps": 1, "lengths": (4,), "detect_batch": 2,
@@ -232,7 +232,7 @@ def test_eval_cli_warns_when_the_coefficients_were_calibrated_in_another_format(
 def test_llamacpp_completion_on_the_packaged_gemma():
     """Gemma-3-270M's GGUF has no tokenizer.chat_template: auto gives the completion format, answered with
     llama.cpp's plain completion (greedy, stop at a newline) - the same text a direct call gives."""
-    from pear_edge.llamacpp import open_gguf
+    from pear_edge.runtime.llamacpp import open_gguf
 
     example = mdqa_examples(counterfactual_records(1, "test", 3, 0), 3, (1,), 0)[0]
     backend = LlamaCppBackend(gemma_gguf_path(), n_ctx=1024, n_threads=1)
@@ -261,7 +261,7 @@ class StandInGGUF:
 
 
 def test_rag_warns_once_when_a_patched_gguf_was_calibrated_in_another_format(capsys):
-    from pear_edge.llamacpp import prompt_format_of, recorded_calibration
+    from pear_edge.runtime.llamacpp import prompt_format_of, recorded_calibration
     from pear_edge.rag.answer import answer_prompt, warn_format
     from pear_edge.rag.index import Hit
 

@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 from tiny import tiny_model
 
-from pear_edge.models import load_model
-from pear_edge.proxy import CopyProxy, copy_loss
-from pear_edge.rag_proxy import MDQAProxy
+from pear_edge.runtime.models import load_model
+from pear_edge.calibration.proxy import CopyProxy, copy_loss
+from pear_edge.calibration.rag_proxy import MDQAProxy
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "bloom"])
@@ -73,7 +73,7 @@ def test_passage_proxy_targets_the_gold_passage(default_model):
 
 def test_cloze_proxy_on_a_user_corpus_targets_the_answer_span(default_model, tmp_path):
     """--corpus DIR: questions generated from the user's own files, answer span as target, never in a distractor."""
-    from pear_edge.rag_proxy import ClozeProxy
+    from pear_edge.calibration.rag_proxy import ClozeProxy
 
     for i in range(30):
         (tmp_path / f"machine{i}.txt").write_text(
@@ -98,9 +98,9 @@ def test_cloze_proxy_on_a_user_corpus_targets_the_answer_span(default_model, tmp
 
 @pytest.mark.slow
 def test_prepare_fills_the_caches_the_first_calibration_reads():
-    from pear_edge.corpora import TOPIC_TOKENS, corpus_passages
-    from pear_edge.models import cache_dir
-    from pear_edge.prepare import prepare
+    from pear_edge.data.corpora import TOPIC_TOKENS, corpus_passages
+    from pear_edge.runtime.models import cache_dir
+    from pear_edge.calibration.prepare import prepare
 
     lines = prepare(progress=False)
     assert lines[0].startswith("default model") and len(lines) == 2

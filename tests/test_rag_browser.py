@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 from corpus import write_topics
 
-from pear_edge.models import default_gguf_path
+from pear_edge.runtime.models import default_gguf_path
 from pear_edge.rag.answer import Answerer
 from pear_edge.rag.embed import Embedder
 from pear_edge.rag.index import update_index

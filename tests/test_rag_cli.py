@@ -87,7 +87,7 @@ def test_ask_compare_streams_and_cites(built, capsys):
 
 def test_ask_a_base_model_in_the_completion_format(built, capsys):
     """Gemma-3-270M's GGUF has no chat template: `rag ask` prompts it in the completion format; chat is refused."""
-    from pear_edge.models import gemma_gguf_path
+    from pear_edge.runtime.models import gemma_gguf_path
 
     _, db = built
     argv = ["-q", "rag", "ask", "Which statement handles exceptions?", "--db", str(db), "-k", "2",
@@ -107,7 +107,7 @@ def test_ask_missing_model(built, capsys, tmp_path):
 
 
 def _default_gguf() -> Path:
-    from pear_edge.models import default_gguf_path
+    from pear_edge.runtime.models import default_gguf_path
 
     return default_gguf_path()
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pydoc_data.topics
 import pytest
 
-from pear_edge.errors import PearError
+from pear_edge.base.errors import PearError
 from pear_edge.rag.embed import Embedder
 from pear_edge.rag.index import RagIndex, update_index
 

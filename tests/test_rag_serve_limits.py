@@ -14,7 +14,7 @@ import pytest
 from pear_edge.rag import server as rag_server
 from pear_edge.rag.answer import Answer, check_question
 from pear_edge.rag.index import Hit
-from pear_edge.timing import Timing
+from pear_edge.runtime.timing import Timing
 
 
 class StandInIndex:

@@ -12,15 +12,16 @@ import pytest
 import torch
 from tiny import TINY_CONFIGS, VOCAB, tiny_model
 
-from pear_edge.calibrate import CalibrationSettings, with_overrides
-from pear_edge.coefficients import (ChannelScales, Coefficients, HeadCoefficient, QKChannelScale, parse_document,
+from pear_edge.calibration.calibrate import CalibrationSettings, with_overrides
+from pear_edge.edits.coefficients import (ChannelScales, Coefficients, HeadCoefficient, QKChannelScale, parse_document,
                                     qk_factor_map)
-from pear_edge.errors import PearError
-from pear_edge.fold import fold_coefficients
-from pear_edge.heads import apply_coefficients, scale_qk_channels
-from pear_edge.positional import default_ranges, positional_channel_scores, search_positional, spearman_with_position
-from pear_edge.recipes import RECIPES, run_recipe
-from pear_edge.train import TrainSettings, train_coefficients
+from pear_edge.base.errors import PearError
+from pear_edge.edits.fold import fold_coefficients
+from pear_edge.edits.heads import apply_coefficients, scale_qk_channels
+from pear_edge.calibration.positional import default_ranges, positional_channel_scores, search_positional, spearman_with_position
+from pear_edge.calibration.calibrate import run_recipe
+from pear_edge.calibration.recipes import RECIPES
+from pear_edge.calibration.train import TrainSettings, train_coefficients
 
 ARCHS = sorted(TINY_CONFIGS)
 KINDS = ("heads", "o_proj_channels", "qk_channels", "all")
@@ -105,7 +106,7 @@ def test_head_scales_stay_version_1_byte_for_byte():
     assert doc["version"] == 1 and list(doc) == ["format", "version", "model", "heads", "calibration", "metrics"]
     again = Coefficients.from_json(coeffs.to_json())
     assert again == coeffs and again.to_json() == coeffs.to_json()
-    shipped = sorted((REPO / "docs" / "results").glob("*.coeffs.json"))
+    shipped = sorted((REPO / "pear_edge" / "results" / "coefficients").glob("*.coeffs.json"))
     assert shipped
     for path in shipped:
         text = path.read_text()
@@ -179,11 +180,11 @@ def test_seal_c_trains_one_scale_per_channel_in_the_one_loop():
 
 @pytest.mark.parametrize("recipe", ["pear", "seal-c"])
 def test_every_head_trained_scores_heads_by_the_first_step_with_the_same_coefficients(recipe):
-    """Issue 14: with every head trained (top_k 0) detection selects nothing, so run_recipe skips its batches
+    """With every head trained (top_k 0) detection selects nothing, so run_recipe skips its batches
     and scores the heads by the first training step's gradient; the coefficients equal detect-then-train's."""
-    from pear_edge.calibrate import detect_heads, detection_fused, train_from_scores
-    from pear_edge.detect import scale_gradient_scores
-    from pear_edge.train import make_proxy
+    from pear_edge.calibration.calibrate import detect_heads, detection_fused, train_from_scores
+    from pear_edge.calibration.detect import scale_gradient_scores
+    from pear_edge.calibration.train import make_proxy
 
     lm = tiny_model("llama")
     settings = with_overrides(CalibrationSettings(method="gradient", top_k=0, gradient_batches=2),
@@ -321,7 +322,7 @@ def test_recipe_options_reach_the_settings(capsys):
 
 
 def test_info_describes_every_edit_kind(tmp_path):
-    from pear_edge.info import describe
+    from pear_edge.cli.info import describe
 
     lm = tiny_model("llama")
     coeffs = edits_of(lm, "all")
@@ -338,7 +339,7 @@ def test_calibrate_and_fold_commands_carry_every_recipe(tmp_path, capsys):
     from tiny import save_tiny_llama
 
     from pear_edge.cli import main
-    from pear_edge.models import load_model
+    from pear_edge.runtime.models import load_model
 
     folder = save_tiny_llama(tmp_path / "llama")
     common = ["--model", str(folder), "--proxy", "copy", "--method", "attribution", "--lengths", "6",
@@ -378,8 +379,8 @@ def test_positional_candidates_can_be_scored_on_a_validation_file(tmp_path):
     """--positional-validation: the answer loss on an MDQA JSONL (gold at positions 0/4/9 of 10 documents)."""
     from tiny import word_tokenizer
 
-    from pear_edge.models import wrap_model
-    from pear_edge.recipes import positional_step
+    from pear_edge.runtime.models import wrap_model
+    from pear_edge.calibration.calibrate import positional_step
 
     words = lambda i, n: " ".join(f"w{3 + (i * 7 + j) % 90}" for j in range(n))  # noqa: E731
     records = [{"question": words(i, 4), "answers": [words(i + 50, 2)],

@@ -20,10 +20,10 @@ import pytest
 from gguf import GGMLQuantizationType as T
 from gguf_tiny import coefficients_for, write_tiny_gguf
 
-from pear_edge.atomic import MARKER, Kind, atomic_dir, check_output, remove_stale_temporaries
+from pear_edge.base.atomic import MARKER, Kind, atomic_dir, check_output, remove_stale_temporaries
 from pear_edge.cli import main
-from pear_edge.coefficients import MAX_COEFFICIENT, Coefficients
-from pear_edge.errors import PearError
+from pear_edge.edits.coefficients import MAX_COEFFICIENT, Coefficients
+from pear_edge.base.errors import PearError
 
 FUZZ_CASES = 400
 
@@ -270,7 +270,7 @@ sys.exit(main(sys.argv[2:]))
 SLOW_POINTS = {"patch-gguf": ("pear_edge.converters.gguf_layout", "_copy"),
                "index": ("pear_edge.rag.index", "_insert_file"),
                "pydoc-corpus": ("pathlib", "Path.write_text"),
-               "fold": ("pear_edge.coefficients", "Coefficients.save")}
+               "fold": ("pear_edge.edits.coefficients", "Coefficients.save")}
 
 
 def _start_slow(tmp_path: Path, argv: list[str]) -> subprocess.Popen:
@@ -432,7 +432,7 @@ def test_folder_output_interrupted_then_rerun(tmp_path):
 def test_fold_sigterm_mid_write_leaves_nothing(tmp_path):
     """`fold` of the real default model killed with SIGTERM while its folder is being written."""
     out = tmp_path / "folded"
-    coeffs = Path(__file__).resolve().parents[1] / "docs" / "results" / "smollm2-135m.coeffs.json"
+    coeffs = Path(__file__).resolve().parents[1] / "pear_edge" / "results" / "coefficients" / "smollm2-135m.coeffs.json"
     proc = _start_slow(tmp_path, ["fold", "--model", "default", "--coefficients", str(coeffs), "-o", str(out)])
     assert _temporaries(tmp_path, out)  # weights already written into the temporary folder
     proc.send_signal(signal.SIGTERM)

@@ -7,15 +7,15 @@ import json
 import pytest
 import torch
 
-from pear_edge.calibrate import calibrate
+from pear_edge.calibration.calibrate import calibrate
 from pear_edge.cli import main
-from pear_edge.coefficients import Coefficients
+from pear_edge.edits.coefficients import Coefficients
 from pear_edge.eval.backends import TorchBackend
-from pear_edge.eval.counterfactual import generate_counterfactual
-from pear_edge.eval.variants import settings_from
-from pear_edge.eval.tasks import mdqa_examples, parse_mdqa, pydoc_passages
-from pear_edge.guard import TextGuard, guard_text
-from pear_edge.models import load_model
+from pear_edge.data.counterfactual import generate_counterfactual
+from pear_edge.eval.lab.variants import settings_from
+from pear_edge.data.tasks import mdqa_examples, parse_mdqa, pydoc_passages
+from pear_edge.calibration.guard import TextGuard, guard_text
+from pear_edge.runtime.models import load_model
 
 
 @pytest.fixture(scope="module")

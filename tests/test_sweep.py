@@ -1,12 +1,12 @@
-"""Variant definitions (eval/variants/*.json): settings resolve onto the calibration field defaults, names
+"""Variant definitions (eval/lab/variants/*.json): settings resolve onto the calibration field defaults, names
 are unambiguous across files, typos are refused."""
 import json
 
 import pytest
 
-from pear_edge.calibrate import DEFAULTS, CalibrationSettings
-from pear_edge.errors import PearError
-from pear_edge.eval.variants import all_variants, load_variants, results_from_dict, settings_from
+from pear_edge.calibration.calibrate import DEFAULTS, CalibrationSettings
+from pear_edge.base.errors import PearError
+from pear_edge.eval.lab.variants import all_variants, load_variants, results_from_dict, settings_from
 
 
 def test_variant_overrides_reach_detection_and_training():
@@ -55,7 +55,7 @@ def test_cached_results_round_trip():
 
 
 def test_corpus_or_cloze_flags_start_from_the_validated_cloze_recipe():
-    from pear_edge.calibrate import PROXY_SETTINGS, CalibrationSettings, profile_for
+    from pear_edge.calibration.calibrate import PROXY_SETTINGS, CalibrationSettings, profile_for
     from pear_edge.cli import build_parser
 
     for argv, corpus in ((["--corpus", "docs"], "docs"), (["--proxy", "cloze"], None)):
@@ -77,6 +77,6 @@ def test_corpus_or_cloze_flags_start_from_the_validated_cloze_recipe():
     args = build_parser().parse_args(["calibrate", "--gold", "middle", "--proxy", "passage", "-o", "c.json"])
     with pytest.raises(PearError, match="--gold goes with the cloze proxy"):
         CalibrationSettings.from_args(args, profile_for("default"))
-    from pear_edge.calibrate import with_overrides
+    from pear_edge.calibration.calibrate import with_overrides
     with pytest.raises(PearError, match="unknown gold placement"):  # the Python API, before any model load
         with_overrides(profile_for("default"), {"gold": "edges"})

@@ -8,13 +8,13 @@ import json
 import numpy as np
 import pytest
 
-from pear_edge.corpora import clean_entry, cut_words, read_dictd
-from pear_edge.errors import PearError
+from pear_edge.data.corpora import clean_entry, cut_words, read_dictd
+from pear_edge.base.errors import PearError
 from pear_edge.eval.realqa import as_jsonl_records, half_of, load_half, real_examples, with_distractors
 from pear_edge.eval.metrics import best_subspan_em
-from pear_edge.eval.tasks import parse_mdqa
-from pear_edge.prompts import Document
-from pear_edge.textqa import Passage, cloze_questions, qa_records, split_of
+from pear_edge.data.tasks import parse_mdqa
+from pear_edge.data.prompts import Document
+from pear_edge.data.textqa import Passage, cloze_questions, qa_records, split_of
 
 PASSAGES = [
     Passage("SuperPaint", "SuperPaint was an early paint program developed by Richard Shoup at Xerox PARC. "
@@ -157,7 +157,7 @@ def test_real_halves_are_disjoint_and_distractors_never_hold_the_answer(tmp_path
 
 def test_make_data_writes_a_real_half_that_eval_reads(tmp_path, capsys):
     from pear_edge.cli import main
-    from pear_edge.eval.tasks import load_mdqa, mdqa_examples
+    from pear_edge.data.tasks import load_mdqa, mdqa_examples
 
     src = _nq_file(tmp_path)
     out = tmp_path / "test-random5.jsonl"
@@ -173,7 +173,7 @@ def test_make_data_writes_a_real_half_that_eval_reads(tmp_path, capsys):
 
 def test_builtin_corpus_is_real_prose_with_questions():
     """The offline corpus installed by scripts/setup.sh (Debian dict-foldoc + dict-jargon)."""
-    from pear_edge.corpora import MAX_PASSAGES, corpus_passages, dict_dirs
+    from pear_edge.data.corpora import MAX_PASSAGES, corpus_passages, dict_dirs
 
     if not any((d / "foldoc.index").is_file() for d in dict_dirs()):
         pytest.skip("dict-foldoc not unpacked (scripts/setup.sh does it)")
@@ -190,7 +190,7 @@ def test_builtin_corpus_is_real_prose_with_questions():
 def test_make_data_corpus_asks_only_about_held_out_files(tmp_path, capsys):
     """Questions to measure `calibrate --corpus` on its own material: gold from held-out files only."""
     from pear_edge.cli import main
-    from pear_edge.eval.tasks import load_mdqa
+    from pear_edge.data.tasks import load_mdqa
 
     docs = tmp_path / "docs"
     docs.mkdir()

@@ -1,12 +1,12 @@
-"""The one timing helper (pear_edge.timing) and the timed llama.cpp answer built on it, with stand-ins."""
+"""The one timing helper (pear_edge.runtime.timing) and the timed llama.cpp answer built on it, with stand-ins."""
 from __future__ import annotations
 
 import time
 
 import torch
 
-from pear_edge.llamacpp import timed_answer
-from pear_edge.timing import Stopwatch, Timing
+from pear_edge.runtime.llamacpp import timed_answer
+from pear_edge.runtime.timing import Stopwatch, Timing
 
 
 def test_stopwatch_reduces_ticks_to_a_timing():

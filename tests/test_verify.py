@@ -8,7 +8,7 @@ from pear_edge.converters.gguf_verify import WEIGHT_KINDS as GGUF_KINDS
 from pear_edge.converters.onnx_verify import WEIGHT_KINDS as ONNX_KINDS
 from pear_edge.converters.verify import (TOLERANCES, Comparison, Tolerance, VerifyReport, compare, read_prompts,
                                          tolerance_for)
-from pear_edge.errors import PearError
+from pear_edge.base.errors import PearError
 
 
 def test_compare_measures_every_position_and_refuses_other_vocabularies():

@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from pear_edge.models import wrap_model
+from pear_edge.runtime.models import wrap_model
 
 VOCAB = 96
 

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ..errors import PearError
-from ..prompts import AUTO, Document, format_mismatch, mdqa_prompt
-from ..timing import Timing
-from .embed import Embedder
-from .index import Hit, RagIndex
+from pear_edge.base.errors import PearError
+from pear_edge.data.prompts import AUTO, Document, format_mismatch, mdqa_prompt
+from pear_edge.runtime.timing import Timing
+from pear_edge.rag.embed import Embedder
+from pear_edge.rag.index import Hit, RagIndex
 
 
 @dataclass
@@ -30,12 +30,12 @@ class Answer:
 class Answerer:
     """The index, the embedder and the loaded GGUFs, kept open between questions (CLI and server).
     `prompt_format`: auto (each GGUF's chat template if it has one, else a plain completion prompt), chat or
-    completion (pear_edge.prompts); a patched GGUF calibrated in another format gets one warning line."""
+    completion (pear_edge.data.prompts); a patched GGUF calibrated in another format gets one warning line."""
 
     def __init__(self, db: str | Path, model: str | Path | None, compare: str | Path | None = None,
                  n_ctx: int = 4096, prompt_format: str = AUTO):
-        from ..llamacpp import open_gguf
-        from ..models import default_gguf_path
+        from pear_edge.runtime.llamacpp import open_gguf
+        from pear_edge.runtime.models import default_gguf_path
 
         self.index = RagIndex(db)  # first: a missing index fails before seconds of model loading
         self.embedder = Embedder()
@@ -47,7 +47,7 @@ class Answerer:
 
     def format_of(self, llm, label: str = "the GGUF") -> str:
         """The prompt format this answerer uses for one of its GGUFs."""
-        from ..llamacpp import prompt_format_of
+        from pear_edge.runtime.llamacpp import prompt_format_of
 
         return prompt_format_of(llm, self.prompt_format, label)
 
@@ -58,7 +58,7 @@ class Answerer:
     def stream(self, llm, label: str, question: str, hits: list[Hit], max_tokens: int,
                on_piece: Callable[[str], None], deadline: float | None = None) -> Answer:
         """Stream one model's answer (at most `max_tokens`, and stopping at time.monotonic() `deadline`)."""
-        from ..llamacpp import timed_answer
+        from pear_edge.runtime.llamacpp import timed_answer
 
         if max_tokens < 1:
             raise PearError(f"max_tokens must be at least 1, got {max_tokens}")  # llama.cpp: <= 0 is unlimited
@@ -84,7 +84,7 @@ def model_label(path: Path, llm) -> str:
 def warn_format(label: str, llm, used: str) -> None:
     """One `pear-edge: warning:` line on stderr when a patched GGUF's coefficients were calibrated with
     prompts in another format than `used`."""
-    from ..llamacpp import recorded_calibration
+    from pear_edge.runtime.llamacpp import recorded_calibration
 
     message = format_mismatch(recorded_calibration(llm), used, label)
     if message:

@@ -4,9 +4,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..cli import add_force_option
-from ..errors import PearError
-from ..prompts import FORMAT_CHOICES
+from pear_edge.cli.commands import add_force_option
+from pear_edge.base.errors import PearError
+from pear_edge.data.prompts import FORMAT_CHOICES
 
 
 def add_commands(subparsers) -> None:
@@ -31,7 +31,7 @@ def add_commands(subparsers) -> None:
     p = sub.add_parser("calibrate", help="calibrate PEAR on this index's own chunks (cloze questions, topical "
                                          "distractors) -> coeffs.json for patch-gguf")
     p.add_argument("--db", required=True, help="index file built by `pear-edge rag index`")
-    from ..cli import add_calibrate_options
+    from pear_edge.cli.commands import add_calibrate_options
 
     add_calibrate_options(p, corpus=False)
     p.set_defaults(func=cmd_calibrate)
@@ -58,9 +58,9 @@ def _add_answer_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_index(args) -> int:
-    from ..atomic import check_output_path
-    from .embed import Embedder
-    from .index import update_index
+    from pear_edge.base.atomic import check_output_path
+    from pear_edge.rag.embed import Embedder
+    from pear_edge.rag.index import update_index
 
     check_output_path(args.db, args.docs_dir)
     report = update_index(args.docs_dir, args.db, Embedder(), progress=not args.quiet)
@@ -71,7 +71,7 @@ def cmd_index(args) -> int:
 
 
 def cmd_calibrate(args) -> int:
-    from ..cli import cmd_calibrate as calibrate
+    from pear_edge.cli.commands import cmd_calibrate as calibrate
 
     args.corpus = args.db
     return calibrate(args)
@@ -85,7 +85,7 @@ def check_answer_options(args) -> None:
 
 
 def cmd_ask(args) -> int:
-    from .answer import ask_cli, check_question
+    from pear_edge.rag.answer import ask_cli, check_question
 
     check_question(args.question)  # before seconds of model loading
     check_answer_options(args)
@@ -93,14 +93,14 @@ def cmd_ask(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from .server import serve_forever
+    from pear_edge.rag.server import serve_forever
 
     check_answer_options(args)
     return serve_forever(args)
 
 
 def cmd_pydoc_corpus(args) -> int:
-    from .pydoc_corpus import write_pydoc_corpus
+    from pear_edge.rag.pydoc_corpus import write_pydoc_corpus
 
     count = write_pydoc_corpus(args.output, replace=args.force)
     print(f"wrote {count} files to {Path(args.output)}")

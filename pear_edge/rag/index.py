@@ -16,11 +16,11 @@ from typing import Iterator
 
 import numpy as np
 
-from ..atomic import atomic_file
-from ..errors import PearError
-from .chunking import CHUNK_TOKENS, OVERLAP_TOKENS, Chunk, chunk_text
-from .documents import SourceFile, scan_folder
-from .embed import EMBEDDING_DIM, EMBEDDING_NAME, Embedder
+from pear_edge.base.atomic import atomic_file
+from pear_edge.base.errors import PearError
+from pear_edge.rag.chunking import CHUNK_TOKENS, OVERLAP_TOKENS, Chunk, chunk_text
+from pear_edge.rag.documents import SourceFile, scan_folder
+from pear_edge.rag.embed import EMBEDDING_DIM, EMBEDDING_NAME, Embedder
 
 FORMAT = "pear-edge-rag-1"
 SCHEMA = f"""

@@ -11,7 +11,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from ..atomic import Kind, atomic_dir, check_output
+from pear_edge.base.atomic import Kind, atomic_dir, check_output
 
 SKIPPED_MODULES = {"antigravity", "this"}
 

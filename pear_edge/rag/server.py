@@ -22,8 +22,8 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 
-from ..errors import PearError
-from .answer import Answerer
+from pear_edge.base.errors import PearError
+from pear_edge.rag.answer import Answerer
 
 ALLOWED_HOSTS = {"127.0.0.1", "localhost"}
 MAX_BODY = 64 * 1024

@@ -1,0 +1,1 @@
+"""The lab: variant search and sweeps, calibration and speed benchmarks, the cost/gain trade-off."""

@@ -1,0 +1,1 @@
+"""Architecture facts: the registry of supported model types and the head layout of o_proj."""

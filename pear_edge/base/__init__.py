@@ -1,0 +1,1 @@
+"""Errors, atomic outputs, strict input reading and plots: what every layer uses."""

@@ -1,0 +1,32 @@
+"""Reading small text inputs (JSON, prompt lists) with one-line errors: missing, a folder, unreadable,
+binary or not UTF-8, or too large to be what it claims to be."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pear_edge.base.errors import PearError
+
+MAX_TEXT_BYTES = 64 << 20
+
+
+def read_text(path: str | os.PathLike, what: str, max_bytes: int = MAX_TEXT_BYTES) -> str:
+    """The UTF-8 text of the file `path`, described as `what` ("coefficients file") in errors."""
+    p = Path(path)
+    if not p.exists():
+        raise PearError(f"{what} {p} not found")
+    if p.is_dir():
+        raise PearError(f"{what} {p} is a folder, not a file")
+    try:
+        with p.open("rb") as fh:
+            data = fh.read(max_bytes + 1)
+    except OSError as exc:
+        raise PearError(f"cannot read {what} {p}: {exc.strerror or exc}") from None
+    if len(data) > max_bytes:
+        raise PearError(f"{what} {p} is larger than {max_bytes >> 20} MiB; is it the right file?")
+    if b"\0" in data:
+        raise PearError(f"{what} {p} is a binary file, not text; is it the right file?")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PearError(f"{what} {p} is not UTF-8 text (byte {exc.start}); is it the right file?") from None

@@ -1,0 +1,1 @@
+"""Calibration: proxies, detection, training, recipes and the settings that drive them."""

@@ -1,0 +1,178 @@
+"""Train one fp32 scalar per selected head (PEAR) or per channel of each selected head's output (SEAL-C)
+on a proxy loss, the LLM frozen.
+
+Constraints on the coefficients (measured on the default model, see README "Making PEAR help"):
+  none  - the paper: unconstrained; coefficients can exceed 1 (amplify) or go negative;
+  le1   - clamp to (-inf, 1] after each step: only weaken heads;
+  unit  - clamp to [0, 1] after each step: only weaken, never flip a head's sign.
+`pull` adds pull * sum((c - 1)^2) to the loss: an L2 leash towards the unmodified model.
+`guard` adds guard * (language-model loss on natural text, guard.TextGuard): a leash on perplexity.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch.utils.checkpoint import checkpoint
+from tqdm.auto import tqdm
+
+from pear_edge.edits.coefficients import ChannelScales, Coefficients, HeadCoefficient
+from pear_edge.base.errors import PearError
+from pear_edge.calibration.guard import TextGuard
+from pear_edge.edits.heads import scale_heads
+from pear_edge.data.prompts import PROMPT_FORMAT_KEY
+from pear_edge.calibration.proxy import backward_in_parts, model_device
+
+CONSTRAINTS = {"none": (-math.inf, math.inf), "le1": (-math.inf, 1.0), "unit": (0.0, 1.0)}
+PROXIES = ("copy", "mdqa", "passage", "cloze")
+
+
+@dataclass
+class TrainSettings:
+    steps: int = 40
+    batch: int = 10
+    n: int = 50
+    lr: float = 1e-2
+    weight_decay: float = 0.0
+    constraint: str = "unit"
+    pull: float = 0.0
+    proxy: str = "copy"
+    seed: int = 0
+    eval_batches: int = 2
+    pool: int = 400  # training examples the RAG-shaped proxies draw from
+    guard: float = 0.0
+    guard_batch: int = 4
+    corpus: str | None = None  # cloze proxy: None = the built-in real-text corpus, or a folder / rag index
+    checkpoint: bool = False  # recompute each decoder layer in the backward pass (memory for time)
+    micro_batch: int = 0  # backpropagate this many prompts at a time (0: the whole batch); same gradient
+    prompt_format: str = "auto"  # RAG-shaped proxies: auto | chat | completion (pear_edge.data.prompts)
+    gold: str = "uniform"  # cloze proxy: where the gold document goes (textqa.GOLD_SLOTS)
+
+
+def make_proxy(loaded, settings: TrainSettings):
+    """The proxy task object named by settings.proxy (see proxy.CopyProxy, rag_proxy)."""
+    if settings.proxy == "copy":
+        from pear_edge.calibration.proxy import CopyProxy
+
+        return CopyProxy(loaded, settings.n, settings.batch)
+    if settings.proxy in ("mdqa", "passage"):
+        from pear_edge.calibration.rag_proxy import MDQAProxy
+
+        target = "answer" if settings.proxy == "mdqa" else "passage"
+        return MDQAProxy(loaded, batch=settings.batch, pool=settings.pool, seed=settings.seed, target=target,
+                         prompt_format=settings.prompt_format)
+    if settings.proxy == "cloze":
+        from pear_edge.calibration.rag_proxy import ClozeProxy
+
+        return ClozeProxy(loaded, batch=settings.batch, pool=settings.pool, seed=settings.seed, corpus=settings.corpus,
+                          prompt_format=settings.prompt_format, gold=settings.gold)
+    raise PearError(f"unknown proxy {settings.proxy!r}; choose one of {', '.join(PROXIES)}")
+
+
+@contextlib.contextmanager
+def checkpointed_layers(layers: list[torch.nn.Module]) -> Iterator[None]:
+    """Gradient checkpointing per decoder layer, for the duration of the block: each layer's forward keeps
+    only its inputs, and is run again during the backward pass. Activation memory drops from every layer's
+    intermediates (~num_layers x) to one layer's plus the layer inputs; time grows by about one forward.
+    Math is unchanged (same ops, same order). Forwards must not fill a KV cache (`use_cache=False`)."""
+    for layer in layers:
+        def forward(*args, _forward=layer.forward, **kwargs):
+            if not torch.is_grad_enabled():
+                return _forward(*args, **kwargs)
+            return checkpoint(_forward, *args, use_reentrant=False, **kwargs)
+        layer.forward = forward  # an instance attribute shadows the class's forward
+    try:
+        yield
+    finally:
+        for layer in layers:
+            vars(layer).pop("forward", None)
+
+
+def train_coefficients(loaded, heads: list[tuple[int, int, float]], settings: TrainSettings,
+                       progress: bool = True, proxy=None, per_channel: bool = False,
+                       on_first_gradient=None) -> Coefficients:
+    """Return Coefficients for `heads` [(layer, head, score)], trained on the proxy task: one scale per head,
+    or with `per_channel` one per channel of each head's output (head_dim each; written as o_proj channel
+    scales, 1 for the unselected heads' channels). The same loop, constraints, pull and guard either way.
+    `on_first_gradient(grad)` sees d(proxy loss)/d(scales) at scale 1 on the first step's batch (shape of the
+    scales: (heads,) or (heads, head_dim); before the pull and the guard add theirs)."""
+    if not heads:
+        raise PearError("no heads selected to train")
+    if settings.constraint not in CONSTRAINTS:
+        raise PearError(f"unknown constraint {settings.constraint!r}; choose one of {', '.join(CONSTRAINTS)}")
+    model, adapter = loaded.model, loaded.adapter
+    proxy = proxy or make_proxy(loaded, settings)
+    keys = [(l, h) for l, h, _ in heads]
+    held_out = proxy.held_out(settings.eval_batches, seed=settings.seed + 10_000)
+    before = proxy.evaluate(model, held_out)
+
+    torch.manual_seed(settings.seed)
+    gen = torch.Generator().manual_seed(settings.seed)
+    shape = (len(keys), adapter.head_dim) if per_channel else (len(keys),)
+    values = torch.nn.Parameter(torch.ones(shape, dtype=torch.float32, device=model_device(model)))
+    optim = torch.optim.AdamW([values], lr=settings.lr, weight_decay=settings.weight_decay)
+    low, high = CONSTRAINTS[settings.constraint]
+    guard = TextGuard(loaded.tokenizer, settings.guard_batch) if settings.guard else None
+    losses, guard_losses = [], []
+    start = time.perf_counter()
+    recompute = checkpointed_layers(adapter.layers) if settings.checkpoint else contextlib.nullcontext()
+    with scale_heads(adapter, heads=keys, values=values), recompute, torch.enable_grad():
+        bar = tqdm(range(settings.steps), desc=f"train ({proxy.name} proxy)", disable=not progress)
+        for _ in bar:
+            # objective = proxy loss + pull * sum((c - 1)^2) + guard * LM loss, backpropagated term by term
+            # (and the batches part by part, settings.micro_batch): the same gradient, less memory.
+            optim.zero_grad()
+            batch = proxy.sample(gen)
+            loss = backward_in_parts(lambda part: proxy.loss(model, part), proxy.parts(batch, settings.micro_batch))
+            if on_first_gradient is not None and not losses:
+                on_first_gradient(values.grad.detach().clone())
+            if settings.pull:
+                (settings.pull * ((values - 1) ** 2).sum()).backward()
+            if guard is not None:
+                windows = guard.sample(gen)
+                guard_losses.append(backward_in_parts(lambda part: guard.loss(model, part),
+                                                      guard.parts(windows, settings.micro_batch), settings.guard))
+            optim.step()
+            with torch.no_grad():
+                values.clamp_(low, high)
+            if not torch.isfinite(values).all():
+                raise PearError("training diverged (non-finite coefficient); lower --lr")
+            losses.append(loss)
+            c = values.detach()
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", cmin=f"{float(c.min()):.2f}", cmax=f"{float(c.max()):.2f}")
+        after = proxy.evaluate(model, held_out)
+    seconds = time.perf_counter() - start
+    trained = values.detach().cpu().tolist()
+    coeffs = [] if per_channel else [HeadCoefficient(l, h, float(c), float(s)) for (l, h, s), c in zip(heads, trained)]
+    channels = channel_scales(keys, trained, adapter.num_heads, adapter.head_dim) if per_channel else []
+    calibration = {**settings.__dict__, "train_seconds": round(seconds, 1), "loss_curve": [round(x, 4) for x in losses],
+                   "guard_curve": [round(x, 4) for x in guard_losses], **prompt_format_record(proxy)}
+    metrics = {"held_out_proxy": held_out_record(proxy, before, after, len(held_out))}
+    return Coefficients(loaded.fingerprint(), coeffs, calibration, metrics, o_proj_channels=channels)
+
+
+def prompt_format_record(proxy) -> dict:
+    """calibration.prompt_format: {"prompt_format": "chat" | "completion"} for a proxy that prompts the model
+    (the RAG-shaped ones), {} for one that does not (copy: random tokens, no prompt)."""
+    used = getattr(proxy, "prompt_format", None)
+    return {PROMPT_FORMAT_KEY: used} if used else {}
+
+
+def held_out_record(proxy, before: dict, after: dict, batches: int) -> dict:
+    """metrics.held_out_proxy: the proxy's held-out scores before/after, and whether its loss improved."""
+    loss_key = next(iter(before))  # each proxy reports its loss first
+    return {"before": before, "after": after, **proxy.describe(), "batches": batches,
+            "improved": after[loss_key] < before[loss_key]}
+
+
+def channel_scales(keys: list[tuple[int, int]], trained: list[list[float]], num_heads: int,
+                   head_dim: int) -> list[ChannelScales]:
+    """Per-head channel vectors [(layer, head)] -> one o_proj channel vector per layer (1 elsewhere)."""
+    by_layer: dict[int, list[float]] = {}
+    for (layer, head), scales in zip(keys, trained):
+        by_layer.setdefault(layer, [1.0] * (num_heads * head_dim))[head * head_dim:(head + 1) * head_dim] = scales
+    return [ChannelScales(layer, tuple(float(x) for x in v)) for layer, v in sorted(by_layer.items())]

@@ -1,0 +1,93 @@
+"""`pear-edge` command line. Every command exits 0 on success, or prints one line
+`pear-edge: error: ...` to stderr and exits 2 on bad input."""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+
+from pear_edge.base.errors import PearError
+from pear_edge.calibration.options import add_options
+from pear_edge.cli.commands import (ArgumentParser, Interrupted, _add_model, add_calibrate_options, add_force_option,
+                                    cmd_fold, cmd_info, cmd_profiles, cmd_detect, cmd_train,
+                                    signals_as_interrupts)
+from pear_edge.converters import cli as converters_cli
+from pear_edge.eval import cli as eval_cli
+from pear_edge.rag import cli as rag_cli
+
+# Modules contributing subcommands through add_commands(subparsers).
+COMMAND_MODULES = (converters_cli, rag_cli, eval_cli)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(
+        prog="pear-edge",
+        description="PEAR for edge LLMs: find the attention heads that suppress copying from context, "
+                    "re-weight them with one scalar each, and fold the scalars into the weights "
+                    "(zero inference cost) for torch, llama.cpp and onnxruntime.",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("detect", help="score every head as a copy suppressor -> heads.json + heatmap PNG")
+    _add_model(p, device=True)
+    add_options(p, ("proxy", "detection"))
+    p.add_argument("--plot-top", type=int, default=12, help="heads to outline in the heatmap")
+    p.add_argument("-o", "--output", required=True, help="head scores JSON (a .png heatmap is written beside it)")
+    p.set_defaults(func=cmd_detect)
+
+    p = sub.add_parser("train", help="train one scalar per top-K head from heads.json -> coeffs.json")
+    _add_model(p, device=True)
+    p.add_argument("--heads", required=True, help="head scores JSON from `pear-edge detect`")
+    add_options(p, ("proxy", "training"))
+    p.add_argument("-o", "--output", required=True, help="coefficients JSON")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("calibrate", help="detect + train in one go -> coeffs.json (+ heads JSON/PNG beside it); "
+                                         "--recipe pear (default), seal-c, positional, positional+pear, ...")
+    add_calibrate_options(p)
+
+    p = sub.add_parser("fold", help="fold coefficients into o_proj weights -> Hugging Face folder")
+    _add_model(p)
+    p.add_argument("--coefficients", required=True, help="coefficients JSON")
+    p.add_argument("-o", "--output", required=True, help="output folder (safetensors + tokenizer + coefficients)")
+    add_force_option(p)
+    p.set_defaults(func=cmd_fold)
+
+    p = sub.add_parser("profiles", help="show the calibration settings used by default for each model")
+    p.set_defaults(func=cmd_profiles)
+
+    p = sub.add_parser("info", help="describe a coefficients/head-scores JSON, a model folder or a GGUF")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_info)
+
+    for module in COMMAND_MODULES:
+        module.add_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2, already printed)
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        with signals_as_interrupts():
+            return args.func(args)
+    except PearError as exc:
+        print(f"pear-edge: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # an environment problem nobody turned into a PearError: still one line
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"pear-edge: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
+    except RecursionError:
+        print("pear-edge: error: input nested too deeply to read", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as exc:
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        print(f"pear-edge: interrupted ({signal.Signals(signum).name}); no output was written", file=sys.stderr)
+        return 128 + signum
+

@@ -1,0 +1,266 @@
+"""The core commands (detect, train, calibrate, fold, profiles, info) and what every command line shares:
+the one-line usage error, the model and --force options, signals as interrupts."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+from pear_edge.base.errors import PearError
+from pear_edge.calibration.options import add_options
+
+
+def _add_model(p: argparse.ArgumentParser, device: bool = False) -> None:
+    p.add_argument("--model", default="default",
+                   help="'default' (SmolLM2-135M-Instruct), 'gemma3-270m', a Hugging Face folder or a .gguf file")
+    if device:
+        p.add_argument("--device", default="cpu",
+                       help="torch device for detection and training: cpu (default), cuda, auto (a GPU if any)")
+
+
+def add_force_option(p: argparse.ArgumentParser) -> None:
+    """--force: replace an output folder that pear-edge wrote earlier (never any other folder)."""
+    p.add_argument("--force", action="store_true",
+                   help="replace the output folder if pear-edge wrote it earlier (other folders are never replaced)")
+
+
+def add_calibrate_options(p: argparse.ArgumentParser, corpus: bool = True) -> None:
+    """`calibrate`'s options (also behind `pear-edge rag calibrate`, which sets the corpus itself)."""
+    _add_model(p, device=True)
+    add_options(p, ("recipe", "proxy", "detection", "training"), skip=() if corpus else ("corpus",))
+    p.add_argument("--validate", type=int, default=0, metavar="N",
+                   help="also answer N validation MDQA records (x3 gold positions) with base and PEAR in torch "
+                        "and warn if PEAR is worse (slow: ~4 s per answer on 2 cores; default: off)")
+    p.add_argument("-o", "--output", required=True, help="coefficients JSON")
+    p.set_defaults(func=cmd_calibrate)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """Usage errors in the one-line format of every other error (exit 2), with a pointer to --help."""
+
+    def error(self, message: str):
+        self.exit(2, f"pear-edge: error: {message} (see: {self.prog} --help)\n")
+
+
+def _progress(args) -> bool:
+    return not args.quiet
+
+
+def _settings(args):
+    """The model's calibration profile, with every option given on the command line applied on top."""
+    from pear_edge.calibration.calibrate import CalibrationSettings, profile_for
+
+    return CalibrationSettings.from_args(args, base=profile_for(args.model))
+
+
+def cmd_profiles(args) -> int:
+    import dataclasses
+
+    from pear_edge.calibration.calibrate import PROFILES
+
+    for name, profile in PROFILES.items():
+        print(f"{name}: {json.dumps(dataclasses.asdict(profile))}")
+    return 0
+
+
+def cmd_detect(args) -> int:
+    from pear_edge.base.atomic import check_output_path
+    from pear_edge.calibration.calibrate import detect_heads
+    from pear_edge.runtime.models import load_model, resolve_spec
+
+    source = resolve_spec(args.model)
+    for path in (args.output, Path(args.output).with_suffix(".png")):
+        check_output_path(path, source)
+    settings = _settings(args)
+    loaded = load_model(args.model, device=args.device)
+    scores = detect_heads(loaded, settings, progress=_progress(args))
+    written = scores.save(args.output, top_k=args.plot_top)
+    top = ", ".join(f"L{l}H{h} {s:+.3f}" for l, h, s in scores.top(5))
+    print(f"top suppressors: {top}")
+    print("wrote " + ", ".join(map(str, written)))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from pear_edge.base.atomic import check_output_path
+    from pear_edge.calibration.calibrate import train_from_scores
+    from pear_edge.calibration.detect import HeadScores
+    from pear_edge.runtime.models import load_model, resolve_spec
+
+    check_output_path(args.output, resolve_spec(args.model), args.heads)
+    scores = HeadScores.load(args.heads)
+    loaded = load_model(args.model, device=args.device)
+    _note_caveat(loaded)
+    scores.model.check_matches(loaded.fingerprint(), what=args.model)
+    settings = _settings(args)
+    unvalidated = _warn_unvalidated(loaded, settings)
+    coeffs = train_from_scores(loaded, scores, settings, progress=_progress(args))
+    coeffs.calibration["validated"] = unvalidated is None
+    coeffs.save(args.output)
+    _print_summary(coeffs)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from pear_edge.base.atomic import check_output_path
+    from pear_edge.calibration.calibrate import calibrate
+    from pear_edge.runtime.models import load_model, resolve_spec
+    from pear_edge.calibration.proxy import model_device
+    from pear_edge.runtime.timing import cost_summary, run_cost
+
+    start = time.perf_counter()
+    source = resolve_spec(args.model)
+    corpus = getattr(args, "corpus", None)
+    inputs = (source, *(p for p in (corpus if corpus != "builtin" else None,
+                                    getattr(args, "positional_validation", None)) if p))
+    out = check_output_path(args.output, *inputs)
+    heads_path = out.with_name(out.stem + ".heads.json")
+    for path in (heads_path, heads_path.with_suffix(".png")):
+        check_output_path(path, *inputs)
+    settings = _settings(args)
+    loaded = load_model(args.model, device=args.device)
+    load_seconds = round(time.perf_counter() - start, 1)
+    _note_caveat(loaded)
+    _warn_unvalidated(loaded, settings)  # run_recipe records it as calibration.validated
+    written = []  # the head scores of the learned recipes, saved as soon as they exist
+    coeffs = calibrate(loaded, settings, progress=_progress(args),
+                       on_scores=lambda scores: written.extend(scores.save(heads_path, top_k=settings.top_k)))
+    if args.validate:
+        from pear_edge.eval.validate import validate_coefficients
+
+        coeffs.metrics["validation"] = validate_coefficients(loaded, coeffs, args.validate, seed=args.seed,
+                                                             progress=_progress(args))
+    coeffs.calibration["cost"] = {**run_cost(start, model_device(loaded.model)), "load_seconds": load_seconds}
+    coeffs.calibration["wall_seconds"] = coeffs.calibration["cost"]["wall_seconds"]
+    coeffs.save(out)
+    _print_summary(coeffs)
+    also = f" and {heads_path} (+ .png)" if written else ""
+    print(f"wrote {out}{also} in {cost_summary(coeffs.calibration['cost'])}{_phases(coeffs.calibration)}")
+    return 0
+
+
+def _phases(calibration: dict) -> str:
+    """'; of which load 3 s, proxy 20 s, detect 15 s, train 250 s' (the phases the run recorded)."""
+    from pear_edge.runtime.timing import calibration_phases
+
+    parts = [f"{name} {value:.0f} s" for name, value in calibration_phases(calibration).items() if value is not None]
+    return f"; of which {', '.join(parts)}" if parts else ""
+
+
+def _warn_unvalidated(loaded, settings) -> str | None:
+    """Why these settings are not a recipe measured on this model (calibrate.unvalidated_reason), said as
+    one `pear-edge: warning:` line before training. run_recipe records calibration.validated; `train`, which
+    does not go through it, records it from the returned reason."""
+    from pear_edge.calibration.calibrate import unvalidated_reason
+
+    reason = unvalidated_reason(loaded.fingerprint().weights_sha256, settings)
+    if reason:
+        print(f"pear-edge: warning: unvalidated: {reason}", file=sys.stderr)
+    return reason
+
+
+def _note_caveat(loaded) -> None:
+    """The registry's caveat for this model family, if any, as one `pear-edge: note:` line on stderr."""
+    from pear_edge.arch.registry import caveat_note
+
+    note = caveat_note(loaded.adapter.model_type)
+    if note:
+        print(note, file=sys.stderr)
+
+
+def _print_summary(coeffs) -> None:
+    from pear_edge import results
+    from pear_edge.calibration.recipes import DEFAULT_RECIPE
+    from pear_edge.edits.describe import proxy_summary
+
+    # a model measured without an established gain says so first; else what was measured of the recipe (on
+    # SmolLM2), else of the proxy (with head scales on SmolLM2); then the gold placement's and budget's notes
+    model = results.model_entry(coeffs.model.weights_sha256)
+    train, recipe = coeffs.calibration.get("train", {}), str(coeffs.calibration.get("recipe"))
+    measured = ((results.note("model", model["name"]) if model and not model["validated"] else None)
+                or (results.note("recipe", recipe) if recipe != DEFAULT_RECIPE else None)
+                or results.note("proxy", str(train.get("proxy"))))
+    notes = (measured, results.note("gold", str(train.get("gold"))),
+             results.note("budget", str(coeffs.calibration.get("budget"))))
+    for note in filter(None, notes):
+        print(f"pear-edge: note: {note}", file=sys.stderr)
+
+    summary = proxy_summary(coeffs.metrics)
+    if summary:
+        print(summary)
+    validation = coeffs.metrics.get("validation")
+    if validation:
+        print(f"validation MDQA (torch, n={validation['n']}): base {validation['base']:.1%} -> PEAR "
+              f"{validation['pear']:.1%} (Δ {100 * validation['delta']:+.1f} pt, McNemar p={validation['p_value']:.3g})")
+        if validation["delta"] < 0:
+            print("pear-edge: warning: these coefficients LOWER validation accuracy; do not deploy them",
+                  file=sys.stderr)
+    if coeffs.metrics.get("held_out_proxy", {}).get("improved") is False:
+        print("pear-edge: warning: these coefficients made the held-out proxy loss WORSE; they are likely to hurt "
+              "RAG accuracy (the file records this as metrics.held_out_proxy.improved = false)", file=sys.stderr)
+    print(coeffs.summary())
+
+
+def cmd_fold(args) -> int:
+    from pear_edge.base.atomic import Kind, check_output
+    from pear_edge.edits.coefficients import Coefficients
+    from pear_edge.edits.fold import check_not_patched, fold_model, save_folded
+    from pear_edge.runtime.models import load_model, resolve_spec
+
+    source = resolve_spec(args.model)
+    check_output(args.output, source, args.coefficients, kind=Kind.FOLDER, replace=args.force)
+    check_not_patched(source)
+    coeffs = Coefficients.load(args.coefficients)
+    loaded = load_model(args.model)
+    match = fold_model(loaded, coeffs)
+    out = save_folded(loaded, coeffs, args.output, replace=args.force)
+    print(f"folded {coeffs.describe_edits()} ({match} model match) -> {out}")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from pear_edge.cli.info import describe
+
+    print(describe(Path(args.file)))
+    return 0
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM/SIGHUP, raised like Ctrl-C so that every temporary output is removed on the way out."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+INTERRUPT_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n))
+
+
+@contextlib.contextmanager
+def signals_as_interrupts():
+    """While running a command, SIGTERM and SIGHUP interrupt it like Ctrl-C; further ones are ignored
+    so that the clean-up itself is not interrupted. The previous handlers are restored afterwards."""
+    def handler(signum, frame):
+        for sig in (*INTERRUPT_SIGNALS, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)
+        raise Interrupted(signum)
+
+    previous = {}
+    try:
+        for sig in (*INTERRUPT_SIGNALS, signal.SIGINT):
+            previous[sig] = signal.getsignal(sig)
+        for sig in INTERRUPT_SIGNALS:
+            signal.signal(sig, handler)
+    except ValueError:  # not the main thread (a server's worker): signals stay with the main thread
+        previous = {}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            if old is not None:  # None: a handler installed outside Python, which cannot be restored
+                signal.signal(sig, old)

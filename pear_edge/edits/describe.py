@@ -1,0 +1,49 @@
+"""Coefficients and their calibration metrics as text: what `info`, `info FILE.gguf` and `calibrate` print."""
+from __future__ import annotations
+
+import math
+
+from pear_edge.data.prompts import recorded_format
+
+
+def describe_coefficients(coeffs) -> str:
+    """Coefficients (already validated by the strict reader) as text."""
+    m = coeffs.model
+    recipe = coeffs.calibration.get("recipe") if isinstance(coeffs.calibration, dict) else None
+    validated = coeffs.calibration.get("validated") if isinstance(coeffs.calibration, dict) else None
+    notes = ([f"recipe {recipe}"] if isinstance(recipe, str) else []) + [
+        f"calibrated on {fmt} prompts" for fmt in [recorded_format(coeffs.calibration)] if fmt]
+    lines = [f"PEAR coefficients v{coeffs.version} for {m.name or m.model_type} "
+             f"({m.model_type}, {m.num_layers} layers x {m.num_heads} heads x {m.head_dim})",
+             f"weights sha256 {m.weights_sha256[:16]}…",
+             f"edits: {coeffs.describe_edits()}" + (f" ({', '.join(notes)})" if notes else "")]
+    if validated is False:
+        lines.append("UNVALIDATED: no established gain for this model with these settings")
+    for h in coeffs.heads:
+        score = "" if h.score is None else f"  score {h.score:+.4f}"
+        lines.append(f"  L{h.layer:>2}H{h.head:<2} coefficient {h.coefficient:.4f}{score}")
+    for c in coeffs.o_proj_channels:
+        lines.append(f"  L{c.layer:>2} o_proj channel scales {min(c.scales):.4f} .. {max(c.scales):.4f}, "
+                     f"{sum(x != 1.0 for x in c.scales)} of {len(c.scales)} != 1")
+    for q in coeffs.qk_channels:
+        lines.append(f"  q/k input channel {q.channel} x {q.scale:g} on layers {q.first_layer}..{q.last_layer}")
+    summary = proxy_summary(coeffs.metrics)
+    if summary:
+        lines.append(summary)
+    return "\n".join(lines)
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def proxy_summary(metrics: dict) -> str:
+    """'held-out copy proxy: copy_loss 4.12 -> 3.80, copy_accuracy 31.0% -> 35.2%' (empty if absent or
+    not in the expected shape: metrics are free-form)."""
+    proxy = metrics.get("held_out_proxy") if isinstance(metrics, dict) else None
+    if not isinstance(proxy, dict) or not isinstance(proxy.get("before"), dict) or not isinstance(proxy.get("after"), dict):
+        return ""
+    before, after = proxy["before"], proxy["after"]
+    parts = [f"{k} {before[k]:.3f} -> {after[k]:.3f}" for k in before
+             if k in after and _is_number(before[k]) and _is_number(after[k])]
+    return f"held-out {proxy.get('proxy', 'copy')} proxy: " + ", ".join(parts) if parts else ""

@@ -1,0 +1,1 @@
+"""Running models: loading, devices, timing, the llama.cpp runner and the GGUF tokenizer."""
