@@ -33,7 +33,7 @@ def gap_change(base: float, pear: float) -> str:
 
 @dataclass(frozen=True)
 class GainKept:
-    """One run's PEAR gain set against the reference run's, on the same examples (issue 15: how much of the
+    """One run's PEAR gain set against the reference run's, on the same examples (how much of the
     fp32 gain a quantized format keeps). `share` = Δ / Δ_reference (None unless the reference gained);
     `difference` = Δ − Δ_reference with a paired bootstrap CI over the examples (both runs' base and PEAR
     answers to one example move together)."""

@@ -10,10 +10,10 @@ training (which includes the held-out evaluation after it); the rest is the held
 training, the plot and writing. Every run writes its coefficients into DIR (default: a temporary folder), so a
 run can be scored afterwards (`pear-edge eval`). Printed: one row per run, the ratios to the first run, and the
 machine.
-Targets live here, not in timed tests (issue 14: the default recipe in <= 300 s and <= 3 GiB on 2 CPU cores).
+Targets live here, not in timed tests (the default recipe in <= 300 s and <= 3 GiB on 2 CPU cores).
 On a GPU: `--run "cuda=--device cuda"`; each row then also shows torch's peak GPU memory (`calibration.cost`).
 
-`--scaling` measures how one training step grows (issue 14: predict a bigger model): for each model, prompt
+`--scaling` measures how one training step grows (to predict a bigger model): for each model, prompt
 length, batch, micro-batch and checkpointing, a fresh process loads the model, makes every head's scale
 trainable (the training path, heads.scale_heads) and runs forward + backward of a tail loss (the proxies'
 shape: logits of the last 8 tokens) on random tokens — 1 warm-up and 2 timed steps; seconds per step (median)

@@ -1,4 +1,4 @@
-"""Calibration cost against benefit, from saved eval reports: `pear-edge eval tradeoff` (issue 14's trade-off curve).
+"""Calibration cost against benefit, from saved eval reports: `pear-edge eval tradeoff` (the trade-off curve).
 
 Each point is one way of calibrating (a budget, a guard, a recipe): its cost (wall seconds, optionally peak
 GiB) and the eval reports (`pear-edge eval ... -o DIR`, DIR/results.json) that measured its coefficients.
@@ -7,8 +7,8 @@ measured on the same examples share a column and panel. Accuracy reports give th
 its CI and McNemar p; perplexity reports the relative change in % with its CI, drawn against the bound.
 
     pear-edge eval tradeoff -o OUT \\
-        --point "full=810:2.62=docs/realtext/test/r10-q41/results.json#0,docs/realtext/test/r10-q41/results.json#1" \\
-        --point "fast=268:2.3=docs/realtext/budget/r10-q41-fast/results.json"
+        --point "full=810:2.62=out/full/results.json#0,out/full/results.json#1" \\
+        --point "fast=268:2.3=out/fast/results.json"
 
 writes OUT/tradeoff.md (one row per point, one column per measurement) and OUT/tradeoff.png (one panel per
 column: seconds on x, Δ on y with CI bars).

@@ -107,7 +107,7 @@ OPTIONS: tuple[Option, ...] = (
            "strengthen)", choices=("score", "abs")),
     Option("max_per_layer", "training", "cap on heads per layer", int),
     Option("budget", "training", "how much training: " + budget_help() + " (default: full; their "
-           "measured cost in gain: README 'Calibration cost'); flags given beside it win", choices=tuple(BUDGETS)),
+           "measured cost in gain: docs/results.md); flags given beside it win", choices=tuple(BUDGETS)),
     Option("steps", "training", "optimizer steps", int),
     Option("batch", "training", "sequences per step", int),
     Option("n", "training", "copy-proxy length for training", int),

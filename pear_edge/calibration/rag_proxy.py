@@ -99,7 +99,7 @@ class RAGProxy:
     def evaluate(self, model: torch.nn.Module, batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
         """Answer loss, and the share of answers whose every token is the argmax (greedy would copy it).
         One prompt at a time, unpadded: held-out batches mix 3- and 10-document prompts, and a padded batch
-        costs its longest prompt times its size (the same numbers, less time: issue 14)."""
+        costs its longest prompt times its size (the same numbers, less time)."""
         total, tokens, exact, answers = 0.0, 0, 0, 0
         for batch, _ in (part for whole in batches for part in self.parts(whole, 1)):
             logits, labels = self._logits_labels(model, batch)

@@ -20,22 +20,26 @@ class Recipe:
     positional: bool = False
     learned: str | None = None   # "head" | "channel" | None
     help: str
+    paper: str                   # where the method comes from
 
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in (
-    Recipe(name="pear", learned="head",
+    Recipe(name="pear", learned="head", paper="https://arxiv.org/abs/2409.19745",
            help="one learned scale per head, folded into W_o's head columns (the default; close to SEAL-H)"),
-    Recipe(name="seal-c", learned="channel",
+    Recipe(name="seal-c", learned="channel", paper="https://arxiv.org/abs/2501.15225",
            help="one learned scale per o_proj input channel (SEAL-C, arXiv 2501.15225), folded into W_o's columns"),
-    Recipe(name="positional", positional=True,
+    Recipe(name="positional", positional=True, paper="https://arxiv.org/abs/2406.02536",
            help="Yu et al. (arXiv 2406.02536): the positional hidden channel scaled as a q/k input "
                 "(W_q[:, ch] *= s, W_k[:, ch] *= s), channel, s and layers searched on validation data"),
     Recipe(name="positional+pear", positional=True, learned="head",
+           paper="https://arxiv.org/abs/2406.02536 + https://arxiv.org/abs/2409.19745",
            help="the positional edit, then head scales detected and trained with it in place"),
     Recipe(name="positional+seal-c", positional=True, learned="channel",
+           paper="https://arxiv.org/abs/2406.02536 + https://arxiv.org/abs/2501.15225",
            help="the positional edit, then channel scales trained with it in place"),
 )}
 DEFAULT_RECIPE = "pear"
+
 
 @dataclass(frozen=True, kw_only=True)
 class Budget:
@@ -54,7 +58,7 @@ class Budget:
 BUDGETS: dict[str, Budget] = {b.name: b for b in (
     Budget(name="full", steps=1.0, help="the recipe as validated"),
     Budget(name="fast", steps=1 / 3, help="a third of the steps at three times the learning rate"),
-    Budget(name="lean", steps=0.6, per_step=0.5,
+    Budget(name="lean", steps=3 / 5, per_step=1 / 2,
            help="60 % of the steps at 1/0.6 times the learning rate, each step on half the prompts and guard windows"),
 )}
 

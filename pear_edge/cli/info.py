@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pear_edge import results
 from pear_edge.base.errors import PearError
 from pear_edge.edits.describe import describe_coefficients
 
@@ -56,7 +57,10 @@ def describe_folder(path: Path) -> str:
 
 def describe(path: Path) -> str:
     if not path.exists():
-        raise PearError(f"{path} not found")
+        shipped = results.shipped_coefficients(str(path))
+        if shipped is None:
+            raise PearError(f"{path} not found")
+        path = shipped
     if path.is_dir():
         return describe_folder(path)
     if path.suffix.lower() == ".json":

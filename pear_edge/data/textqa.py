@@ -30,7 +30,7 @@ _NAME = re.compile(r"(?<![\w.])([A-Z][\w&\-]*(?:\s+(?:of|de|von|van|the|and|for)
 _STOP_NAMES = {"The", "This", "It", "In", "A", "An", "These", "Its", "He", "She", "They", "See", "For", "When"}
 MIN_WORDS, MAX_WORDS = 12, 28  # question length window around the answer span
 # Where qa_records puts the gold document: uniform over the slots, or middle = never the first or the last
-# of three or more documents (the positions small models lose; issue 11's middle and position gap).
+# of three or more documents (the positions small models lose; the middle and the position gap).
 GOLD_SLOTS = ("uniform", "middle")
 
 

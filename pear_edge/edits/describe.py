@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+from pear_edge import results
 from pear_edge.data.prompts import recorded_format
 
 
@@ -19,6 +20,9 @@ def describe_coefficients(coeffs) -> str:
              f"edits: {coeffs.describe_edits()}" + (f" ({', '.join(notes)})" if notes else "")]
     if validated is False:
         lines.append("UNVALIDATED: no established gain for this model with these settings")
+    measured = results.model_entry(m.weights_sha256)
+    if measured:
+        lines.append(f"measured on this model: {results.note('model', measured['name'])}")
     for h in coeffs.heads:
         score = "" if h.score is None else f"  score {h.score:+.4f}"
         lines.append(f"  L{h.layer:>2}H{h.head:<2} coefficient {h.coefficient:.4f}{score}")

@@ -47,8 +47,8 @@ def _p(p: float) -> str:
 
 
 def claim_text(claim_id: str) -> str:
-    """One claim in words: 'NQ-open test half, 10 documents, llama.cpp Q4_1: 27.5 -> 35.8 % (+8.3 pt,
-    95 % CI [+3.3, +13.3], p=0.0004, n=420; position gap 17.5 -> 12.5 pt) [source]'."""
+    """One claim in words: 'TASK, BACKEND: BASE -> PEAR %: DELTA pt, 95 % CI [LOW, HIGH], P, n=N, position gap
+    BASE_GAP -> PEAR_GAP pt', every number read from measured.json."""
     c = measured()["claims"][claim_id]
     parts = [f"{_signed(c['delta_pt'])} pt"]
     if c.get("ci_pt"):
