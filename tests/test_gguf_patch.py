@@ -125,7 +125,7 @@ def test_fp16_scale_overflow_is_refused(tmp_path):
     assert not (tmp_path / "out.gguf").exists()
 
 
-# --------------------------------------------------------------------------- every edit kind (issue 16)
+# --------------------------------------------------------------------------- every edit kind
 
 def _dequant(tensor) -> np.ndarray:
     return to_float(tensor_bytes(tensor), tensor.tensor_type).astype(np.float32)

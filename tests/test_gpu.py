@@ -1,4 +1,4 @@
-"""GPU support (issue 17), tested without a GPU: device selection and refusals, nvidia-smi parsing (with a
+"""GPU support, tested without a GPU: device selection and refusals, nvidia-smi parsing (with a
 stand-in nvidia-smi), the speed worker's repeats and device-memory sampling (with a stand-in llama.cpp),
 report format, calibration cost, the CUDA build arguments and the set-up / GPU-check scripts' flags.
 The tests that need a real GPU skip, saying so, when nvidia-smi lists none."""

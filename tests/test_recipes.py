@@ -1,4 +1,4 @@
-"""Recipes (issue 16) on tiny config-built models: each edit kind of the coefficients file folded equals it
+"""Recipes on tiny config-built models: each edit kind of the coefficients file folded equals it
 hooked on every registry architecture, the version-1 file is unchanged and version 2 is read strictly, SEAL-C
 trains per channel through the one training loop, the positional channel is detected where one was planted,
 and the recipe options reach the settings."""
