@@ -50,6 +50,9 @@ def claim_text(claim_id: str) -> str:
     """One claim in words: 'TASK, BACKEND: BASE -> PEAR %: DELTA pt, 95 % CI [LOW, HIGH], P, n=N, position gap
     BASE_GAP -> PEAR_GAP pt', every number read from measured.json."""
     c = measured()["claims"][claim_id]
+    if c.get("metric") == "perplexity" and {"base_value", "pear_value", "delta_pct"} <= set(c):
+        return (f"{c['task']}, {c['backend']}: {c['base_value']:.2f} -> {c['pear_value']:.2f} "
+                f"({_signed(c['delta_pct'])} %, {_p(c['p'])}, n={c['n']})")
     parts = [f"{_signed(c['delta_pt'])} pt"]
     if c.get("ci_pt"):
         parts.append(f"95 % CI [{_signed(c['ci_pt'][0])}, {_signed(c['ci_pt'][1])}]")
