@@ -141,6 +141,8 @@ def check_output(output: str | os.PathLike, *inputs: str | os.PathLike | None, k
     out = Path(output)
     if not str(output).strip():
         raise PearError("the output path is empty")
+    if kind is Kind.FILE and str(output).endswith(("/", os.sep)):
+        raise PearError(f"{output} ends in '/', which names a folder; give a file name for this output")
     if out.name in ("", ".", ".."):
         out = _resolved(out)
     _check_against_inputs(out, kind, [Path(i) for i in inputs if i is not None])

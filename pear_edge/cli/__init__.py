@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 
@@ -75,7 +76,12 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else 2
     try:
         with signals_as_interrupts():
-            return args.func(args)
+            code = args.func(args)
+            sys.stdout.flush()  # a reader that went away is noticed here, inside the handlers below
+            return code
+    except BrokenPipeError:  # `pear-edge info F | head -1`: end quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except PearError as exc:
         print(f"pear-edge: error: {exc}", file=sys.stderr)
         return 2

@@ -9,6 +9,17 @@ from pear_edge.base.errors import PearError
 from pear_edge.data.prompts import FORMAT_CHOICES
 
 
+def port_number(text: str) -> int:
+    """A TCP port, 0 (any free one) to 65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0 (any free one) to 65535, got {port}")
+    return port
+
+
 def add_commands(subparsers) -> None:
     rag = subparsers.add_parser("rag", help="local RAG demo: index text files, answer with base vs PEAR GGUFs")
     sub = rag.add_subparsers(dest="rag_command", metavar="RAG_COMMAND", required=True)
@@ -25,7 +36,8 @@ def add_commands(subparsers) -> None:
 
     p = sub.add_parser("serve", help="local web page with the same ask / compare flow (127.0.0.1 only)")
     _add_answer_options(p)
-    p.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (default: %(default)s; 0 = any free)")
+    p.add_argument("--port", type=port_number, default=8765,
+                   help="port on 127.0.0.1 (default: %(default)s; 0 = any free)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("calibrate", help="calibrate PEAR on this index's own chunks (cloze questions, topical "
