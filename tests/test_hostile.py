@@ -2,10 +2,12 @@
 closes the pipe. Each ends in one line (or, for the closed pipe, silently) and leaves every file as it was."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
 from pear_edge.cli import main
+import pytest
 from gguf.constants import GGMLQuantizationType as T
 
 from tests.gguf_tiny import write_tiny_gguf
@@ -36,3 +38,40 @@ def test_a_closed_pipe_ends_the_command_silently():
                          capture_output=True, text=True, timeout=120)
     assert run.stdout.startswith("PEAR coefficients") and run.stdout.count("\n") == 1
     assert run.stderr == ""
+
+
+def test_rag_index_never_reads_outside_its_folder(tmp_path):
+    from pear_edge.rag.documents import scan_folder
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("the password is swordfish")
+    docs = tmp_path / "docs"
+    (docs / "sub").mkdir(parents=True)
+    (docs / "a.txt").write_text("alpha text")
+    (docs / "sub" / "b.md").write_text("beta text")
+    os.symlink(outside / "secret.txt", docs / "passwd.txt")     # a file outside
+    os.symlink(outside, docs / "elsewhere")                     # a folder outside
+    os.symlink(docs / "sub", docs / "again")                    # a folder inside: already indexed
+    os.symlink(docs, docs / "sub" / "loop")                     # a loop
+    os.symlink(docs / "a.txt", docs / "alias.txt")              # a file inside, indexed once
+    (docs / os.fsdecode(b"caf\xe9.txt")).write_text("latin-1 name")
+    before = {p: p.read_bytes() for p in docs.rglob("*.txt") if p.is_file() and not p.is_symlink()}
+    scan = scan_folder(docs)
+    assert sorted(f.path for f in scan.files) == ["a.txt", "sub/b.md"]
+    assert all("swordfish" not in f.text for f in scan.files)
+    notes = "\n".join(scan.skipped)
+    assert "passwd.txt: a link to outside the folder, not followed" in notes
+    assert "elsewhere: a link to outside the folder, not followed" in notes
+    assert "again/: a link to a folder already indexed" in notes and "sub/loop/: a link to a folder" in notes
+    assert "alias.txt: the same file as another one indexed" in notes
+    assert "caf\ufffd.txt: file name is not UTF-8" in notes
+    assert {p: p.read_bytes() for p in before} == before
+
+
+def test_rag_index_of_an_unlistable_folder_says_so(tmp_path):
+    from pear_edge.base.errors import PearError
+    from pear_edge.rag.documents import scan_folder
+
+    with pytest.raises(PearError, match="cannot list the documents folder"):
+        scan_folder(tmp_path / "missing")
