@@ -214,6 +214,22 @@ class VerifyReport:
         return {**asdict(self), "ok": self.ok, "verdict": self.verdict()}
 
 
+def edits_of(coeffs: Coefficients) -> tuple:
+    """What a coefficients file does to the weights (head, o_proj channel and q/k channel scales), without
+    its scores and records."""
+    return (sorted((h.layer, h.head, h.coefficient) for h in coeffs.heads),
+            sorted((c.layer, tuple(c.scales)) for c in coeffs.o_proj_channels),
+            sorted((q.channel, q.scale, q.first_layer, q.last_layer) for q in coeffs.qk_channels))
+
+
+def check_same_edits(stored: Coefficients | None, given: Coefficients, patched: Path, source: str) -> None:
+    """--coefficients must be what was folded into the export: a file that carries others FAILs."""
+    if stored is not None and edits_of(stored) != edits_of(given):
+        raise PearError(f"FAIL: {patched} carries other coefficients than {source} ({stored.describe_edits()} "
+                        f"folded in, {given.describe_edits()} given); verify the file with the coefficients "
+                        f"it was patched with, or without --coefficients to use its own")
+
+
 def verify_export(fmt: ExportFormat, patched: str | Path, model: str = "default", coefficients: str | None = None,
                   base: str | None = None, prompts: Sequence[str] = BUILTIN_PROMPTS,
                   max_abs_logit_diff: float | None = None, min_top1_agreement: float | None = None) -> VerifyReport:
@@ -227,6 +243,8 @@ def verify_export(fmt: ExportFormat, patched: str | Path, model: str = "default"
     kind = fmt.weight_kind(patched)
     tolerance = tolerance_for(kind, max_abs_logit_diff, min_top1_agreement)
     coeffs = Coefficients.load(coefficients) if coefficients else fmt.stored_coefficients(patched)
+    if coefficients and fmt.is_patched(patched):
+        check_same_edits(fmt.stored_coefficients(patched), coeffs, patched, coefficients)
     if base_path is not None and fmt.is_patched(base_path):
         raise PearError(f"--base {base} is itself PEAR-patched; pass the original (unpatched) {fmt.label}")
     loaded = load_model(model)

@@ -75,3 +75,32 @@ def test_rag_index_of_an_unlistable_folder_says_so(tmp_path):
 
     with pytest.raises(PearError, match="cannot list the documents folder"):
         scan_folder(tmp_path / "missing")
+
+
+@pytest.mark.slow
+def test_verify_fails_when_the_coefficients_given_are_not_those_folded_in(tmp_path, capsys):
+    from pear_edge.runtime.models import default_gguf_path
+
+    patched = tmp_path / "pear.gguf"
+    assert main(["patch-gguf", str(default_gguf_path()), "--coefficients", "default", "-o", str(patched)]) == 0
+    capsys.readouterr()
+    assert main(["verify", str(patched), "--model", "default", "--coefficients", "smollm2-135m-lean"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pear-edge: error: FAIL:") and "carries other coefficients" in err and err.count("\n") == 1
+
+
+def test_the_same_edits_pass_and_other_edits_fail_whatever_the_records():
+    import dataclasses
+
+    from pear_edge.base.errors import PearError
+    from pear_edge.converters.verify import check_same_edits
+    from pear_edge.edits.coefficients import Coefficients
+
+    shipped = Coefficients.load("default")
+    rescored = dataclasses.replace(shipped, heads=[dataclasses.replace(h, score=None) for h in shipped.heads],
+                                   calibration={})
+    check_same_edits(shipped, rescored, "x.onnx", "same.json")  # scores and records do not count
+    check_same_edits(None, shipped, "x.onnx", "any.json")       # nothing stored: nothing to compare
+    other = Coefficients.load("smollm2-135m-lean")
+    with pytest.raises(PearError, match="carries other coefficients than other.json"):
+        check_same_edits(shipped, other, "x.onnx", "other.json")
