@@ -104,3 +104,13 @@ def test_the_same_edits_pass_and_other_edits_fail_whatever_the_records():
     other = Coefficients.load("smollm2-135m-lean")
     with pytest.raises(PearError, match="carries other coefficients than other.json"):
         check_same_edits(shipped, other, "x.onnx", "other.json")
+
+
+def test_coefficients_of_another_model_are_refused_before_any_layer_is_touched(tmp_path, capsys):
+    """A GGUF with fewer layers than the coefficients name: the model check speaks first (it was KeyError)."""
+    small = write_tiny_gguf(tmp_path / "small.gguf", T.F32, layers=2)
+    for shipped in ("default", "smollm2-135m-positional"):  # 30-layer head scales; q/k channel edits
+        assert main(["patch-gguf", str(small), "--coefficients", shipped, "-o", str(tmp_path / "x.gguf")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("pear-edge: error: coefficients are for a llama") and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["small.gguf"]
