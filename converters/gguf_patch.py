@@ -53,8 +53,9 @@ def patch_gguf(source: str | Path, coefficients: Coefficients, output: str | Pat
     reader = read_gguf(src)
     refuse_patched(reader, src)
     heads = head_layout(reader, str(src))
-    # the model check comes first: coefficients of another model name layers this file may not have
-    match = coefficients.model.check_matches(gguf_fingerprint(reader, src.name), what=str(src))
+    fingerprint = gguf_fingerprint(reader, src.name)
+    if fingerprint.layout.counts() != coefficients.model.layout.counts():  # another model: layers it lacks
+        coefficients.model.check_matches(fingerprint, what=str(src))
     tensors = attn_output_tensors(reader, heads, str(src))
     o_proj = coefficients.o_proj_factors(np.float64)  # GGUF scales are fp16: round once, from the exact product
     qk = coefficients.qk_factors()
@@ -72,6 +73,7 @@ def patch_gguf(source: str | Path, coefficients: Coefficients, output: str | Pat
             jobs.append((t, factors, {"qk_channels": sorted(channels)}))
     for t, _, _ in jobs:
         check_supported(t.tensor_type, t.name)
+    match = coefficients.model.check_matches(fingerprint, what=str(src))
 
     replacements, per_tensor = {}, {}
     for t, factors, edits in tqdm(jobs, desc="patching tensors", unit="tensor", disable=not progress):
