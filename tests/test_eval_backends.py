@@ -35,6 +35,7 @@ def _tiny_chat_model(tokenizer):
     return AutoModelForCausalLM.from_config(config, attn_implementation="eager")
 
 
+@pytest.mark.slow
 def test_torch_hooked_equals_folded_and_identity_is_a_no_op(default_model):
     tok = default_model.tokenizer
     plain = wrap_model(_tiny_chat_model(tok), tok, "tiny")
