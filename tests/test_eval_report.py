@@ -91,6 +91,32 @@ def test_speed_summary_uses_per_round_ratios(tmp_path):
     assert paths[2].read_bytes()[:4] == b"\x89PNG"
 
 
+def test_a_speed_ratio_spread_wider_than_the_noise_limit_is_not_reported_as_a_number(tmp_path):
+    from pear_edge.eval.speed import NOISE_LIMIT, TOO_NOISY, ratio_is_measured, speed_markdown
+
+    assert ratio_is_measured(1.0, 1 - NOISE_LIMIT / 2, 1 + NOISE_LIMIT / 2)
+    assert ratio_is_measured(2.0, 2.0, 2.0 + 3 * NOISE_LIMIT)  # lopsided but narrow enough
+    assert not ratio_is_measured(1.0, 1 - NOISE_LIMIT, 1 + NOISE_LIMIT + 0.01)
+    assert not ratio_is_measured(float("nan"), 1.0, 1.0) and not ratio_is_measured(0.0, 0.0, 0.0)
+    base_file = tmp_path / "m.bin"
+    base_file.write_bytes(b"x")
+    report = SpeedReport({"rounds": 4, "prompt_tokens": 8, "gen_tokens": 4, "threads": 1},
+                         [Pair("q", "llamacpp", str(base_file), str(base_file))])
+    # a busy machine: decode rates swing with the other jobs, prefill and memory stay steady
+    base = [{"prefill_tps": 100.0, "decode_tps": d, "peak_rss_mib": 200.0} for d in (10.0, 3.0, 12.0, 2.0)]
+    pear = [{"prefill_tps": p, "decode_tps": d, "peak_rss_mib": 200.0}
+            for p, d in zip((101.0, 99.0, 102.0, 100.0), (11.0, 9.0, 12.0, 12.0))]
+    report.samples = {"q": {"base": base, "pear": pear}}
+    summ = report.summary("q")
+    assert summ["decode_tps"]["ratio_median"] > 2 and not summ["decode_tps"]["ratio_measured"]
+    assert summ["prefill_tps"]["ratio_measured"] and summ["peak_rss_mib"]["ratio_measured"]
+    rows = {line.split(" | ")[1]: line for line in speed_markdown(report).splitlines() if line.startswith("| q |")}
+    decode = summ["decode_tps"]
+    assert rows["decode_tps"].endswith(f"| {TOO_NOISY} | [{decode['ratio_q1']:.3f}, {decode['ratio_q3']:.3f}] |")
+    assert f"{decode['ratio_median']:.3f}" not in rows["decode_tps"]
+    assert "| 1.005 |" in rows["prefill_tps"] and "| 1.000 | [1.000, 1.000] |" in rows["peak_rss_mib"]
+
+
 def _perplexity(nlls):
     from pear_edge.eval.harness import PassageResult
 
