@@ -153,3 +153,35 @@ def test_tradeoff_table_and_plot_from_saved_reports(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith("pear-edge: error:") and says in err and err.count("\n") == 1, err
     assert not (tmp_path / "t2").exists()  # a bad point is refused before anything is written
+
+
+def test_demo_quick_summary_shows_accuracy_by_position_and_an_example_where_the_models_disagree():
+    from pear_edge.eval.demo import quick_summary
+    from pear_edge.eval.tasks import QAExample
+
+    examples = [QAExample(f"{r}@{p}", f"Document [1] ...\nQuestion: q{r}?\nAnswer:", (f"a{r}",), p)
+                for r in range(2) for p in (0, 2)]
+    backend = {"kind": "llamacpp", "name": "m.gguf", "source": "m.gguf"}
+    right = {"0@0": (True, True), "0@2": (False, False), "1@0": (True, True), "1@2": (False, True)}
+    items = {which: [ExampleResult(e.id, e.position, e.answers, "a1" if right[e.id][which] else "no idea",
+                                   right[e.id][which]) for e in examples] for which in (0, 1)}
+    base, pear = (EvalResults("nq-open", backend, items[w]) for w in (0, 1))
+    text = quick_summary(Run("quick", base, pear, paired_compare(base, pear)), examples, 41.6)
+    assert text.startswith("First result, 42 s after the start: quick\n")
+    assert "| all | 4 | 50.0% | 75.0% |" in text and "| 0 | 2 | 100.0% | 100.0% |" in text
+    assert "| 2 | 2 | 0.0% | 50.0% |" in text
+    assert "Example: Question: q1? (gold document 3; accepted: a1)" in text  # the one pair that differs
+    assert text.endswith("| base | no idea | no |\n| PEAR | a1 | yes |\n")
+
+
+def test_demo_quick_examples_come_from_the_validation_half_at_first_middle_and_last():
+    from pear_edge.eval.demo import SHIPPED_REAL, quick_examples
+    from pear_edge.eval.realqa import half_of
+
+    if not SHIPPED_REAL.is_file():
+        pytest.skip(f"{SHIPPED_REAL} is not beside this checkout")
+    examples = quick_examples(SHIPPED_REAL, 3, 5, seed=0)
+    assert [e.position for e in examples] == [0, 2, 4] * 3
+    questions = {e.prompt.splitlines()[-2] for e in examples}
+    assert len(questions) == 3 and all(e.prompt.count("Document [") == 5 for e in examples)
+    assert all(half_of(q.removeprefix("Question: ")) == "validation" for q in questions)
