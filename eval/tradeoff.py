@@ -147,7 +147,8 @@ def plot(points: list[Point], bound: float, path: Path, time_target: float | Non
                 continue
             metric = m.metric
             x = point.seconds + dodge * (i - (len(points) - 1) / 2)
-            ax.errorbar([x], [m.delta], yerr=[[m.delta - m.low], [m.high - m.delta]], fmt="o",
+            # a percentile bootstrap interval need not contain the point estimate: no negative bar then
+            ax.errorbar([x], [m.delta], yerr=[[max(m.delta - m.low, 0)], [max(m.high - m.delta, 0)]], fmt="o",
                         color=f"C{i}", capsize=3, label=point.label)
         ax.axhline(0, color="grey", lw=0.8)
         if time_target:

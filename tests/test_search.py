@@ -53,6 +53,7 @@ def test_top_k_zero_trains_every_head_with_the_guard_recorded(default_model):
     assert any(abs(h.coefficient - 1) > 1e-3 for h in coeffs.heads)
 
 
+@pytest.mark.slow
 def test_search_command_writes_a_sweep_style_report(tmp_path):
     variants = tmp_path / "v.json"
     variants.write_text(json.dumps({"tiny": {"method": "attribution", "lengths": [8], "detect_batch": 2, "top_k": 2,
