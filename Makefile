@@ -2,7 +2,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.pear-edge-setup
 
-.PHONY: setup setup-cuda gpu-check test demo clean lock
+.PHONY: setup setup-cuda gpu-check check test demo clean lock
 
 setup: $(STAMP)
 
@@ -19,6 +19,10 @@ setup-cuda:
 # The prepared GPU measurements (set-up included), into OUT (default: out/gpu-check).
 gpu-check:
 	bash scripts/gpu_check.sh $(or $(OUT),out/gpu-check)
+
+# The fast tier: every test that needs no real model (not marked slow), in a few minutes on 2 cores.
+check: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow" tests
 
 test: setup
 	$(BIN)/python -m pytest -q tests

@@ -3,7 +3,8 @@
 Each measurement is a fresh process (`speed_worker`): it reports its tokens/s (and, on a GPU, the
 device memory it added), and the parent reads that process's peak RSS from os.wait4, so peak memory
 is per measurement and per backend. Ratios patched/base are taken per round (neighbouring
-measurements share the machine's load) and summarised as median and IQR.
+measurements share the machine's load) and summarised as median and IQR; a ratio whose IQR is too wide
+(`ratio_is_measured`) is reported as too noisy to measure, not as a number.
 
 Device (`resolve_device`): cpu, or cuda — llama.cpp with every layer offloaded (a CUDA build of
 llama-cpp-python), onnxruntime's CUDA execution provider (onnxruntime-gpu), torch on the GPU. Each
@@ -12,6 +13,7 @@ backend is probed in a child process first, so this process never creates a CUDA
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -36,6 +38,30 @@ DEVICE_METRIC = "peak_device_mib"  # GPU memory the worker added (cuda only)
 DEVICE_DEFAULTS = {"cpu": {"prompt_tokens": 256, "gen_tokens": 64, "repeats": 1},
                    "cuda": {"prompt_tokens": 1024, "gen_tokens": 128, "repeats": 5}}
 MODEL_SUFFIXES = (".onnx", ".onnx_data", ".data", ".safetensors")
+NOISE_LIMIT = 0.10  # widest IQR half-width, relative to the median, of a ratio still reported as a number
+TOO_NOISY = "too noisy to measure here"
+
+
+def ratio_is_measured(median: float, q1: float, q3: float) -> bool:
+    """Whether a per-round ratio is a measurement: its IQR lies within ±NOISE_LIMIT of the median.
+
+    The rule: patching changes block scales only, so the differences worth reporting are small; when the
+    middle half of the rounds spreads wider than ±NOISE_LIMIT around the median, the machine's load, not the
+    model, sets the ratio, and its median resolves nothing of that size. Fewer rounds widen the IQR, so a
+    short run on a busy machine is refused rather than reported. A ratio that is not finite and positive is
+    never a measurement.
+    """
+    if not all(math.isfinite(v) for v in (median, q1, q3)) or median <= 0:
+        return False
+    return (q3 - q1) / 2 <= NOISE_LIMIT * median
+
+
+def format_ratio(m: dict[str, Any]) -> tuple[str, str]:
+    """(median, IQR) cells of a summary metric: numbers, or TOO_NOISY with the spread that made it so."""
+    spread = f"[{m['ratio_q1']:.3f}, {m['ratio_q3']:.3f}]"
+    if not m.get("ratio_measured", ratio_is_measured(m["ratio_median"], m["ratio_q1"], m["ratio_q3"])):
+        return TOO_NOISY, spread
+    return f"{m['ratio_median']:.3f}", spread
 
 
 @dataclass(frozen=True)
@@ -135,6 +161,7 @@ class SpeedReport:
             ratios = [p[metric] / b[metric] for b, p in zip(base, pear)]
             med, q1, q3 = median_iqr(ratios)
             out[metric] = {"ratio_median": med, "ratio_q1": q1, "ratio_q3": q3,
+                           "ratio_measured": ratio_is_measured(med, q1, q3),
                            "base_median": median_iqr([b[metric] for b in base])[0],
                            "pear_median": median_iqr([p[metric] for p in pear])[0], "ratios": ratios}
         return out
@@ -194,7 +221,8 @@ def speed_markdown(report: SpeedReport) -> str:
     repeats = s.get("repeats", 1)
     passes = f" (median of {repeats} timed passes per run)" if repeats > 1 else ""
     lines = [f"{s['rounds']} interleaved rounds on {device_description(s)}, prompt {s['prompt_tokens']} tokens, "
-             f"{s['gen_tokens']} decoded tokens{passes}; ratios are patched/base per round, median [IQR]."]
+             f"{s['gen_tokens']} decoded tokens{passes}; ratios are patched/base per round, median [IQR]; "
+             f"a ratio whose IQR spans more than ±{NOISE_LIMIT:.0%} of its median is {TOO_NOISY}."]
     runtimes = s.get("environment", {}).get("runtimes")
     if runtimes:
         lines.append("Runtimes: " + ", ".join(f"{k} {v}" for k, v in runtimes.items()) + ".")
@@ -205,8 +233,9 @@ def speed_markdown(report: SpeedReport) -> str:
         summ = report.summary(pair.label)
         for metric in report.metrics:
             m = summ[metric]
+            ratio, spread = format_ratio(m)
             lines.append(f"| {pair.label} | {metric} | {m['base_median']:.1f} | {m['pear_median']:.1f} "
-                         f"| {m['ratio_median']:.3f} | [{m['ratio_q1']:.3f}, {m['ratio_q3']:.3f}] |")
+                         f"| {ratio} | {spread} |")
         lines.append(f"| {pair.label} | file bytes | {summ['base_bytes']} | {summ['pear_bytes']} "
                      f"| {summ['pear_bytes'] / summ['base_bytes']:.4f} | |")
         if summ["base_tensor_bytes"] is not None:

@@ -444,6 +444,8 @@ OTHER_CASES = [
      "not a pear-edge head-scores file"),
     ("train --heads wrong shape", ["train", "--model", "{hf}", "--heads", "{head-scores-nan.json}", "-o", "{new}"],
      "scores"),
+    ("demo --quick-docs 1", ["demo", "--quick-docs", "1", "-o", "{new}"], "--quick-docs at least 2"),
+    ("demo --quick-records negative", ["demo", "--quick-records", "-1", "-o", "{new}"], "--quick-records must be"),
     # usage errors are one line too
     ("no command", [], "required"),
     ("unknown command", ["frobnicate"], "invalid choice"),

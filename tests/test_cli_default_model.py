@@ -30,6 +30,7 @@ def calibrated(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_calibrate_then_fold_loads_in_transformers_and_matches_hooked(calibrated, tmp_path):
     from transformers import AutoModelForCausalLM
 
@@ -50,6 +51,7 @@ def test_calibrate_then_fold_loads_in_transformers_and_matches_hooked(calibrated
     assert main(["fold", "--model", str(folded_dir), "--coefficients", str(calibrated), "-o", str(tmp_path / "x")]) == 2
 
 
+@pytest.mark.slow
 def test_nan_coefficient_and_foreign_coefficients_are_refused(calibrated, tmp_path, capsys):
     doc = json.loads(calibrated.read_text())
     doc["heads"][0]["coefficient"] = "NaN"

@@ -35,6 +35,7 @@ def _tiny_chat_model(tokenizer):
     return AutoModelForCausalLM.from_config(config, attn_implementation="eager")
 
 
+@pytest.mark.slow
 def test_torch_hooked_equals_folded_and_identity_is_a_no_op(default_model):
     tok = default_model.tokenizer
     plain = wrap_model(_tiny_chat_model(tok), tok, "tiny")
@@ -136,7 +137,7 @@ def test_demo_first_answer_shows_both_models_on_one_test_question():
     example = mdqa_examples(counterfactual_records(1, "test", 3, 0), 3, (1,), 0)[0]
     text = first_answer(str(default_gguf_path()), str(default_gguf_path()), example, 12.3)
     head, _, table = text.partition("\n\n")
-    assert head.startswith("First result, 12 s after the start: Question: ") and "gold document 2" in head
+    assert head.startswith("One counterfactual question, 12 s after the start: Question: ") and "gold document 2" in head
     assert head.split(": ", 1)[1].split(" (gold")[0] in example.prompt
     rows = [r.split(" | ") for r in table.splitlines()[2:]]
     assert [r[0] for r in rows] == ["| base", "| PEAR"] and rows[0][1] == rows[1][1]  # same weights, same answer

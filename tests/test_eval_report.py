@@ -91,6 +91,32 @@ def test_speed_summary_uses_per_round_ratios(tmp_path):
     assert paths[2].read_bytes()[:4] == b"\x89PNG"
 
 
+def test_a_speed_ratio_spread_wider_than_the_noise_limit_is_not_reported_as_a_number(tmp_path):
+    from pear_edge.eval.speed import NOISE_LIMIT, TOO_NOISY, ratio_is_measured, speed_markdown
+
+    assert ratio_is_measured(1.0, 1 - NOISE_LIMIT / 2, 1 + NOISE_LIMIT / 2)
+    assert ratio_is_measured(2.0, 2.0, 2.0 + 3 * NOISE_LIMIT)  # lopsided but narrow enough
+    assert not ratio_is_measured(1.0, 1 - NOISE_LIMIT, 1 + NOISE_LIMIT + 0.01)
+    assert not ratio_is_measured(float("nan"), 1.0, 1.0) and not ratio_is_measured(0.0, 0.0, 0.0)
+    base_file = tmp_path / "m.bin"
+    base_file.write_bytes(b"x")
+    report = SpeedReport({"rounds": 4, "prompt_tokens": 8, "gen_tokens": 4, "threads": 1},
+                         [Pair("q", "llamacpp", str(base_file), str(base_file))])
+    # a busy machine: decode rates swing with the other jobs, prefill and memory stay steady
+    base = [{"prefill_tps": 100.0, "decode_tps": d, "peak_rss_mib": 200.0} for d in (10.0, 3.0, 12.0, 2.0)]
+    pear = [{"prefill_tps": p, "decode_tps": d, "peak_rss_mib": 200.0}
+            for p, d in zip((101.0, 99.0, 102.0, 100.0), (11.0, 9.0, 12.0, 12.0))]
+    report.samples = {"q": {"base": base, "pear": pear}}
+    summ = report.summary("q")
+    assert summ["decode_tps"]["ratio_median"] > 2 and not summ["decode_tps"]["ratio_measured"]
+    assert summ["prefill_tps"]["ratio_measured"] and summ["peak_rss_mib"]["ratio_measured"]
+    rows = {line.split(" | ")[1]: line for line in speed_markdown(report).splitlines() if line.startswith("| q |")}
+    decode = summ["decode_tps"]
+    assert rows["decode_tps"].endswith(f"| {TOO_NOISY} | [{decode['ratio_q1']:.3f}, {decode['ratio_q3']:.3f}] |")
+    assert f"{decode['ratio_median']:.3f}" not in rows["decode_tps"]
+    assert "| 1.005 |" in rows["prefill_tps"] and "| 1.000 | [1.000, 1.000] |" in rows["peak_rss_mib"]
+
+
 def _perplexity(nlls):
     from pear_edge.eval.harness import PassageResult
 
@@ -133,3 +159,35 @@ def test_tradeoff_table_and_plot_from_saved_reports(tmp_path, capsys):
     assert main(["eval", "tradeoff", "-o", str(tmp_path / "t3"), "--point", f"x=1={tmp_path / 'damaged.json'}"]) == 2
     err = capsys.readouterr().err
     assert "does not contain its difference" in err and err.count("\n") == 1 and not (tmp_path / "t3").exists()
+
+
+def test_demo_quick_summary_shows_accuracy_by_position_and_an_example_where_the_models_disagree():
+    from pear_edge.eval.demo import quick_summary
+    from pear_edge.data.tasks import QAExample
+
+    examples = [QAExample(f"{r}@{p}", f"Document [1] ...\nQuestion: q{r}?\nAnswer:", (f"a{r}",), p)
+                for r in range(2) for p in (0, 2)]
+    backend = {"kind": "llamacpp", "name": "m.gguf", "source": "m.gguf"}
+    right = {"0@0": (True, True), "0@2": (False, False), "1@0": (True, True), "1@2": (False, True)}
+    items = {which: [ExampleResult(e.id, e.position, e.answers, "a1" if right[e.id][which] else "no idea",
+                                   right[e.id][which]) for e in examples] for which in (0, 1)}
+    base, pear = (EvalResults("nq-open", backend, items[w]) for w in (0, 1))
+    text = quick_summary(Run("quick", base, pear, paired_compare(base, pear)), examples, 41.6)
+    assert text.startswith("First result, 42 s after the start: quick\n")
+    assert "| all | 4 | 50.0% | 75.0% |" in text and "| 0 | 2 | 100.0% | 100.0% |" in text
+    assert "| 2 | 2 | 0.0% | 50.0% |" in text
+    assert "Example: Question: q1? (gold document 3; accepted: a1)" in text  # the one pair that differs
+    assert text.endswith("| base | no idea | no |\n| PEAR | a1 | yes |\n")
+
+
+def test_demo_quick_examples_come_from_the_validation_half_at_first_middle_and_last():
+    from pear_edge.eval.demo import SHIPPED_REAL, quick_examples
+    from pear_edge.eval.realqa import half_of
+
+    if not SHIPPED_REAL.is_file():
+        pytest.skip(f"{SHIPPED_REAL} is not beside this checkout")
+    examples = quick_examples(SHIPPED_REAL, 3, 5, seed=0)
+    assert [e.position for e in examples] == [0, 2, 4] * 3
+    questions = {e.prompt.splitlines()[-2] for e in examples}
+    assert len(questions) == 3 and all(e.prompt.count("Document [") == 5 for e in examples)
+    assert all(half_of(q.removeprefix("Question: ")) == "validation" for q in questions)

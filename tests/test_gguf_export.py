@@ -100,6 +100,7 @@ def _llamacpp_tokens(path) -> str:
     return subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=300).stdout
 
 
+@pytest.mark.slow
 def test_export_from_the_shipped_gguf_keeps_its_tokenizer(tmp_path):
     out = tmp_path / "gguf"
     assert main(["-q", "export", "gguf", "--model", "default", "--quant", "q8_0", "-o", str(out)]) == 0

@@ -82,6 +82,7 @@ def test_mismatch_warning_names_both_formats():
     assert message.startswith("pear.gguf: the coefficients were calibrated on chat prompts") and "completion" in message
 
 
+@pytest.mark.slow
 def test_chat_path_gives_the_same_ids_as_before(chat_tokenizer):
     """The default model's prompts are token for token what the proxies and the torch backends built before
     prompt formats existed (the template rendered, then tokenized; apply_chat_template's own ids)."""
@@ -105,6 +106,7 @@ def test_chat_path_gives_the_same_ids_as_before(chat_tokenizer):
                                            len(before))
 
 
+@pytest.mark.slow
 def test_rag_proxies_use_the_completion_format_without_a_chat_template(plain_tokenizer):
     lm = tiny_lm(plain_tokenizer)
     proxy = MDQAProxy(lm, batch=2, num_docs=3, pool=4)
@@ -137,6 +139,7 @@ def tok_with_template(tok):
     return with_template
 
 
+@pytest.mark.slow
 def test_cloze_proxy_builds_for_a_base_model(plain_tokenizer, tmp_path):
     """`calibrate --proxy cloze` on a model without a chat template (the packaged Gemma) builds its prompts."""
     for i in range(14):
@@ -150,6 +153,7 @@ def test_cloze_proxy_builds_for_a_base_model(plain_tokenizer, tmp_path):
     assert plain_tokenizer.decode(labels[labels != -100]).startswith(" ")
 
 
+@pytest.mark.slow
 def test_calibration_records_the_prompt_format(plain_tokenizer, tmp_path):
     lm = tiny_lm(plain_tokenizer)
     settings = with_overrides(CalibrationSettings(), {"proxy": "mdqa", "pool": 4, "batch": 2, "steps": 1,
@@ -183,6 +187,7 @@ class ScriptedHead(torch.nn.Module):
         return logits
 
 
+@pytest.mark.slow
 def test_torch_backend_completion_stops_at_a_newline(plain_tokenizer, chat_tokenizer):
     script = plain_tokenizer(" Paris\n Berlin Rome Oslo", add_special_tokens=False)["input_ids"]
     answers = {}
@@ -195,6 +200,7 @@ def test_torch_backend_completion_stops_at_a_newline(plain_tokenizer, chat_token
     assert answers["chat"][0].startswith("Paris\n Berlin") and answers["chat"][2] == "chat"  # as before
 
 
+@pytest.mark.slow
 def test_eval_harness_scores_a_model_without_a_chat_template(plain_tokenizer):
     lm = tiny_lm(plain_tokenizer)
     examples = mdqa_examples(counterfactual_records(2, "validation", 3, 0), 3, (0, 2), 0)
@@ -206,6 +212,7 @@ def test_eval_harness_scores_a_model_without_a_chat_template(plain_tokenizer):
     assert [i.output for i in batched.items] == [i.output for i in results.items]
 
 
+@pytest.mark.slow
 def test_eval_cli_warns_when_the_coefficients_were_calibrated_in_another_format(plain_tokenizer, tmp_path, capsys):
     folder = tmp_path / "base-model"
     lm = tiny_lm(plain_tokenizer)

@@ -25,6 +25,7 @@ def default_model():
     return load_model("default")
 
 
+@pytest.mark.slow
 def test_mdqa_proxy_targets_only_the_answer_and_matches_full_logits(default_model):
     proxy = MDQAProxy(default_model, batch=3, num_docs=3, pool=8)
     batch = proxy.sample(torch.Generator().manual_seed(0))
@@ -59,6 +60,7 @@ def test_mdqa_proxy_targets_only_the_answer_and_matches_full_logits(default_mode
     assert held["answer_loss"] == pytest.approx(float(padded), abs=1e-4)
 
 
+@pytest.mark.slow
 def test_passage_proxy_targets_the_gold_passage(default_model):
     proxy = MDQAProxy(default_model, batch=2, num_docs=3, pool=4, target="passage")
     batch = proxy.sample(torch.Generator().manual_seed(1))
@@ -71,6 +73,7 @@ def test_passage_proxy_targets_the_gold_passage(default_model):
     assert proxy.name == "passage" and proxy.describe()["target"] == "passage"
 
 
+@pytest.mark.slow
 def test_cloze_proxy_on_a_user_corpus_targets_the_answer_span(default_model, tmp_path):
     """--corpus DIR: questions generated from the user's own files, answer span as target, never in a distractor."""
     from pear_edge.calibration.rag_proxy import ClozeProxy

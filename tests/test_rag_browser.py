@@ -18,6 +18,7 @@ from pear_edge.rag.embed import Embedder
 from pear_edge.rag.index import update_index
 from pear_edge.rag.server import make_server
 
+pytestmark = pytest.mark.slow  # the real default GGUF and a browser
 CHROMIUM = shutil.which("chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",

@@ -74,6 +74,7 @@ def test_bad_index_paths(tmp_path, built, capsys):
     assert "lies inside input folder" in _error(capsys)
 
 
+@pytest.mark.slow
 def test_ask_compare_streams_and_cites(built, capsys):
     _, db = built
     assert main(["-q", "rag", "ask", "Which statement handles exceptions?", "--db", str(db), "-k", "2",
@@ -85,6 +86,7 @@ def test_ask_compare_streams_and_cites(built, capsys):
     assert " | " in out  # the side-by-side table
 
 
+@pytest.mark.slow
 def test_ask_a_base_model_in_the_completion_format(built, capsys):
     """Gemma-3-270M's GGUF has no chat template: `rag ask` prompts it in the completion format; chat is refused."""
     from pear_edge.runtime.models import gemma_gguf_path
@@ -126,6 +128,7 @@ def test_serve_busy_port_and_missing_index(built, capsys, tmp_path):
     assert "not found; build it with" in _error(capsys)
 
 
+@pytest.mark.slow
 def test_prompt_too_long_for_context(built, capsys):
     _, db = built
     assert main(["-q", "rag", "ask", "Which statement handles exceptions?", "--db", str(db), "-k", "3",

@@ -23,6 +23,7 @@ def default_model():
     return load_model("default")
 
 
+@pytest.mark.slow
 def test_batched_greedy_equals_one_prompt_at_a_time(default_model):
     records = [parse_mdqa(r) for r in generate_counterfactual(2, "validation", num_distractors=2)]
     examples = mdqa_examples(records, 3, (0, 2))  # prompts of different lengths: left padding is exercised
@@ -31,6 +32,7 @@ def test_batched_greedy_equals_one_prompt_at_a_time(default_model):
     assert batched == [backend.generate(e.prompt, 12) for e in examples]
 
 
+@pytest.mark.slow
 def test_guard_text_is_disjoint_from_the_perplexity_check(default_model):
     text = guard_text()
     for passage in pydoc_passages(16):
@@ -41,6 +43,7 @@ def test_guard_text_is_disjoint_from_the_perplexity_check(default_model):
     assert 1.0 < float(guard.loss(default_model.model, windows)) < 6.0  # real English text, a trained model
 
 
+@pytest.mark.slow
 def test_top_k_zero_trains_every_head_with_the_guard_recorded(default_model):
     settings = settings_from({"method": "attribution", "lengths": [8], "detect_batch": 2, "top_k": 0,
                               "constraint": "none", "steps": 2, "batch": 2, "n": 8, "guard": 1.0, "guard_batch": 1})
@@ -50,6 +53,7 @@ def test_top_k_zero_trains_every_head_with_the_guard_recorded(default_model):
     assert any(abs(h.coefficient - 1) > 1e-3 for h in coeffs.heads)
 
 
+@pytest.mark.slow
 def test_search_command_writes_a_sweep_style_report(tmp_path):
     variants = tmp_path / "v.json"
     variants.write_text(json.dumps({"tiny": {"method": "attribution", "lengths": [8], "detect_batch": 2, "top_k": 2,
