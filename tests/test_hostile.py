@@ -114,3 +114,12 @@ def test_coefficients_of_another_model_are_refused_before_any_layer_is_touched(t
         err = capsys.readouterr().err
         assert err.startswith("pear-edge: error: coefficients are for a llama") and err.count("\n") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["small.gguf"]
+
+
+def test_rag_ask_refuses_a_question_that_is_not_utf8_and_a_k_over_the_index_limit(tmp_path, capsys):
+    for argv, says in ((["rag", "ask", "zebra \udcff", "--db", str(tmp_path / "i.db")], "not UTF-8 text"),
+                       (["rag", "ask", "zebra", "--db", str(tmp_path / "i.db"), "-k", "5000"], "at most 4096")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("pear-edge: error:") and says in err and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []

@@ -102,6 +102,7 @@ BAD_REQUESTS = [
     ("JSON list", dict(body=b'[1, 2]'), 400),
     ("not JSON", dict(body=b"{question"), 400),
     ("not UTF-8", dict(body=b'{"question": "\xff\xfe"}'), 400),
+    ("lone surrogate in the question", dict(body=b'{"question": "zebra \\ud800"}'), 400),
     ("empty body", dict(body=b""), 400),
     ("body too large", dict(body=b"", length=10**7), 413),
     ("Content-Length longer than the body", dict(body=b'{"question": "q?"}', length=500), 408),
@@ -158,3 +159,15 @@ def test_info_before_models_are_loaded():
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_every_response_forbids_framing_and_foreign_scripts(server):
+    for head in ("GET / HTTP/1.1\nHost: 127.0.0.1\n", "GET /nothing HTTP/1.1\nHost: 127.0.0.1\n"):
+        with socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=10) as s:
+            s.sendall((head + "Connection: close\n").replace("\n", "\r\n").encode() + b"\r\n")
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        headers = data.partition(b"\r\n\r\n")[0].decode("latin-1").lower()
+        assert "x-frame-options: deny" in headers and "frame-ancestors 'none'" in headers
+        assert "x-content-type-options: nosniff" in headers

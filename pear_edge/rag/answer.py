@@ -73,6 +73,10 @@ class Answerer:
 def check_question(question: str) -> None:
     if not question.strip():
         raise PearError("the question is empty; ask something")
+    try:
+        question.encode("utf-8")
+    except UnicodeEncodeError:  # bytes that are not UTF-8 reach argv as lone surrogates
+        raise PearError("the question is not UTF-8 text; ask in UTF-8") from None
 
 
 def model_label(path: Path, llm) -> str:

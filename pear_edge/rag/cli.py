@@ -9,6 +9,9 @@ from pear_edge.base.errors import PearError
 from pear_edge.data.prompts import FORMAT_CHOICES
 
 
+MAX_INDEX_K = 4096  # sqlite-vec answers at most this many neighbours
+
+
 def port_number(text: str) -> int:
     """A TCP port, 0 (any free one) to 65535."""
     try:
@@ -94,6 +97,8 @@ def check_answer_options(args) -> None:
     for name, value in (("-k", args.k), ("--max-tokens", args.max_tokens), ("--n-ctx", args.n_ctx)):
         if value < 1:
             raise PearError(f"{name} must be at least 1, got {value}")
+    if args.k > MAX_INDEX_K:
+        raise PearError(f"-k must be at most {MAX_INDEX_K} (the vector index's limit), got {args.k}")
 
 
 def cmd_ask(args) -> int:

@@ -28,6 +28,12 @@ from pear_edge.rag.answer import Answerer
 ALLOWED_HOSTS = {"127.0.0.1", "localhost"}
 MAX_BODY = 64 * 1024
 MAX_K = 20
+SECURITY_HEADERS = (
+    ("X-Frame-Options", "DENY"),
+    ("Content-Security-Policy", "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' "
+                                "'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"),
+    ("X-Content-Type-Options", "nosniff"),
+)
 MAX_QUESTION = 2000       # characters
 SOCKET_TIMEOUT = 10.0     # seconds per read/write on a connection
 MAX_PENDING = 4           # asks being answered or waiting for the model
@@ -68,6 +74,8 @@ def parse_ask(content_type: str | None, length_header: str | None, read) -> tupl
     question, k = request.get("question"), request.get("k", 5)
     if not isinstance(question, str) or not question.strip():
         raise BadRequest(HTTPStatus.BAD_REQUEST, "'question' must be a non-empty string")
+    if not _is_text(question):
+        raise BadRequest(HTTPStatus.BAD_REQUEST, "'question' is not valid Unicode text (a lone surrogate)")
     if len(question) > MAX_QUESTION:
         raise BadRequest(HTTPStatus.BAD_REQUEST, f"'question' is longer than {MAX_QUESTION} characters")
     if isinstance(k, float) and math.isfinite(k) and k.is_integer():
@@ -75,6 +83,14 @@ def parse_ask(content_type: str | None, length_header: str | None, read) -> tupl
     if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
         raise BadRequest(HTTPStatus.BAD_REQUEST, f"'k' must be an integer in 1..{MAX_K}")
     return question, k
+
+
+def _is_text(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class RagServer(ThreadingHTTPServer):
@@ -105,6 +121,13 @@ class RagHandler(BaseHTTPRequestHandler):
             return True
         self.send_error(HTTPStatus.FORBIDDEN, "only local requests are served")
         return False
+
+    def end_headers(self) -> None:
+        """Every response, errors included: no other origin may frame the page (clickjacking), and the page
+        runs only its own inline script and style and talks only to this server."""
+        for name, value in SECURITY_HEADERS:
+            self.send_header(name, value)
+        super().end_headers()
 
     def _send(self, status: int, body: bytes, content_type: str) -> None:
         self.send_response(status)
