@@ -123,3 +123,35 @@ def test_rag_ask_refuses_a_question_that_is_not_utf8_and_a_k_over_the_index_limi
         err = capsys.readouterr().err
         assert err.startswith("pear-edge: error:") and says in err and err.count("\n") == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_pipe_given_as_a_json_input_is_refused_at_once(tmp_path, capsys):
+    fifo = tmp_path / "pipe.json"
+    os.mkfifo(fifo)
+    for argv in (["info", str(fifo)], ["patch-gguf", str(write_tiny_gguf(tmp_path / "t.gguf", T.F32)),
+                                      "--coefficients", str(fifo), "-o", str(tmp_path / "o.gguf")]):
+        assert main(argv) == 2  # it blocked forever
+        err = capsys.readouterr().err
+        assert "is not a regular file" in err and err.count("\n") == 1
+    assert not (tmp_path / "o.gguf").exists()
+
+
+def test_chunks_are_bounded_in_characters_and_a_huge_file_is_skipped(tmp_path):
+    from pear_edge.rag import documents
+    from pear_edge.rag.chunking import MAX_CHUNK_CHARS, chunk_text
+
+    class Encoding(dict):
+        def word_ids(self):
+            return [0] * len(self["offset_mapping"])
+
+    text = "x" * 20_000  # one 20,000-character word of 4-character pieces (a minified line)
+    tokenizer = lambda t, **kw: Encoding(offset_mapping=[(4 * i, 4 * i + 4) for i in range(len(t) // 4)])
+    chunks = chunk_text(text, tokenizer, size=200, overlap=40)
+    assert all(len(c.text) <= MAX_CHUNK_CHARS for c in chunks)
+    assert "".join(c.text for c in chunks) == text  # every slice once, in order
+    big = tmp_path / "docs"
+    big.mkdir()
+    (big / "dump.txt").write_bytes(b"y" * (documents.MAX_FILE_BYTES + 1))
+    (big / "ok.txt").write_text("fine")
+    scan = documents.scan_folder(big)
+    assert [f.path for f in scan.files] == ["ok.txt"] and "dump.txt: larger than 8 MiB" in scan.skipped[0]

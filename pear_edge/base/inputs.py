@@ -17,6 +17,8 @@ def read_text(path: str | os.PathLike, what: str, max_bytes: int = MAX_TEXT_BYTE
         raise PearError(f"{what} {p} not found")
     if p.is_dir():
         raise PearError(f"{what} {p} is a folder, not a file")
+    if not p.is_file():  # a pipe would block the read forever, a device never end
+        raise PearError(f"{what} {p} is not a regular file (a pipe, socket or device); give a file")
     try:
         with p.open("rb") as fh:
             data = fh.read(max_bytes + 1)

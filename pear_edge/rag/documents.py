@@ -10,6 +10,7 @@ from pear_edge.base.errors import PearError
 
 TEXT_SUFFIXES = (".txt", ".md")
 BINARY_SNIFF_BYTES = 8192
+MAX_FILE_BYTES = 8 << 20  # larger text is a dump to split, not a document: it would take minutes and GBs
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,8 @@ class _Unreadable(Exception):
 
 def _read_text(path: Path) -> tuple[bytes, str]:
     try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise _Unreadable(f"larger than {MAX_FILE_BYTES >> 20} MiB; split it into documents to index it")
         data = path.read_bytes()
     except OSError as exc:
         raise _Unreadable(f"cannot read ({exc.strerror or exc})") from None
