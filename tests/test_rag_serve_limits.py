@@ -171,3 +171,46 @@ def test_every_response_forbids_framing_and_foreign_scripts(server):
         headers = data.partition(b"\r\n\r\n")[0].decode("latin-1").lower()
         assert "x-frame-options: deny" in headers and "frame-ancestors 'none'" in headers
         assert "x-content-type-options: nosniff" in headers
+
+
+def test_a_slow_client_is_cut_off_and_idle_connections_are_bounded(server, monkeypatch):
+    monkeypatch.setattr(rag_server, "REQUEST_SECONDS", 1.5)
+    port = server.server_address[1]
+    start = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as slow:
+        slow.sendall(b"GET / HTTP/1.1\r\n")
+        cut = None
+        for i in range(16):  # a header line every 0.5 s for 8 s: each read is in time, the request never ends
+            time.sleep(0.5)
+            try:
+                slow.sendall(f"X-Slow-{i}: 1\r\n".encode())
+                slow.settimeout(0.01)
+                if slow.recv(65536) == b"":
+                    cut = time.monotonic() - start
+                    break
+            except socket.timeout:
+                continue
+            except OSError:
+                cut = time.monotonic() - start
+                break
+    assert cut is not None and cut < 4, cut  # cut off near REQUEST_SECONDS, not after the 8 s of headers
+    idle = []
+    try:
+        for _ in range(rag_server.MAX_CONNECTIONS + 8):
+            idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        time.sleep(0.3)
+        refused = 0
+        for s in idle[rag_server.MAX_CONNECTIONS:]:
+            s.settimeout(2)
+            try:
+                refused += s.recv(1) == b""  # closed by the server at once
+            except ConnectionResetError:
+                refused += 1
+            except socket.timeout:  # held open: not refused
+                pass
+        assert refused == 8
+    finally:
+        for s in idle:
+            s.close()
+    time.sleep(0.3)
+    assert raw(server, "GET / HTTP/1.1\nHost: 127.0.0.1\n")[0] == 200  # the server is still there

@@ -7,7 +7,7 @@ reads with fetch(); one question is answered at a time (llama.cpp contexts are n
 
 Limits, so that no request can hang a thread or the server: a body of at most MAX_BODY bytes, JSON only
 (`Content-Type: application/json`: a cross-site "simple" POST cannot send it), a socket timeout on every
-read and write, at most MAX_PENDING asks admitted at once (others get 503 at once, and an admitted one
+read and write, REQUEST_SECONDS for a whole request to arrive, at most MAX_CONNECTIONS open connections, at most MAX_PENDING asks admitted at once (others get 503 at once, and an admitted one
 gives up with 503 after QUEUE_WAIT seconds), and ANSWER_SECONDS of generation per model.
 Every bad request gets a 4xx with a one-line JSON error; nothing of a traceback reaches the client.
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import socket
 import sys
 import threading
 import time
@@ -28,6 +29,8 @@ from pear_edge.rag.answer import Answerer
 ALLOWED_HOSTS = {"127.0.0.1", "localhost"}
 MAX_BODY = 64 * 1024
 MAX_K = 20
+REQUEST_SECONDS = 20.0  # the whole request (line, headers, body) must arrive within this
+MAX_CONNECTIONS = 32  # open connections at once; more are closed at once
 SECURITY_HEADERS = (
     ("X-Frame-Options", "DENY"),
     ("Content-Security-Policy", "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' "
@@ -96,12 +99,26 @@ def _is_text(text: str) -> bool:
 class RagServer(ThreadingHTTPServer):
     daemon_threads = True
 
+    def verify_request(self, request, client_address) -> bool:
+        """At most MAX_CONNECTIONS open at once: a flood of idle connections cannot hold every thread."""
+        with self.connections_lock:
+            if len(self.connections) >= MAX_CONNECTIONS:
+                return False  # socketserver closes it at once
+            self.connections.add(request)
+        return True
+
+    def shutdown_request(self, request) -> None:
+        with self.connections_lock:
+            self.connections.discard(request)
+        super().shutdown_request(request)
+
     def __init__(self, answerer: Answerer | None, port: int, max_tokens: int):
         super().__init__(("127.0.0.1", port), RagHandler)
         self.answerer = answerer
         self.max_tokens = max_tokens
         self.lock = threading.Lock()  # one answer at a time: llama.cpp contexts are not thread-safe
         self.pending = threading.BoundedSemaphore(MAX_PENDING)
+        self.connections, self.connections_lock = set(), threading.Lock()
 
     @property
     def url(self) -> str:
@@ -110,6 +127,27 @@ class RagServer(ThreadingHTTPServer):
 
 class RagHandler(BaseHTTPRequestHandler):
     server: RagServer
+
+    def setup(self) -> None:
+        """The socket timeout bounds each read; this deadline bounds the whole request, so that a client
+        sending a header line every few seconds is cut off (`request_arrived` cancels it)."""
+        super().setup()
+        self.deadline = threading.Timer(REQUEST_SECONDS, self._cut_off)
+        self.deadline.daemon = True
+        self.deadline.start()
+
+    def _cut_off(self) -> None:
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def request_arrived(self) -> None:
+        self.deadline.cancel()
+
+    def finish(self) -> None:
+        self.deadline.cancel()
+        super().finish()
     timeout = SOCKET_TIMEOUT  # applied to the connection by StreamRequestHandler.setup
 
     def log_message(self, format, *args):  # keep the console for answers, not access logs
@@ -141,6 +179,7 @@ class RagHandler(BaseHTTPRequestHandler):
         self._send(status, json.dumps({"error": message}).encode(), "application/json")
 
     def do_GET(self):
+        self.request_arrived()
         if not self._host_ok():
             return
         if self.path == "/api/info" and self.server.answerer is None:
@@ -171,6 +210,7 @@ class RagHandler(BaseHTTPRequestHandler):
         except OSError:  # the body never came (socket timeout) or the client went away
             self._error(HTTPStatus.REQUEST_TIMEOUT, "the request body did not arrive in time")
             return
+        self.request_arrived()
         if self.server.answerer is None:
             self._error(HTTPStatus.SERVICE_UNAVAILABLE, "the models are still loading")
         elif not self.server.pending.acquire(blocking=False):
