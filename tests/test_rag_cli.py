@@ -1,6 +1,9 @@
 """`pear-edge rag ...` through pear_edge.cli.main: one-line errors, skipped-file notes, nothing corrupted,
 and one short real ask with the packaged GGUF as both models."""
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -134,3 +137,19 @@ def test_prompt_too_long_for_context(built, capsys):
     assert main(["-q", "rag", "ask", "Which statement handles exceptions?", "--db", str(db), "-k", "3",
                  "--n-ctx", "256"]) == 2
     assert "exceed context window of 256; lower -k or raise --n-ctx" in _error(capsys)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_serve_stops_on_a_signal_with_one_line_and_128_plus_the_signal(built, signum):
+    _, db = built
+    proc = subprocess.Popen([sys.executable, "-m", "pear_edge.cli", "rag", "serve", "--db", str(db), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().startswith("serving ")  # the models are loaded and the port is open
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signum  # it was 0, silently
+    assert err.strip().splitlines() == [f"pear-edge: stopped serving ({signal.Signals(signum).name})"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import socket
 import sys
 import threading
@@ -275,8 +276,10 @@ def serve_forever(args) -> int:
         labels = ", ".join(label for label, _ in server.answerer.models)
         print(f"serving {labels} at {server.url} (Ctrl-C to stop)", flush=True)
         server.serve_forever()
-    except KeyboardInterrupt:
-        pass
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP raised as an interrupt by the CLI
+        signum = getattr(exc, "signum", signal.SIGINT)
+        print(f"pear-edge: stopped serving ({signal.Signals(signum).name})", file=sys.stderr)
+        return 128 + signum
     finally:
         server.server_close()
     return 0
