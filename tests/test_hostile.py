@@ -155,3 +155,20 @@ def test_chunks_are_bounded_in_characters_and_a_huge_file_is_skipped(tmp_path):
     (big / "ok.txt").write_text("fine")
     scan = documents.scan_folder(big)
     assert [f.path for f in scan.files] == ["ok.txt"] and "dump.txt: larger than 8 MiB" in scan.skipped[0]
+
+
+def test_an_interrupt_after_an_output_is_in_place_says_so(tmp_path, monkeypatch, capsys):
+    import pear_edge.cli as cli
+    from pear_edge.base.atomic import write_text_atomic
+
+    def finishes_then_interrupted(args):
+        write_text_atomic(tmp_path / "done.json", "{}")
+        raise KeyboardInterrupt  # Ctrl-C just after the rename
+
+    monkeypatch.setattr(cli, "cmd_info", finishes_then_interrupted)
+    assert main(["info", "x"]) == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "were complete before it, the last" in err and "done.json" in err
+    assert (tmp_path / "done.json").read_text() == "{}"
+    monkeypatch.setattr(cli, "cmd_info", lambda args: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert main(["info", "x"]) == 130 and "no output was written" in capsys.readouterr().err

@@ -265,16 +265,22 @@ def _temporary(target: Path, make, kind: Kind, replace: bool = False) -> Iterato
             _remove_created(created)
 
 
+WRITTEN: list[Path] = []
+"""The outputs this process has put in place, in order (what an interrupted command says it left)."""
+
+
 def _commit(tmp: Path, target: Path, kind: Kind, replace: bool) -> None:
     _check_existing(target, kind, replace)  # again: something may have appeared meanwhile
     if kind is Kind.FILE:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
         os.replace(tmp, target)
+        WRITTEN.append(target)
         return
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
     (tmp / MARKER).write_text(json.dumps({"written_by": "pear-edge"}) + "\n")
     if not (target.exists() and any(target.iterdir())):
         os.replace(tmp, target)  # rename onto a missing or empty folder
+        WRITTEN.append(target)
         return
     backup = Path(tempfile.mkdtemp(prefix=_temp_prefix(target), suffix=".old" + TEMP_SUFFIX, dir=target.parent))
     os.replace(target, backup)
@@ -283,6 +289,7 @@ def _commit(tmp: Path, target: Path, kind: Kind, replace: bool) -> None:
     except BaseException:
         os.replace(backup, target)
         raise
+    WRITTEN.append(target)
     shutil.rmtree(backup, ignore_errors=True)
 
 

@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 
+from pear_edge.base import atomic
 from pear_edge.base.errors import PearError
 from pear_edge.calibration.options import add_options
 from pear_edge.cli.commands import (ArgumentParser, Interrupted, _add_model, add_calibrate_options, add_force_option,
@@ -69,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    atomic.WRITTEN.clear()
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -94,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as exc:
         signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
-        print(f"pear-edge: interrupted ({signal.Signals(signum).name}); no output was written", file=sys.stderr)
+        left = (f"{len(atomic.WRITTEN)} output(s) were complete before it, the last {atomic.WRITTEN[-1]}"
+                if atomic.WRITTEN else "no output was written")
+        print(f"pear-edge: interrupted ({signal.Signals(signum).name}); {left}", file=sys.stderr)
         return 128 + signum
 
