@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -80,7 +81,11 @@ def main() -> int:
     if not (venv / "bin" / "python").exists():
         print(f"pear-edge: error: no virtual environment at {venv} (run `make setup` first)", file=sys.stderr)
         return 2
-    text = lock_text(installed(venv))
+    try:
+        text = lock_text(installed(venv))
+    finally:
+        if args.refresh:  # the scratch venv served only to read versions
+            shutil.rmtree(venv.parent, ignore_errors=True)
     tmp = args.output.with_name(f".{args.output.name}.tmp")
     tmp.write_text(text)
     tmp.replace(args.output)

@@ -32,10 +32,10 @@ DEFAULT_FORMATS = AS_IS
 
 
 def default_coefficients() -> Path:
-    """The shipped SmolLM2-135M coefficients (present in a source checkout, not in an installed wheel)."""
-    if not SHIPPED_COEFFICIENTS.is_file():
-        raise PearError(f"no --pear or --coefficients given, and the shipped {SHIPPED_COEFFICIENTS.name} is not "
-                        "beside this installation; pass --coefficients C.json")
+    """The shipped SmolLM2-135M coefficients (package data, pear_edge.results)."""
+    if SHIPPED_COEFFICIENTS is None:
+        raise PearError("no --pear or --coefficients given, and the shipped default coefficients are missing from "
+                        "this installation; pass --coefficients C.json")
     return SHIPPED_COEFFICIENTS
 
 
