@@ -37,10 +37,10 @@ def _values(path: Path) -> list[float]:
                                                           for x in c["scales"]]
 
 
-def _same_run(tmp_path: Path, *flags: str) -> tuple[dict, dict]:
+def _same_run(tmp_path: Path, *flags: str, ranks_only: tuple[str, ...] = ()) -> tuple[dict, dict]:
     one = _calibrate([sys.executable], tmp_path, "one.json", *flags)
     assert one.returncode == 0, one.stderr
-    two = _calibrate(TORCHRUN, tmp_path, "two.json", *flags)
+    two = _calibrate(TORCHRUN, tmp_path, "two.json", *flags, *ranks_only)
     assert two.returncode == 0, two.stderr
     a, b = _values(tmp_path / "one.json"), _values(tmp_path / "two.json")
     assert len(a) == len(b) > 0
@@ -57,6 +57,22 @@ def test_two_ranks_equal_one_process_on_a_tiny_model(tmp_path):
     assert two["calibration"]["loss_curve"] == pytest.approx(one["calibration"]["loss_curve"], abs=1e-4)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["tiny", *(f"{n}{s}" for n in ("one", "two") for s in (".json", ".heads.json", ".heads.png"))])
+
+
+def test_sharded_weights_give_the_same_coefficients(tmp_path):
+    """FSDP over 2 ranks (each holds half of the frozen weights), with per-layer recomputation as well."""
+    save_tiny_llama(tmp_path / "tiny")
+    one, two = _same_run(tmp_path, "--model", "tiny", "--proxy", "copy", "--steps", "3", "--batch", "5",
+                         "--guard", "1", "--guard-batch", "3", ranks_only=("--shard-weights", "on", "--checkpoint", "on"))
+    assert two["model"] == one["model"]  # the fingerprint of the whole weights, taken before sharding
+
+
+def test_sharded_weights_without_ranks_are_refused(tmp_path):
+    save_tiny_llama(tmp_path / "tiny")
+    run = _calibrate([sys.executable], tmp_path, "c.json", "--model", "tiny", "--proxy", "copy", "--steps", "1",
+                     "--shard-weights", "on")
+    assert run.returncode == 2 and run.stderr.startswith("pear-edge: error: --shard-weights needs several ranks")
+    assert run.stderr.count("\n") == 1 and not (tmp_path / "c.json").exists()
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from pear_edge.base.errors import PearError
-from pear_edge.calibration.options import add_options
+from pear_edge.calibration.options import add_options, on_off
 
 
 def _add_model(p: argparse.ArgumentParser, device: bool = False) -> None:
@@ -25,16 +25,22 @@ def _add_model(p: argparse.ArgumentParser, device: bool = False) -> None:
                        help="precision of the frozen weights during detection and training: auto, float32 (fp32), "
                             "bfloat16 (bf16) or float16 (fp16); the coefficients stay fp32 and fold into the "
                             "original weights. auto = bf16 on a GPU that runs it, else fp32 (default: %(default)s)")
+        p.add_argument("--shard-weights", type=on_off, default=False, metavar="on|off",
+                       help="under torchrun: each rank holds 1/N of the frozen weights (FSDP), for a model that "
+                            "does not fit one device or one machine (default: off, every rank holds them all)")
 
 
 def _load(args):
     """The model of --model on this rank's --device, its frozen weights in --dtype."""
-    from pear_edge.runtime.distributed import rank_device
+    from pear_edge.runtime.distributed import rank_device, shard_weights
     from pear_edge.runtime.models import load_model
     from pear_edge.runtime.precision import resolve_dtype
 
     device = rank_device(args.device)
-    return load_model(args.model, dtype=resolve_dtype(args.dtype, device), device=device)
+    loaded = load_model(args.model, dtype=resolve_dtype(args.dtype, device), device=device)
+    if args.shard_weights:
+        shard_weights(loaded)
+    return loaded
 
 
 def add_force_option(p: argparse.ArgumentParser) -> None:

@@ -15,6 +15,7 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
+from torch.distributed.fsdp import fully_shard
 
 from pear_edge.base.errors import PearError
 
@@ -105,12 +106,30 @@ def backward_shared(backward_parts: Callable[[list], float], parts: Sequence, pa
     stashed = [p.grad for p in params]
     for p in params:
         p.grad = None
-    loss = backward_parts(share(parts))
+    mine = share(parts)
+    # Every rank runs as many passes as the busiest one (zero-weight repeats): sharded weights are gathered
+    # by collectives inside each forward and backward, which all ranks must enter alike.
+    mine += [(parts[0][0], 0.0)] * (-(-len(parts) // world()) - len(mine))
+    loss = backward_parts(mine)
     for p, before in zip(params, stashed):
         grad = p.grad if p.grad is not None else torch.zeros_like(p)
         dist.all_reduce(grad)
         p.grad = grad if before is None else before + grad
     return all_reduce_sum(loss, params[0].device if params else "cpu")
+
+
+def shard_weights(loaded) -> None:
+    """FSDP (torch.distributed.fsdp.fully_shard) over the ranks: each rank keeps 1/N of every decoder layer's
+    frozen weights (and of the rest of the model) and gathers a layer's whole weights only while it computes
+    it, so a model N times larger than one device or machine fits. The fingerprint is taken first, of the whole
+    weights. Data parallelism is unchanged: each rank still backpropagates its share of every batch."""
+    if not active():
+        raise PearError("--shard-weights needs several ranks: start them with torchrun "
+                        "(torchrun --nproc-per-node N -m pear_edge.cli calibrate --shard-weights on ...)")
+    loaded.fingerprint()
+    for layer in loaded.adapter.layers:
+        fully_shard(layer)
+    fully_shard(loaded.model)
 
 
 def barrier() -> None:
