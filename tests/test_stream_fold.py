@@ -168,3 +168,20 @@ def test_the_packaged_default_model_folds_the_same_streamed(tmp_path, capsys):
     coeffs = Coefficients.load(shipped_coefficients("smollm2-135m-positional-pear"))
     in_memory, streamed = fold_both(source, lambda lm: coeffs, tmp_path, capsys)
     assert_same_fold(source, in_memory, streamed)
+
+
+def test_a_checkpoint_whose_names_transformers_renames_is_folded_in_memory(tmp_path, capsys):
+    """GPT-2 checkpoints on the Hub name tensors without the `transformer.` prefix; transformers adds it on
+    load, so such a folder is folded in memory (with a note), as before."""
+    from safetensors.torch import save_file
+
+    source = save_tiny(tmp_path / "model", "gpt2")
+    weights = {name.removeprefix("transformer."): t for name, t in load_file(source / "model.safetensors").items()}
+    save_file(weights, source / "model.safetensors", metadata={"format": "pt"})
+    loaded = load_model(str(source))
+    path = edits_of(loaded, "heads").save(tmp_path / "c.json")
+    capsys.readouterr()
+    assert main(["fold", "--model", str(source), "--coefficients", str(path), "-o", str(tmp_path / "out")]) == 0
+    assert "pear-edge: note: folding in memory:" in capsys.readouterr().err
+    fold_model(loaded, edits_of(load_model(str(source)), "heads"))
+    assert load_model(str(tmp_path / "out")).fingerprint().weights_sha256 == loaded.fingerprint().weights_sha256
