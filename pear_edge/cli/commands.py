@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from pear_edge.base.errors import PearError
-from pear_edge.calibration.options import add_options
+from pear_edge.calibration.options import add_options, on_off
 
 
 def _add_model(p: argparse.ArgumentParser, device: bool = False) -> None:
@@ -19,7 +19,28 @@ def _add_model(p: argparse.ArgumentParser, device: bool = False) -> None:
                    help="'default' (SmolLM2-135M-Instruct), 'gemma3-270m', a Hugging Face folder or a .gguf file")
     if device:
         p.add_argument("--device", default="cpu",
-                       help="torch device for detection and training: cpu (default), cuda, auto (a GPU if any)")
+                       help="torch device for detection and training: cpu (default), cuda, auto (a GPU if any); "
+                            "under torchrun each rank takes cuda:LOCAL_RANK")
+        p.add_argument("--dtype", default="auto",
+                       help="precision of the frozen weights during detection and training: auto, float32 (fp32), "
+                            "bfloat16 (bf16) or float16 (fp16); the coefficients stay fp32 and fold into the "
+                            "original weights. auto = bf16 on a GPU that runs it, else fp32 (default: %(default)s)")
+        p.add_argument("--shard-weights", type=on_off, default=False, metavar="on|off",
+                       help="under torchrun: each rank holds 1/N of the frozen weights (FSDP), for a model that "
+                            "does not fit one device or one machine (default: off, every rank holds them all)")
+
+
+def _load(args):
+    """The model of --model on this rank's --device, its frozen weights in --dtype."""
+    from pear_edge.runtime.distributed import rank_device, shard_weights
+    from pear_edge.runtime.models import load_model
+    from pear_edge.runtime.precision import resolve_dtype
+
+    device = rank_device(args.device)
+    loaded = load_model(args.model, dtype=resolve_dtype(args.dtype, device), device=device)
+    if args.shard_weights:
+        shard_weights(loaded)
+    return loaded
 
 
 def add_force_option(p: argparse.ArgumentParser) -> None:
@@ -47,7 +68,9 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def _progress(args) -> bool:
-    return not args.quiet
+    from pear_edge.runtime.distributed import is_main
+
+    return not args.quiet and is_main()
 
 
 def _settings(args):
@@ -68,16 +91,19 @@ def cmd_profiles(args) -> int:
 
 
 def cmd_detect(args) -> int:
+    from pear_edge.runtime.distributed import is_main, process_group
     from pear_edge.base.atomic import check_output_path
     from pear_edge.calibration.calibrate import detect_heads
-    from pear_edge.runtime.models import load_model, resolve_spec
+    from pear_edge.runtime.models import resolve_spec
 
     source = resolve_spec(args.model)
     for path in (args.output, Path(args.output).with_suffix(".png")):
         check_output_path(path, source)
     settings = _settings(args)
-    loaded = load_model(args.model, device=args.device)
-    scores = detect_heads(loaded, settings, progress=_progress(args))
+    with process_group(args.device):
+        scores = detect_heads(_load(args), settings, progress=_progress(args))
+    if not is_main():
+        return 0
     written = scores.save(args.output, top_k=args.plot_top)
     top = ", ".join(f"L{l}H{h} {s:+.3f}" for l, h, s in scores.top(5))
     print(f"top suppressors: {top}")
@@ -86,19 +112,24 @@ def cmd_detect(args) -> int:
 
 
 def cmd_train(args) -> int:
+    from pear_edge.runtime.distributed import is_main, process_group
     from pear_edge.base.atomic import check_output_path
     from pear_edge.calibration.calibrate import train_from_scores
     from pear_edge.calibration.detect import HeadScores
-    from pear_edge.runtime.models import load_model, resolve_spec
+    from pear_edge.runtime.models import resolve_spec
 
     check_output_path(args.output, resolve_spec(args.model), args.heads)
     scores = HeadScores.load(args.heads)
-    loaded = load_model(args.model, device=args.device)
-    _note_caveat(loaded)
-    scores.model.check_matches(loaded.fingerprint(), what=args.model)
     settings = _settings(args)
-    unvalidated = _warn_unvalidated(loaded, settings)
-    coeffs = train_from_scores(loaded, scores, settings, progress=_progress(args))
+    with process_group(args.device):
+        loaded = _load(args)
+        scores.model.check_matches(loaded.fingerprint(), what=args.model)
+        if is_main():
+            _note_caveat(loaded)
+        unvalidated = _warn_unvalidated(loaded, settings) if is_main() else None
+        coeffs = train_from_scores(loaded, scores, settings, progress=_progress(args))
+    if not is_main():
+        return 0
     coeffs.calibration["validated"] = unvalidated is None
     coeffs.save(args.output)
     _print_summary(coeffs)
@@ -107,9 +138,10 @@ def cmd_train(args) -> int:
 
 
 def cmd_calibrate(args) -> int:
+    from pear_edge.runtime.distributed import barrier, is_main, process_group, world
     from pear_edge.base.atomic import check_output_path
     from pear_edge.calibration.calibrate import calibrate
-    from pear_edge.runtime.models import load_model, resolve_spec
+    from pear_edge.runtime.models import resolve_spec
     from pear_edge.calibration.proxy import model_device
     from pear_edge.runtime.timing import cost_summary, run_cost
 
@@ -123,19 +155,30 @@ def cmd_calibrate(args) -> int:
     for path in (heads_path, heads_path.with_suffix(".png")):
         check_output_path(path, *inputs)
     settings = _settings(args)
-    loaded = load_model(args.model, device=args.device)
-    load_seconds = round(time.perf_counter() - start, 1)
-    _note_caveat(loaded)
-    _warn_unvalidated(loaded, settings)  # run_recipe records it as calibration.validated
-    written = []  # the head scores of the learned recipes, saved as soon as they exist
-    coeffs = calibrate(loaded, settings, progress=_progress(args),
-                       on_scores=lambda scores: written.extend(scores.save(heads_path, top_k=settings.top_k)))
+    with process_group(args.device):  # under torchrun: data-parallel over the ranks; rank 0 writes
+        loaded = _load(args)
+        load_seconds = round(time.perf_counter() - start, 1)
+        if is_main():
+            _note_caveat(loaded)
+            _warn_unvalidated(loaded, settings)  # run_recipe records it as calibration.validated
+        written = []  # the head scores of the learned recipes, saved as soon as they exist
+
+        def save_scores(scores) -> None:
+            if is_main():
+                written.extend(scores.save(heads_path, top_k=settings.top_k))
+
+        coeffs = calibrate(loaded, settings, progress=_progress(args), on_scores=save_scores)
+        ranks = world()
+        barrier()
+    if not is_main():
+        return 0
     if args.validate:
         from pear_edge.eval.validate import validate_coefficients
 
         coeffs.metrics["validation"] = validate_coefficients(loaded, coeffs, args.validate, seed=args.seed,
                                                              progress=_progress(args))
-    coeffs.calibration["cost"] = {**run_cost(start, model_device(loaded.model)), "load_seconds": load_seconds}
+    coeffs.calibration["cost"] = {**run_cost(start, model_device(loaded.model)), "load_seconds": load_seconds,
+                                  "ranks": ranks}
     coeffs.calibration["wall_seconds"] = coeffs.calibration["cost"]["wall_seconds"]
     coeffs.save(out)
     _print_summary(coeffs)

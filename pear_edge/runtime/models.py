@@ -22,6 +22,7 @@ import torch
 from pear_edge.base.atomic import atomic_dir
 from pear_edge.edits.coefficients import ModelFingerprint
 from pear_edge.base.errors import PearError
+from pear_edge.runtime.precision import load_dtype
 from pear_edge.runtime.llama_tokenizer import TOKENIZER_BUILD, read_vocab, tokenizer_from_gguf, unsupported_reason
 from pear_edge.arch.registry import ArchAdapter
 
@@ -195,8 +196,9 @@ def _save_dequantized(model, folder: Path) -> None:
 
 def load_model(spec: str, dtype: torch.dtype = torch.float32, device: str = "cpu") -> LoadedModel:
     """Load model + tokenizer for a SPEC, in eval mode with gradients off, on `device` ("auto": a GPU
-    when torch sees one; "cuda" is refused before any loading when torch cannot use one). The
-    fingerprint is taken on the CPU first, so it is the same on any device."""
+    when torch sees one; "cuda" is refused before any loading when torch cannot use one), its weights in
+    `dtype`. The fingerprint is taken on the CPU of the checkpoint's own weights first (precision.load_dtype),
+    so it is the same on any device and in any dtype."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from pear_edge.runtime.device import torch_device
@@ -210,8 +212,9 @@ def load_model(spec: str, dtype: torch.dtype = torch.float32, device: str = "cpu
         folder = _gguf_cache_folder(source)
         if not (folder / "config.json").is_file():
             _dequantize_gguf_to_folder(source, folder)
+    stored = load_dtype(folder, dtype)
     try:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=stored)
         tokenizer = AutoTokenizer.from_pretrained(folder)
     except (ValueError, KeyError, OSError) as exc:
         raise PearError(f"cannot load model from {folder}: {str(exc).splitlines()[0]}") from None
@@ -220,6 +223,9 @@ def load_model(spec: str, dtype: torch.dtype = torch.float32, device: str = "cpu
     adapter = ArchAdapter(model)
     name = spec if spec in PACKAGED else source.name
     loaded = LoadedModel(model, tokenizer, adapter, source, name)
+    if stored != dtype:
+        loaded.fingerprint()  # of the checkpoint's own weights, before they are rounded
+        model.to(dtype)
     if device != "cpu":
         loaded.fingerprint()
         try:
