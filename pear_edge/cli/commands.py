@@ -249,6 +249,21 @@ def _print_summary(coeffs) -> None:
     print(coeffs.summary())
 
 
+def _fold_streaming(source: Path, coeffs, args):
+    """`fold` of a Hugging Face folder tensor by tensor (pear_edge.runtime.streaming); None, after a note, for
+    a folder it cannot read that way (then the model is folded in memory)."""
+    from pear_edge.runtime.streaming import NotStreamable, fold_folder
+
+    try:
+        streamed = fold_folder(source, coeffs, args.output, replace=args.force)
+    except NotStreamable as why:
+        print(f"pear-edge: note: folding in memory: {why}", file=sys.stderr)
+        return None
+    if streamed.left_out:
+        print(f"pear-edge: note: not copied from {source}: {', '.join(streamed.left_out)}", file=sys.stderr)
+    return streamed
+
+
 def cmd_fold(args) -> int:
     from pear_edge.base.atomic import Kind, check_output
     from pear_edge.edits.coefficients import Coefficients
@@ -259,9 +274,14 @@ def cmd_fold(args) -> int:
     check_output(args.output, source, args.coefficients, kind=Kind.FOLDER, replace=args.force)
     check_not_patched(source)
     coeffs = Coefficients.load(args.coefficients)
-    loaded = load_model(args.model)
-    match = fold_model(loaded, coeffs)
-    out = save_folded(loaded, coeffs, args.output, replace=args.force)
+    # a Hugging Face folder is folded tensor by tensor; a GGUF is dequantized in memory anyway
+    streamed = _fold_streaming(source, coeffs, args) if source.is_dir() else None
+    if streamed:
+        match, out = streamed.match, streamed.output
+    else:
+        loaded = load_model(args.model)
+        match = fold_model(loaded, coeffs)
+        out = save_folded(loaded, coeffs, args.output, replace=args.force)
     print(f"folded {coeffs.describe_edits()} ({match} model match) -> {out}")
     return 0
 

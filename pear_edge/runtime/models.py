@@ -14,7 +14,9 @@ import sys
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Iterable
 
+import numpy as np
 import torch
 
 from pear_edge.base.atomic import atomic_dir
@@ -233,17 +235,28 @@ def load_model(spec: str, dtype: torch.dtype = torch.float32, device: str = "cpu
     return loaded
 
 
+def weights_digest(tensors: Iterable[tuple[str, Iterable[torch.Tensor]]]) -> str:
+    """sha256 over each (name, values) in the given order: the name's UTF-8, then the values as fp32 bytes,
+    given as one or more consecutive pieces of the tensor in C order (any shapes). Over the sorted state-dict
+    keys this is ModelFingerprint.weights_sha256."""
+    digest = hashlib.sha256()
+    for key, pieces in tensors:
+        digest.update(key.encode())
+        for piece in pieces:
+            digest.update(piece.detach().to(torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def o_proj_out_in(adapter: ArchAdapter, weight: torch.Tensor) -> np.ndarray:
+    """An o_proj weight as fp32 (out, H*d), whatever its storage (Linear as is, Conv1D transposed)."""
+    return adapter.as_out_in(weight.detach().to(torch.float32)).numpy()
+
+
 def fingerprint(model: torch.nn.Module, adapter: ArchAdapter, name: str = "") -> ModelFingerprint:
     """Identify a model: head layout, sha256 of all fp32 weights, and per-layer o_proj norms."""
-    digest = hashlib.sha256()
-    for key, tensor in sorted(model.state_dict().items()):
-        digest.update(key.encode())
-        digest.update(tensor.detach().to(torch.float32).contiguous().numpy().tobytes())
-    weights = []
-    for layer in range(adapter.num_layers):
-        w = adapter.o_proj_weight(layer).detach().to(torch.float32)
-        weights.append((w if adapter.spec.in_features_dim == 1 else w.T).numpy())
-    return ModelFingerprint.from_o_proj_weights(adapter.layout, weights, digest.hexdigest(), name)
+    digest = weights_digest((key, (tensor,)) for key, tensor in sorted(model.state_dict().items()))
+    weights = (o_proj_out_in(adapter, adapter.o_proj_weight(layer)) for layer in range(adapter.num_layers))
+    return ModelFingerprint.from_o_proj_weights(adapter.layout, weights, digest, name)
 
 
 def wrap_model(model: torch.nn.Module, tokenizer, name: str = "in-memory", source: Path | None = None) -> LoadedModel:
