@@ -86,6 +86,9 @@ def _check_existing(out: Path, kind: Kind, replace: bool) -> None:
     """Refuse to write over anything that is not ours to replace."""
     if not out.exists() and not out.is_symlink():
         return
+    if not out.exists():
+        raise PearError(f"output {out} is a symbolic link to a missing file ({os.readlink(out)}); remove it or "
+                        f"choose another path")
     try:
         mode = out.stat().st_mode
     except OSError as exc:
@@ -118,6 +121,9 @@ def _existing_ancestor(path: Path) -> Path:
         if parent == parent.parent:
             break
         parent = parent.parent
+    if parent.is_symlink() and not parent.exists():
+        raise PearError(f"cannot write {path}: {parent} is a symbolic link to a missing folder "
+                        f"({os.readlink(parent)}); remove it or choose another path")
     if not parent.is_dir():
         raise PearError(f"cannot write {path}: {parent} is a file, not a folder")
     return parent
