@@ -265,6 +265,8 @@ def _temporary(target: Path, make, kind: Kind, replace: bool = False) -> Iterato
             raise write_error(target, exc) from None
         raise
     finally:
+        if tmp is not None:
+            _forget_inside(tmp)
         if not committed:
             if tmp is not None:
                 _remove(tmp)
@@ -273,6 +275,12 @@ def _temporary(target: Path, make, kind: Kind, replace: bool = False) -> Iterato
 
 WRITTEN: list[Path] = []
 """The outputs this process has put in place, in order (what an interrupted command says it left)."""
+
+
+def _forget_inside(folder: Path) -> None:
+    """What was written inside a temporary folder is no output of its own: it is gone, or part of the output
+    the folder became."""
+    WRITTEN[:] = [path for path in WRITTEN if not _inside(path, folder)]
 
 
 def _commit(tmp: Path, target: Path, kind: Kind, replace: bool) -> None:
@@ -337,6 +345,7 @@ def scratch_dir(target: str | os.PathLike) -> Iterator[Path]:
         yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        _forget_inside(tmp)
 
 
 def report_folder(path: str | os.PathLike) -> Path:
