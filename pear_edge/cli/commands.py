@@ -294,36 +294,51 @@ def cmd_info(args) -> int:
 
 
 class Interrupted(KeyboardInterrupt):
-    """SIGTERM/SIGHUP, raised like Ctrl-C so that every temporary output is removed on the way out."""
+    """SIGINT/SIGTERM/SIGHUP, raised like Ctrl-C so that every temporary output is removed on the way out."""
 
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
 
 
-INTERRUPT_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n))
+INTERRUPT_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
+
+
+def ignore_interrupt_signals() -> None:
+    """From here on SIGINT, SIGTERM and SIGHUP are ignored (in the main thread; elsewhere nothing changes)."""
+    try:
+        for sig in INTERRUPT_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+    except ValueError:  # not the main thread
+        pass
 
 
 @contextlib.contextmanager
-def signals_as_interrupts():
-    """While running a command, SIGTERM and SIGHUP interrupt it like Ctrl-C; further ones are ignored
-    so that the clean-up itself is not interrupted. The previous handlers are restored afterwards."""
+def signals_as_interrupts(restore: bool = True):
+    """While running a command, the first SIGINT, SIGTERM or SIGHUP raises Interrupted and makes further ones
+    ignored, so that a second Ctrl-C cannot cut the clean-up short. The previous handlers are restored
+    afterwards, unless `restore` is False (pear-edge running as the program): then the signals stay ignored,
+    since at exit Python gives them back their default action, and a late Ctrl-C would kill the process
+    without a word (exit -2)."""
     def handler(signum, frame):
-        for sig in (*INTERRUPT_SIGNALS, signal.SIGINT):
-            signal.signal(sig, signal.SIG_IGN)
+        ignore_interrupt_signals()
         raise Interrupted(signum)
 
     previous = {}
     try:
-        for sig in (*INTERRUPT_SIGNALS, signal.SIGINT):
+        for sig in INTERRUPT_SIGNALS:
             previous[sig] = signal.getsignal(sig)
         for sig in INTERRUPT_SIGNALS:
-            signal.signal(sig, handler)
+            if previous[sig] != signal.SIG_IGN:  # ignored when we started (nohup, a background job): stays so
+                signal.signal(sig, handler)
     except ValueError:  # not the main thread (a server's worker): signals stay with the main thread
         previous = {}
     try:
         yield
     finally:
-        for sig, old in previous.items():
-            if old is not None:  # None: a handler installed outside Python, which cannot be restored
-                signal.signal(sig, old)
+        if not restore:
+            ignore_interrupt_signals()
+        else:
+            for sig, old in previous.items():
+                if old is not None:  # None: a handler installed outside Python, which cannot be restored
+                    signal.signal(sig, old)

@@ -22,6 +22,7 @@ import torch
 from pear_edge.base.atomic import atomic_dir
 from pear_edge.edits.coefficients import ModelFingerprint
 from pear_edge.base.errors import PearError
+from pear_edge.base.inputs import check_regular_file
 from pear_edge.runtime.precision import load_dtype
 from pear_edge.runtime.llama_tokenizer import TOKENIZER_BUILD, read_vocab, tokenizer_from_gguf, unsupported_reason
 from pear_edge.arch.registry import ArchAdapter
@@ -99,6 +100,7 @@ def resolve_spec(spec: str) -> Path:
         if not (path / "config.json").is_file():
             raise PearError(f"{path} is not a Hugging Face model folder (no config.json)")
         return path
+    check_regular_file(path, "model")
     if path.suffix.lower() != ".gguf":
         raise PearError(f"{path} is neither a folder nor a .gguf file")
     return path
