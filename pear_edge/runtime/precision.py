@@ -10,13 +10,12 @@ weights' dtype (pear_edge.edits.heads.scale_heads); folding always edits the ori
 """
 from __future__ import annotations
 
-import json
-import struct
 from pathlib import Path
 
 import torch
 
 from pear_edge.base.errors import PearError
+from pear_edge.runtime.safetensors_layout import DTYPES as STORED, read_weight_file
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -25,8 +24,6 @@ DTYPE_CHOICES = (AUTO, *DTYPES, *ALIASES)
 # Whether `auto` picks bf16 on a CPU with native bf16: the measured choice (docs/results.md, "bf16").
 NATIVE_CPU_BF16 = False
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-# safetensors' dtype names -> torch's
-SAFETENSORS_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}
 
 
 def cpu_flags() -> set[str]:
@@ -64,22 +61,10 @@ def weights_dtype(model: torch.nn.Module) -> str:
 
 
 def safetensors_dtypes(folder: Path) -> set[torch.dtype]:
-    """The floating dtypes of the tensors stored in a folder's safetensors files, read from their headers
-    (8-byte little-endian length, then JSON): no tensor is read. Empty when the folder has none."""
-    found: set[torch.dtype] = set()
-    for path in sorted(Path(folder).glob("*.safetensors")):
-        with path.open("rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                continue
-            (length,) = struct.unpack("<Q", head)
-            try:
-                header = json.loads(f.read(length))
-            except (ValueError, UnicodeDecodeError):
-                continue
-        found |= {SAFETENSORS_DTYPES[v["dtype"]] for k, v in header.items()
-                  if k != "__metadata__" and isinstance(v, dict) and v.get("dtype") in SAFETENSORS_DTYPES}
-    return found
+    """The floating dtypes of the tensors stored in a folder's safetensors files, from their headers (no tensor
+    is read). Empty when the folder has none."""
+    return {STORED[e.dtype] for path in sorted(Path(folder).glob("*.safetensors"))
+            for e in read_weight_file(path).entries if STORED[e.dtype].is_floating_point}
 
 
 def load_dtype(folder: Path, dtype: torch.dtype) -> torch.dtype:
