@@ -16,6 +16,7 @@ from pear_edge.base.errors import PearError
 from pear_edge.calibration.calibrate import CalibrationSettings, with_overrides
 from pear_edge.calibration.rag_proxy import ClozeProxy
 from pear_edge.cli import build_parser, main
+from pear_edge.cli.info import describe_coefficients
 from pear_edge.data import corpora
 from pear_edge.data.prompts import completion_prompt, mdqa_prompt, prompt_ids, user_messages
 from pear_edge.data.template_family import (DISTINCTIVE, exclude, family_hash, family_record, load_family,
@@ -23,6 +24,7 @@ from pear_edge.data.template_family import (DISTINCTIVE, exclude, family_hash, f
 from pear_edge.data.templates import (Document, load_template, parse_template, preset, preset_names, template_hash,
                                       template_mismatch, template_record)
 from pear_edge.edits.coefficients import Coefficients
+from pear_edge.edits.describe import template_note
 from pear_edge.rag import cli as rag_cli
 from pear_edge.rag.answer import answer_prompt, warn_format
 from pear_edge.rag.index import Hit
@@ -215,6 +217,8 @@ def test_a_mismatch_warns_once_a_family_never():
                        "prompts with the litm-short template; their effect was not measured for it "
                        "(--template langchain-stuff to match)")
     assert template_mismatch({"template": family_record(load_family("generic"))}, short, "m") is None
+    assert template_note(family_record(exclude(load_family("litm"), []))) == "template family litm"
+    assert template_note(template_record(short)) == "template litm-short"
 
 
 class StandInGGUF:
@@ -241,6 +245,7 @@ def test_calibrate_records_the_template_and_eval_warns_on_another(tmp_path, caps
                  "-o", str(out)]) == 0
     calibration = Coefficients.load(out).calibration
     assert calibration["template"] == template_record(preset("langchain-stuff"))
+    assert "template langchain-stuff)" in describe_coefficients(Coefficients.load(out))
     assert calibration["train"]["template"] == "langchain-stuff" and calibration["train"]["num_docs"] == [3, 3]
     capsys.readouterr()
     argv = ["-q", "eval", "--task", "counterfactual", "--count", "1", "--num-docs", "3", "--positions", "0",
