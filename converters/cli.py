@@ -11,11 +11,14 @@ import importlib
 from pathlib import Path
 
 from pear_edge.base.errors import PearError
+from pear_edge.base.inputs import check_regular_file
 
 FORMAT_MODULES = {"gguf": "pear_edge.converters.gguf_cli", "onnx": "pear_edge.converters.onnx_cli"}
 
 
 def _format_of(path: Path) -> str:
+    if path.exists() and not path.is_dir():
+        check_regular_file(path, "model")
     if path.is_file() and path.suffix.lower() == ".gguf":
         return "gguf"
     if path.is_dir() and any(path.glob("*.onnx")):

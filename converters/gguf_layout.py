@@ -18,6 +18,7 @@ from gguf.quants import dequantize
 
 from pear_edge.edits.coefficients import PEAR_COEFFICIENTS, ModelFingerprint
 from pear_edge.base.errors import PearError
+from pear_edge.base.inputs import check_regular_file
 from pear_edge.arch.layout import HeadLayout
 from pear_edge.arch.registry import caveat_note, model_type_for_gguf_arch
 
@@ -38,11 +39,7 @@ COPY_CHUNK = 64 << 20
 
 def read_gguf(path: str | Path) -> GGUFReader:
     """Open a GGUF, refusing corrupt, truncated or big-endian files with one line."""
-    p = Path(path)
-    if p.is_dir():
-        raise PearError(f"{p} is a folder, not a GGUF file")
-    if not p.is_file():
-        raise PearError(f"GGUF file {p} not found")
+    p = check_regular_file(path, "GGUF file")
     try:
         reader = GGUFReader(str(p))
     except Exception as exc:  # gguf-py raises ValueError/struct.error/IndexError/... on bad files

@@ -1,4 +1,5 @@
 """`pear-edge export onnx`: fold in PyTorch, export with optimum (KV cache), quantize with onnxruntime.
+What the libraries print on the way is shown once each step has succeeded (see base/chatter.py).
 
 The result is a folder that `optimum.onnxruntime.ORTModelForCausalLM.from_pretrained(DIR)` loads:
 model.onnx (+ model.onnx_data only past 2 GB), config.json, generation_config.json, the tokenizer,
@@ -14,6 +15,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pear_edge.base.atomic import Kind, atomic_dir, check_output, scratch_dir
+from pear_edge.base.chatter import held_stderr
 from pear_edge.edits.coefficients import Coefficients
 from pear_edge.base.errors import PearError
 from pear_edge.edits.fold import COEFFICIENTS_FILENAME, check_not_patched, fold_model, save_model_folder
@@ -50,21 +52,25 @@ def export_onnx(model_spec: str, coefficients: str | Path | None, output: str | 
 
     with atomic_dir(out, replace=replace) as tmp, scratch_dir(out) as scratch:
         step(0)
-        loaded = load_model(model_spec)
+        with held_stderr():
+            loaded = load_model(model_spec)
         step(1)
         match = fold_model(loaded, coeffs) if coeffs is not None else "base"
         step(2)
-        hf_dir = save_model_folder(loaded, coeffs, Path(scratch) / "hf")
+        with held_stderr():
+            hf_dir = save_model_folder(loaded, coeffs, Path(scratch) / "hf")
         del loaded
         step(3)
         onnx_dir = Path(scratch) / "onnx"
-        _optimum_export(hf_dir, onnx_dir)
+        with held_stderr():
+            _optimum_export(hf_dir, onnx_dir)
         step(4)
         if quantization == "none":
             for item in onnx_dir.iterdir():
                 shutil.move(str(item), tmp / item.name)
         else:
-            quantize(quantization, onnx_dir / MODEL_FILENAME, tmp / MODEL_FILENAME)
+            with held_stderr():
+                quantize(quantization, onnx_dir / MODEL_FILENAME, tmp / MODEL_FILENAME)
             for item in onnx_dir.iterdir():
                 if not item.name.startswith(MODEL_FILENAME):
                     shutil.move(str(item), tmp / item.name)

@@ -4,6 +4,7 @@ patched/base speed and memory ratios (interleaved runs, one process per measurem
 draws calibration cost against gain from saved reports."""
 from __future__ import annotations
 
+import argparse
 import math
 import sys
 from pathlib import Path
@@ -14,6 +15,8 @@ from pear_edge.data.prompts import FORMAT_CHOICES, format_mismatch
 from pear_edge.data.templates import DEFAULT_TEMPLATE, load_template, preset_names, template_mismatch, template_record
 
 from pear_edge.eval.realqa import DISTRACTORS, HALVES
+from pear_edge.eval.shards import (SHARD_FILE, merge_shards, open_shard, parse_shard, parse_shard_file, run_identity,
+                                   save_shard, shard_indices)
 
 TASKS = ("mdqa", "counterfactual", "kv", "perplexity")
 
@@ -55,9 +58,20 @@ def add_commands(sub) -> None:
                    "(not spinning), torch threads (default: each runtime's own, about all cores)")
     p.add_argument("--batch", type=int, default=1,
                    help="torch: answer this many prompts at once (left-padded greedy batches; default: %(default)s)")
+    p.add_argument("--shard", type=_shard_option, metavar="I/N",
+                   help="answer only shard I of N (example k goes to shard k mod N + 1) into OUTDIR/shard.json; "
+                        "a rerun reuses its finished sides; join the N folders with `eval merge`")
     p.add_argument("-o", "--output", help="output folder")
     p.set_defaults(func=cmd_eval)
     eval_sub = p.add_subparsers(dest="eval_command", metavar="SUBCOMMAND")
+
+    m = eval_sub.add_parser("merge", help="join the shard folders of one `eval --shard I/N` run into its report",
+                            description="Check that the folders hold all N shards of one run (same settings, "
+                                        "models and examples, each once, each finished), then write the report "
+                                        "a single run writes: results.json, report.md, accuracy_by_position.png.")
+    m.add_argument("shards", nargs="+", metavar="SHARD_DIR", help="the -o folders of `eval --shard I/N`")
+    m.add_argument("-o", "--output", required=True, help="output folder (results.json, report.md, plot)")
+    m.set_defaults(func=cmd_merge)
 
     d = eval_sub.add_parser("make-data", help="write the built-in counterfactual or KV data set, or a real-text "
                                               "NQ half with distractors, as JSONL")
@@ -163,6 +177,13 @@ def _add_variant_options(p, model_help: str, records: int, kv_records: int, pass
     p.add_argument("--real-records", type=int, default=40, help="real validation questions (default: %(default)s)")
 
 
+def _shard_option(text: str) -> tuple[int, int]:
+    try:
+        return parse_shard(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _pairs(args) -> list[tuple[str, str]]:
     if len(args.base) != len(args.pear):
         raise PearError(f"give one --pear per --base (got {len(args.base)} --base and {len(args.pear)} --pear)")
@@ -203,7 +224,7 @@ def cmd_eval(args) -> int:
 
     from pear_edge.eval.backends import TorchBackend, check_backend_input, infer_kind, open_backend
     from pear_edge.eval.harness import paired_run
-    from pear_edge.eval.report import Run, gains_kept, write_report
+    from pear_edge.eval.report import Run
 
     if not args.task or not args.output:
         raise PearError("pear-edge eval needs --task and -o OUTDIR (or a subcommand: make-data, speed)")
@@ -221,14 +242,26 @@ def cmd_eval(args) -> int:
     settings = {"task": args.task, "data": args.data, "num_docs": args.num_docs, "seed": args.seed,
                 "distractors": args.distractors, "template": template_record(template), "limit": args.limit,
                 "prompt_format": args.prompt_format, "examples": len(examples)}
+    shard = _open_shard(args, settings, pairs, examples) if args.shard else None
+    if shard:
+        examples = [examples[k] for k in shard_indices(len(examples), shard.index, shard.count)]
     progress = not args.quiet
     runs = []
 
     def run(label, open_base, open_pear):
+        j = len(runs)
+
+        def record(side, results):  # a shard keeps each side as soon as it is done
+            shard.record(j, label, side, results)
+            save_shard(args.output, shard)
+
         base, pear, comparison = paired_run(open_base, open_pear, examples, args.task, args.max_tokens, progress,
-                                            settings, batch=args.batch, seed=args.seed)
+                                            settings, batch=args.batch, seed=args.seed,
+                                            done=shard.cached(j, label) if shard else (None, None),
+                                            on_result=record if shard else None)
         runs.append(Run(label, base, pear, comparison))
-        _print_comparison(label, comparison)
+        if not shard:
+            _print_comparison(label, comparison)
 
     if args.model:
         from pear_edge.runtime.models import load_model
@@ -248,12 +281,52 @@ def cmd_eval(args) -> int:
                                 template),
             lambda: warn_format(open_backend(pear, kind, threads=args.threads, prompt_format=args.prompt_format),
                                 template))
+    if shard:
+        print(f"wrote shard {shard.index}/{shard.count} ({len(examples)} of {settings['examples']} examples) to "
+              f"{save_shard(args.output, shard)}")
+        return 0
+    _write_runs(args.output, runs, settings)
+    return 0
+
+
+def _open_shard(args, settings: dict, pairs: list[tuple[str, str]], examples):
+    """The shard this `eval --shard I/N` fills in -o (its earlier file when it is of the same run)."""
+    index, count = args.shard
+    if index > len(examples):
+        raise PearError(f"--shard {index}/{count}: the run has only {len(examples)} examples; use N <= "
+                        f"{len(examples)}")
+    answering = {"model": args.model, "coefficients": args.coefficients, "fold": args.fold,
+                 "pairs": [list(p) for p in pairs], "backend": args.backend, "max_tokens": args.max_tokens,
+                 "batch": args.batch}
+    shard, reused = open_shard(Path(args.output), index, count,
+                               run_identity(settings, answering, [e.id for e in examples], count))
+    if reused:
+        print(f"pear-edge: note: shard {index}/{count}: reusing {reused} finished side(s) from "
+              f"{Path(args.output)}", file=sys.stderr)
+    return shard
+
+
+def _write_runs(output: str, runs: list, settings: dict) -> None:
+    """The gains kept across runs, printed, and the report written: what `eval` and `eval merge` end with."""
+    from pear_edge.eval.report import gains_kept, write_report
+
     for kept in (k for k in gains_kept(runs) if k.label != k.reference):
         share = "" if kept.share is None else f" ({kept.share:.0%} of it)"
         print(f"{kept.label}: Δ {100 * kept.delta:+.1f} pt vs {kept.reference}{share}, difference "
               f"{100 * kept.difference:+.1f} pt [{100 * kept.ci_low:+.1f}, {100 * kept.ci_high:+.1f}]")
-    written = write_report(args.output, runs, {"settings": settings})
+    written = write_report(output, runs, {"settings": settings})
     print("wrote " + ", ".join(map(str, written)))
+
+
+def cmd_merge(args) -> int:
+    from pear_edge.base.atomic import Kind, check_output
+
+    folders = [Path(f) for f in args.shards]
+    check_output(args.output, *folders, kind=Kind.REPORTS)
+    settings, runs = merge_shards([(f / SHARD_FILE, parse_shard_file(f / SHARD_FILE)) for f in folders])
+    for run in runs:
+        _print_comparison(run.label, run.comparison)
+    _write_runs(args.output, runs, settings)
     return 0
 
 

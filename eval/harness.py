@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from tqdm import tqdm
 
@@ -65,6 +65,17 @@ class EvalResults:
     def as_dict(self) -> dict[str, Any]:
         return {"task": self.task, "backend": self.backend, "settings": self.settings, "metric": self.metric,
                 "score": self.score, "by_position": self.by_position(), "items": [asdict(i) for i in self.items]}
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> "EvalResults":
+        """The inverse of `as_dict` (score and by_position are recomputed from the items).
+        Raises KeyError/TypeError/ValueError on a malformed document."""
+        if doc["metric"] == "perplexity":
+            items = [PassageResult(i["id"], float(i["nll"]), int(i["tokens"])) for i in doc["items"]]
+        else:
+            items = [ExampleResult(i["id"], i["position"], tuple(i["answers"]), i["output"], bool(i["correct"]),
+                                   i.get("timing")) for i in doc["items"]]
+        return cls(doc["task"], dict(doc["backend"]), items, dict(doc["settings"]))
 
 
 def evaluate(backend: Backend, examples: Sequence[QAExample | TextExample], task: str = "",
@@ -183,14 +194,23 @@ def paired_compare(base: EvalResults, pear: EvalResults, resamples: int = 10_000
 
 def paired_run(open_base, open_pear, examples: Sequence[QAExample | TextExample], task: str = "",
                max_tokens: int = DEFAULT_MAX_TOKENS, progress: bool = True, settings: dict[str, Any] | None = None,
-               batch: int = 1, seed: int = 0) -> tuple[EvalResults, EvalResults, Comparison]:
+               batch: int = 1, seed: int = 0, done: Sequence[EvalResults | None] = (None, None),
+               on_result: Callable[[int, EvalResults], None] | None = None
+               ) -> tuple[EvalResults, EvalResults, Comparison]:
     """Base then PEAR on the same examples (each backend opened, used and closed in turn), and their paired
-    comparison: the one "base vs PEAR over a task" loop behind eval, demo and calibrate --validate."""
+    comparison: the one "base vs PEAR over a task" loop behind eval, demo and calibrate --validate.
+    `done`: (base, PEAR) results of an earlier run of the same examples, reused instead of opening that
+    backend; `on_result(0 | 1, results)` is called as soon as each side's results exist (eval --shard)."""
     results = []
-    for opener in (open_base, open_pear):
+    for side, (opener, previous) in enumerate(zip((open_base, open_pear), done)):
+        if previous is not None:
+            results.append(previous)
+            continue
         backend = opener()
         try:
             results.append(evaluate(backend, examples, task, max_tokens, progress, settings, batch))
         finally:
             backend.close()
+        if on_result is not None:
+            on_result(side, results[-1])
     return results[0], results[1], paired_compare(results[0], results[1], seed=seed)

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from pear_edge.base.atomic import report_folder, write_text_atomic
 from pear_edge.runtime.device import cuda_requested, environment
 from pear_edge.base.errors import PearError
+from pear_edge.base.inputs import check_regular_file
 
 from pear_edge.eval.backends import infer_kind
 from pear_edge.eval.metrics import median_iqr
@@ -189,8 +190,8 @@ def measure_pairs(pairs: Sequence[Pair], rounds: int = 6, prompt_tokens: int | N
         raise PearError("prompt tokens, decoded tokens and repeats must be at least 1")
     for pair in pairs:
         for path in (pair.base, pair.pear):
-            if not Path(path).exists():
-                raise PearError(f"model {path} not found")
+            if not Path(path).is_dir():
+                check_regular_file(path, "model")
             if infer_kind(path) != pair.kind:
                 raise PearError(f"{path} is not a {pair.kind} model")
     report = SpeedReport({"rounds": rounds, "prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens,

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 17's GPU measurements in one go, on a machine with an NVIDIA GPU (set-up included):
+# The GPU measurements in one go, on a machine with an NVIDIA GPU (set-up included):
 #
 #   bash scripts/gpu_check.sh OUT [--dry-run]          (or: make gpu-check OUT=OUT)
 #
@@ -12,7 +12,9 @@
 #   environment  GPU and runtime versions as JSON (python -m pear_edge.runtime.device)   -> OUT/environment.json
 #   speed-gguf   default model, shipped Q4_1 patched with the shipped coefficients, and Q4_K_M, Q8_0 from
 #                llama.cpp's quantizer; every layer on the GPU; base vs patched     -> OUT/speed-gguf/
-#   calibrate    pear-edge calibrate --device cuda: wall time, peak RSS, peak GPU memory -> OUT/calibrate/
+#   calibrate    pear-edge calibrate --device cuda, frozen weights in fp32 and in bf16 (and, with 2+ GPUs,
+#                data-parallel over them with torchrun, NCCL): wall time, peak RSS, peak GPU memory, held-out
+#                loss, max coefficient change against the first run                 -> OUT/calibrate/
 #   speed-torch  the same comparison in torch (fp32) on the GPU                     -> OUT/speed-torch/
 #   speed-onnx   ONNX int8 on onnxruntime's CUDA execution provider                -> OUT/speed-onnx/
 # --dry-run prints the stages, their limits and commands, and runs nothing.
@@ -55,7 +57,10 @@ stage env 30 nvidia-smi
 stage setup 420 bash scripts/setup.sh --cuda
 stage environment 60 bash -c '"$1" -m pear_edge.runtime.device >"$2"' - "$PY" "$OUT/environment.json"
 stage speed-gguf 240 "${BENCH[@]}" --formats gguf,Q4_K_M,Q8_0 -o "$OUT/speed-gguf"
-stage calibrate 240 "$PY" -m pear_edge.eval.lab.bench_calibrate --run "cuda=--device cuda" -o "$OUT/calibrate"
+GPUS=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+RUNS=(--run "cuda-fp32=--device cuda --dtype fp32" --run "cuda-bf16=--device cuda --dtype bf16")
+[ "${GPUS:-0}" -ge 2 ] && RUNS+=(--run "nccl-$GPUS=--device cuda --dtype fp32 --ranks $GPUS")
+stage calibrate 300 "$PY" -m pear_edge.eval.lab.bench_calibrate "${RUNS[@]}" -o "$OUT/calibrate"
 stage speed-torch 150 "${BENCH[@]}" --formats torch -o "$OUT/speed-torch"
 stage speed-onnx 240 "${BENCH[@]}" --formats onnx-int8 -o "$OUT/speed-onnx"
 [ "$DRY" = 1 ] || echo "done in $((SECONDS - START)) s: $OUT/summary.tsv"

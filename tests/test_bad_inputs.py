@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import stat
 from pathlib import Path
 
 import pytest
@@ -203,13 +204,16 @@ def world(tmp_path_factory) -> dict[str, str]:
     (root / "empty.txt").write_text("")
     (root / "binary.bin").write_bytes(bytes(range(256)))
     (root / "junk.db").write_bytes(b"this is not a database" * 100)
+    os.mkfifo(root / "pipe.gguf")  # opening it to read would block until a writer comes
+    os.symlink(root / "gone.gguf", root / "dangling.gguf")
+    os.symlink(root / "gone", root / "dangling-folder")
     (root / "head-scores-nan.json").write_text(json.dumps(
         {"format": "pear-edge/head-scores", "version": 1, "model": json.loads(coeffs.to_json())["model"],
          "scores": [[0.1, 0.2, 0.3, 0.4], [0.1, 0.2, 0.3]], "settings": {}}))
     paths = {name: str(root / name) for name in (
         "tiny.gguf", "c.json", "patched.gguf", "other-layout.json", "truncated.gguf", "text.gguf", "hf",
         "patched-hf", "bad-patched-hf", "keep", "ours", "docs", "empty-docs", "notes.txt", "empty.txt",
-        "binary.bin", "junk.db", "head-scores-nan.json")}
+        "binary.bin", "junk.db", "head-scores-nan.json", "pipe.gguf", "dangling.gguf", "dangling-folder")}
     paths["new"] = str(root / "new")  # a fresh output path (file or folder)
     paths["root"] = str(root)
     coefficient_paths = _write_coefficient_cases(root / "coefficients", json.loads(coeffs.to_json()))
@@ -223,14 +227,21 @@ def world(tmp_path_factory) -> dict[str, str]:
 
 
 def snapshot(root: Path) -> dict[str, str]:
-    """Every path under `root` with its sha256 (files) or kind."""
+    """Every path under `root` with its sha256 (files), link target or kind (never opening a pipe)."""
     out = {}
     for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames:
-            out[os.path.relpath(os.path.join(dirpath, name), root)] = "folder"
-        for name in filenames:
+        for name in dirnames + filenames:
             path = os.path.join(dirpath, name)
-            out[os.path.relpath(path, root)] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+            mode = os.lstat(path).st_mode
+            if stat.S_ISLNK(mode):
+                kind = "link to " + os.readlink(path)
+            elif stat.S_ISDIR(mode):
+                kind = "folder"
+            elif stat.S_ISREG(mode):
+                kind = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+            else:
+                kind = f"special {stat.S_IFMT(mode)}"
+            out[os.path.relpath(path, root)] = kind
     return out
 
 
@@ -273,10 +284,16 @@ OTHER_CASES = [
     ("patch-gguf -o /dev/null", PATCH + ["/dev/null"], "not a regular file"),
     ("patch-gguf -o in /proc", PATCH + ["/proc/pear-edge-test.gguf"], "cannot write"),
     ("patch-gguf -o empty", PATCH + [""], "empty"),
+    ("patch-gguf -o a dangling link", PATCH + ["{dangling.gguf}"], "symbolic link to a missing file"),
+    ("patch-gguf -o under a dangling link", PATCH + ["{dangling-folder}/p.gguf"], "symbolic link to a missing folder"),
     # patch-gguf: inputs
     ("patch-gguf input missing", ["patch-gguf", "{root}/missing.gguf", "--coefficients", "{c.json}", "-o", "{new}"],
      "not found"),
     ("patch-gguf input folder", ["patch-gguf", "{keep}", "--coefficients", "{c.json}", "-o", "{new}"], "is a folder"),
+    ("patch-gguf input a pipe", ["patch-gguf", "{pipe.gguf}", "--coefficients", "{c.json}", "-o", "{new}"],
+     "is not a regular file"),
+    ("patch-gguf input /dev/null", ["patch-gguf", "/dev/null", "--coefficients", "{c.json}", "-o", "{new}"],
+     "is not a regular file"),
     ("patch-gguf input JSON (swapped)", ["patch-gguf", "{c.json}", "--coefficients", "{tiny.gguf}", "-o", "{new}"],
      "binary file"),
     ("patch-gguf input text .gguf", ["patch-gguf", "{text.gguf}", "--coefficients", "{c.json}", "-o", "{new}"],
@@ -303,6 +320,7 @@ OTHER_CASES = [
     ("fold -o inside the model folder", FOLD + ["{hf}/folded"], "inside input folder"),
     ("fold -o under a file", FOLD + ["{notes.txt}/folded"], "is a file, not a folder"),
     ("fold -o /dev/null", FOLD + ["/dev/null"], "is a file"),
+    ("fold -o a dangling link", FOLD + ["{dangling.gguf}"], "symbolic link to a missing file"),
     ("fold --model missing", ["fold", "--model", "{root}/nope", "--coefficients", "{c.json}", "-o", "{new}"],
      "not found"),
     ("fold --model folder without config", ["fold", "--model", "{keep}", "--coefficients", "{c.json}", "-o",
@@ -349,6 +367,9 @@ OTHER_CASES = [
     ("verify patched is JSON", ["verify", "{c.json}"], "neither a .gguf file"),
     ("verify unpatched without coefficients", ["verify", "{tiny.gguf}"], "no pear.coefficients"),
     ("verify truncated", ["verify", "{truncated.gguf}"], "truncated"),
+    ("verify a pipe", ["verify", "{pipe.gguf}"], "is not a regular file"),
+    ("verify /dev/null", ["verify", "/dev/null", "--coefficients", "{c.json}"], "is not a regular file"),
+    ("verify --base a pipe", ["verify", "{patched.gguf}", "--base", "{pipe.gguf}"], "is not a regular file"),
     ("verify --base patched", ["verify", "{patched.gguf}", "--base", "{patched.gguf}"], "itself PEAR-patched"),
     # info
     ("info missing", ["info", "{root}/nope.json"], "not found"),
@@ -356,6 +377,8 @@ OTHER_CASES = [
     ("info unknown file type", ["info", "{notes.txt}"], "unknown file type"),
     ("info text .gguf", ["info", "{text.gguf}"], "not a readable GGUF"),
     ("info truncated gguf", ["info", "{truncated.gguf}"], "truncated"),
+    ("info a pipe", ["info", "{pipe.gguf}"], "is not a regular file"),
+    ("info /dev/null", ["info", "/dev/null"], "is not a regular file"),
     ("info head scores of the wrong shape", ["info", "{head-scores-nan.json}"], "scores"),
     ("info folder with invalid coefficients", ["info", "{bad-patched-hf}"], "version"),
     # rag index / ask / pydoc-corpus
@@ -393,6 +416,10 @@ OTHER_CASES = [
                                "{new}"], "truncated"),
     ("eval --pear not a GGUF", ["eval", "--task", "kv", "--base", "{tiny.gguf}", "--pear", "{text.gguf}", "-o",
                                 "{new}"], "not a readable GGUF"),
+    ("eval --base a pipe", ["eval", "--task", "kv", "--base", "{pipe.gguf}", "--pear", "{patched.gguf}", "-o",
+                            "{new}"], "is not a regular file"),
+    ("eval --pear /dev/null", ["eval", "--task", "kv", "--base", "{tiny.gguf}", "--pear", "/dev/null", "-o",
+                               "{new}"], "is not a regular file"),
     ("eval --pear a user folder", ["eval", "--task", "kv", "--base", "{tiny.gguf}", "--pear", "{keep}", "-o",
                                    "{new}"], "no config.json"),
     ("eval without --task", ["eval", "--base", "{tiny.gguf}", "--pear", "{patched.gguf}", "-o", "{new}"], "--task"),
@@ -423,6 +450,7 @@ OTHER_CASES = [
     ("detect -o folder", ["detect", "--model", "{hf}", "-o", "{keep}"], "is a folder"),
     ("detect -o under a file", ["detect", "--model", "{hf}", "-o", "{notes.txt}/h.json"], "is a file, not a folder"),
     ("calibrate -o folder", ["calibrate", "--model", "{hf}", "-o", "{keep}"], "is a folder"),
+    ("calibrate --model a pipe", ["calibrate", "--model", "{pipe.gguf}", "-o", "{new}"], "is not a regular file"),
     ("calibrate -o the model", ["calibrate", "--model", "{tiny.gguf}", "-o", "{tiny.gguf}"], "same as input"),
     ("calibrate --recipe unknown", ["calibrate", "--model", "{hf}", "--recipe", "seal-h", "-o", "{new}"],
      "invalid choice"),

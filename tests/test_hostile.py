@@ -2,6 +2,7 @@
 closes the pipe. Each ends in one line (or, for the closed pipe, silently) and leaves every file as it was."""
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -69,12 +70,25 @@ def test_rag_index_never_reads_outside_its_folder(tmp_path):
     assert {p: p.read_bytes() for p in before} == before
 
 
-def test_rag_index_of_an_unlistable_folder_says_so(tmp_path):
+def test_rag_index_of_an_unlistable_folder_says_so(tmp_path, monkeypatch):
     from pear_edge.base.errors import PearError
     from pear_edge.rag.documents import scan_folder
 
     with pytest.raises(PearError, match="cannot list the documents folder"):
         scan_folder(tmp_path / "missing")
+    docs = tmp_path / "docs"
+    (docs / "locked").mkdir(parents=True)
+    (docs / "a.txt").write_text("alpha")
+    (docs / "locked" / "b.txt").write_text("beta")
+    denied = PermissionError(errno.EACCES, "Permission denied")  # chmod 000 does not stop root
+    scandir = os.scandir
+    monkeypatch.setattr(os, "scandir", lambda path: (_ for _ in ()).throw(denied) if os.path.basename(path) == "locked"
+                        else scandir(path))
+    scan = scan_folder(docs)  # an unreadable subfolder is said, not skipped silently
+    assert [f.path for f in scan.files] == ["a.txt"] and scan.skipped == ["locked/: cannot list (Permission denied)"]
+    monkeypatch.setattr(os, "listdir", lambda path: (_ for _ in ()).throw(denied))
+    with pytest.raises(PearError, match=r"cannot list the documents folder .*docs \(Permission denied\)"):
+        scan_folder(docs)  # it said "no .txt/.md text files to index"
 
 
 @pytest.mark.slow

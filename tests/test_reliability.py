@@ -19,8 +19,11 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as T
 from gguf_tiny import coefficients_for, write_tiny_gguf
+from tiny import save_tiny_llama
 
-from pear_edge.base.atomic import MARKER, Kind, atomic_dir, check_output, remove_stale_temporaries
+from pear_edge.base.atomic import (MARKER, WRITTEN, Kind, atomic_dir, check_output, remove_stale_temporaries,
+                                   scratch_dir, write_text_atomic)
+from pear_edge.base.chatter import held_stderr
 from pear_edge.cli import main
 from pear_edge.edits.coefficients import MAX_COEFFICIENT, Coefficients
 from pear_edge.base.errors import PearError
@@ -226,6 +229,16 @@ def test_failed_write_removes_temporary_and_created_parents(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_what_is_written_inside_a_temporary_folder_is_not_reported_as_an_output(tmp_path):
+    WRITTEN.clear()
+    out = tmp_path / "out"
+    with atomic_dir(out) as tmp, scratch_dir(out) as scratch:
+        write_text_atomic(scratch / "part.json", "{}")
+        write_text_atomic(tmp / "inside.json", "{}")
+    assert WRITTEN == [out]  # an interrupt now says this one output, not the scratch file that is gone
+    WRITTEN.clear()
+
+
 def test_disk_full_during_patch_gguf(tiny, tmp_path, capsys, monkeypatch):
     import pear_edge.converters.gguf_patch as gguf_patch
 
@@ -245,12 +258,17 @@ def test_disk_full_during_patch_gguf(tiny, tmp_path, capsys, monkeypatch):
 # --------------------------------------------------------------------------- interrupted runs
 
 SLOW_RUN = """
-import sys, time
+import signal, sys, time
 from pathlib import Path
 import numpy as np
 import {module} as target
 from pear_edge.rag.embed import EMBEDDING_DIM, Embedder
 
+# a terminal's dispositions, whatever the test runner ignores (nohup, a background job)
+signal.signal(signal.SIGINT, signal.default_int_handler)
+signal.signal(signal.SIGTERM, signal.SIG_DFL)
+signal.signal(signal.SIGHUP, signal.SIG_DFL)
+READY = sys.argv.pop(1)
 Embedder.embed = lambda self, texts: np.full((len(texts), EMBEDDING_DIM), EMBEDDING_DIM ** -0.5, np.float32)
 real = target.{function}
 
@@ -258,25 +276,27 @@ def slow(*args, **kwargs):  # do part of the writing, then hang: the signal land
     real(*args, **kwargs)
     if hasattr(args[0], "flush"):
         args[0].flush()
-    with open(sys.argv[1], "w") as fh:
+    with open(READY, "w") as fh:
         fh.write("writing")
     time.sleep(120)
 
 target.{function} = slow
+{extra}
 from pear_edge.cli import main
-sys.exit(main(sys.argv[2:]))
+sys.exit(main())  # as the program: its own command line and signals
 """
 # Where each command writes its output, and the function slowed down there.
 SLOW_POINTS = {"patch-gguf": ("pear_edge.converters.gguf_layout", "_copy"),
                "index": ("pear_edge.rag.index", "_insert_file"),
                "pydoc-corpus": ("pathlib", "Path.write_text"),
-               "fold": ("pear_edge.edits.coefficients", "Coefficients.save")}
+               "fold": ("pear_edge.edits.coefficients", "Coefficients.save"),
+               "export": ("pear_edge.converters.onnx_export", "_optimum_export")}
 
 
-def _start_slow(tmp_path: Path, argv: list[str]) -> subprocess.Popen:
+def _start_slow(tmp_path: Path, argv: list[str], extra: str = "") -> subprocess.Popen:
     module, function = SLOW_POINTS[argv[1] if argv[0] == "rag" else argv[0]]
     script = tmp_path / "slow_run.py"
-    script.write_text(SLOW_RUN.format(module=module, function=function))
+    script.write_text(SLOW_RUN.format(module=module, function=function, extra=extra))
     ready = tmp_path / "ready"
     ready.unlink(missing_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
@@ -317,6 +337,116 @@ def test_sigterm_and_sighup_leave_nothing(tiny, tmp_path, sig):
     assert lines == [f"pear-edge: interrupted ({signal.Signals(sig).name}); no output was written"], err
     assert "Traceback" not in err
     assert not out.exists() and _temporaries(tmp_path, out) == []
+
+
+SLOW_CLEAN_UP = """
+import pear_edge.base.atomic as atomic
+real_remove = atomic._remove
+
+def slow_remove(path):  # the clean-up takes a while: the further signals land in it
+    with open(READY + ".cleaning", "w") as fh:
+        fh.write("cleaning")
+    time.sleep(2)
+    real_remove(path)
+
+atomic._remove = slow_remove
+"""
+
+
+def test_further_signals_cannot_cut_the_clean_up_short(tiny, tmp_path):
+    src, coeffs = tiny
+    out = tmp_path / "p.gguf"
+    proc = _start_slow(tmp_path, _patch_argv(src, coeffs, out), extra=SLOW_CLEAN_UP)
+    proc.send_signal(signal.SIGINT)
+    cleaning = tmp_path / "ready.cleaning"
+    deadline = time.monotonic() + 60
+    while not cleaning.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.02)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGINT):
+        proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGINT, err
+    assert err.splitlines() == ["pear-edge: interrupted (SIGINT); no output was written"], err
+    cleaning.unlink()
+    assert not out.exists() and _temporaries(tmp_path, out) == []
+
+
+LATE_EXIT = """
+import atexit
+target._copy = real  # patch-gguf runs to its end
+
+def slow_exit():  # the command has finished; ending the process takes a while (as torch's teardown does)
+    with open(READY, "w") as fh:
+        fh.write("exiting")
+    time.sleep(2)
+
+atexit.register(slow_exit)
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_after_the_command_has_finished_does_not_kill_the_exiting_process(tiny, tmp_path, sig):
+    src, coeffs = tiny
+    out = tmp_path / "p.gguf"
+    proc = _start_slow(tmp_path, _patch_argv(src, coeffs, out), extra=LATE_EXIT)
+    proc.send_signal(sig)
+    stdout, err = proc.communicate(timeout=60)
+    assert (proc.returncode, err) == (0, ""), stdout  # it died without a word (exit -2, -15)
+    assert "patched" in stdout and out.read_bytes()[:4] == b"GGUF" and _temporaries(tmp_path, out) == []
+
+
+def test_in_process_the_signal_handlers_are_given_back(capsys):
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    before = [signal.getsignal(s) for s in signals]
+    assert main(["profiles"]) == 0
+    assert [signal.getsignal(s) for s in signals] == before
+    capsys.readouterr()
+
+
+LIBRARY_CHATTER = """
+import logging, os, warnings
+real_export = real
+
+def chatty(*args, **kwargs):  # what torch, transformers and optimum print on the way, by every route
+    warnings.warn("a library's UserWarning")
+    logging.getLogger("transformers.modeling_utils").warning("a library's log warning")
+    os.write(2, b"a library's C++ warning\\n")
+    real_export(*args, **kwargs)
+
+real = chatty
+"""
+
+
+def _digest(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_export_onnx_interrupted_says_its_one_line_only(tmp_path):
+    hf = save_tiny_llama(tmp_path / "hf")
+    before = _digest(hf)
+    out = tmp_path / "onnx"
+    proc = _start_slow(tmp_path, ["export", "onnx", "--model", str(hf), "-o", str(out)], extra=LIBRARY_CHATTER)
+    assert _temporaries(tmp_path, out)  # the ONNX model is in the scratch folder, the warnings were printed
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGINT, err
+    assert err.splitlines() == ["pear-edge: interrupted (SIGINT); no output was written"], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"] and _digest(hf) == before
+
+
+def test_library_chatter_shows_once_its_step_succeeds_and_is_dropped_if_it_fails(capfd):
+    with held_stderr():
+        os.write(2, b"lib: one\n")
+        assert capfd.readouterr().err == ""
+    assert capfd.readouterr().err == "lib: one\n"
+    with pytest.raises(PearError):
+        with held_stderr():
+            os.write(2, b"lib: two\n")
+            raise PearError("bad input")
+    assert capfd.readouterr().err == ""
+    os.write(2, b"after\n")
+    assert capfd.readouterr().err == "after\n"
 
 
 def test_next_run_removes_a_killed_runs_temporary_only(tiny, tmp_path, capsys):

@@ -86,6 +86,9 @@ def _check_existing(out: Path, kind: Kind, replace: bool) -> None:
     """Refuse to write over anything that is not ours to replace."""
     if not out.exists() and not out.is_symlink():
         return
+    if not out.exists():
+        raise PearError(f"output {out} is a symbolic link to a missing file ({os.readlink(out)}); remove it or "
+                        f"choose another path")
     try:
         mode = out.stat().st_mode
     except OSError as exc:
@@ -118,6 +121,9 @@ def _existing_ancestor(path: Path) -> Path:
         if parent == parent.parent:
             break
         parent = parent.parent
+    if parent.is_symlink() and not parent.exists():
+        raise PearError(f"cannot write {path}: {parent} is a symbolic link to a missing folder "
+                        f"({os.readlink(parent)}); remove it or choose another path")
     if not parent.is_dir():
         raise PearError(f"cannot write {path}: {parent} is a file, not a folder")
     return parent
@@ -259,6 +265,8 @@ def _temporary(target: Path, make, kind: Kind, replace: bool = False) -> Iterato
             raise write_error(target, exc) from None
         raise
     finally:
+        if tmp is not None:
+            _forget_inside(tmp)
         if not committed:
             if tmp is not None:
                 _remove(tmp)
@@ -267,6 +275,12 @@ def _temporary(target: Path, make, kind: Kind, replace: bool = False) -> Iterato
 
 WRITTEN: list[Path] = []
 """The outputs this process has put in place, in order (what an interrupted command says it left)."""
+
+
+def _forget_inside(folder: Path) -> None:
+    """What was written inside a temporary folder is no output of its own: it is gone, or part of the output
+    the folder became."""
+    WRITTEN[:] = [path for path in WRITTEN if not _inside(path, folder)]
 
 
 def _commit(tmp: Path, target: Path, kind: Kind, replace: bool) -> None:
@@ -331,6 +345,7 @@ def scratch_dir(target: str | os.PathLike) -> Iterator[Path]:
         yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        _forget_inside(tmp)
 
 
 def report_folder(path: str | os.PathLike) -> Path:

@@ -1,5 +1,6 @@
-"""Reading small text inputs (JSON, prompt lists) with one-line errors: missing, a folder, unreadable,
-binary or not UTF-8, or too large to be what it claims to be."""
+"""Input files checked with one-line errors: missing, a folder, a pipe or device (which would block or never
+end); small text inputs (JSON, prompt lists) also unreadable, binary or not UTF-8, or too large to be what
+they claim to be."""
 from __future__ import annotations
 
 import os
@@ -10,8 +11,9 @@ from pear_edge.base.errors import PearError
 MAX_TEXT_BYTES = 64 << 20
 
 
-def read_text(path: str | os.PathLike, what: str, max_bytes: int = MAX_TEXT_BYTES) -> str:
-    """The UTF-8 text of the file `path`, described as `what` ("coefficients file") in errors."""
+def check_regular_file(path: str | os.PathLike, what: str) -> Path:
+    """`path` as a Path if it is a regular file (or a link to one), described as `what` ("GGUF file") in the
+    one-line error when it is missing, a folder, or a pipe, socket or device."""
     p = Path(path)
     if not p.exists():
         raise PearError(f"{what} {p} not found")
@@ -19,6 +21,12 @@ def read_text(path: str | os.PathLike, what: str, max_bytes: int = MAX_TEXT_BYTE
         raise PearError(f"{what} {p} is a folder, not a file")
     if not p.is_file():  # a pipe would block the read forever, a device never end
         raise PearError(f"{what} {p} is not a regular file (a pipe, socket or device); give a file")
+    return p
+
+
+def read_text(path: str | os.PathLike, what: str, max_bytes: int = MAX_TEXT_BYTES) -> str:
+    """The UTF-8 text of the file `path`, described as `what` ("coefficients file") in errors."""
+    p = check_regular_file(path, what)
     try:
         with p.open("rb") as fh:
             data = fh.read(max_bytes + 1)

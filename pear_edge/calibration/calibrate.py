@@ -26,6 +26,7 @@ from pear_edge.calibration.train import (TrainSettings, check_prompt_settings, h
 from pear_edge.data.templates import resolve_template
 from pear_edge.edits.coefficients import qk_factor_map
 from pear_edge.edits.heads import scale_qk_channels
+from pear_edge.runtime.precision import weights_dtype
 
 
 @dataclass
@@ -269,6 +270,7 @@ def _with_calibration_record(coeffs: Coefficients, scores: HeadScores, settings:
                           "train_seconds": coeffs.calibration.get("train_seconds"),
                           "loss_curve": coeffs.calibration.get("loss_curve"),
                           "guard_curve": coeffs.calibration.get("guard_curve"),
+                          "weights_dtype": coeffs.calibration.get("weights_dtype"),
                           **prompt_format_record(proxy)}
     return coeffs
 
@@ -366,7 +368,8 @@ def run_recipe(loaded, settings, progress: bool = True, proxy=None, detect=None,
             heads, channels = learned.heads, learned.o_proj_channels
             calibration, metrics = learned.calibration, learned.metrics
         else:
-            heads, channels, calibration = [], [], {**settings.as_record(), **prompt_format_record(proxy)}
+            heads, channels, calibration = [], [], {**settings.as_record(), **prompt_format_record(proxy),
+                                                    "weights_dtype": weights_dtype(loaded.model)}
             after = proxy.evaluate(loaded.model, held_out)
             metrics = {"held_out_proxy": held_out_record(proxy, after, after, len(held_out))}
     if qk:  # "before" is the unedited model, whatever the recipe did first

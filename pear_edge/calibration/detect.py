@@ -24,8 +24,9 @@ from tqdm.auto import tqdm
 from pear_edge.base.atomic import write_text_atomic
 from pear_edge.edits.coefficients import ModelFingerprint
 from pear_edge.base.errors import PearError
-from pear_edge.edits.heads import edit_heads
-from pear_edge.calibration.proxy import ProxyVocab, model_device, proxy_batch
+from pear_edge.edits.heads import edit_heads, scale_heads
+from pear_edge.calibration.proxy import CopyProxy, ProxyVocab, backward_in_parts, model_device, proxy_batch
+from pear_edge.runtime.distributed import backward_shared, parts_per_rank
 
 METHODS = ("exact", "attribution", "gradient")
 # What a score measures, by detection method: the heatmap's colour-bar label.
@@ -249,9 +250,6 @@ def scale_gradient_scores(loaded, proxy, batches: int, seed: int = 0, progress: 
                           micro_batch: int = 0) -> torch.Tensor:
     """d(loss)/d(scale) of every head at scale 1, averaged over `batches` proxy batches (each backpropagated
     `micro_batch` prompts at a time, the same gradient: proxy.backward_in_parts)."""
-    from pear_edge.edits.heads import scale_heads
-    from pear_edge.calibration.proxy import backward_in_parts
-
     adapter = loaded.adapter
     heads = [(l, h) for l in range(adapter.num_layers) for h in range(adapter.num_heads)]
     values = torch.ones(len(heads), device=model_device(loaded.model), requires_grad=True)
@@ -259,7 +257,9 @@ def scale_gradient_scores(loaded, proxy, batches: int, seed: int = 0, progress: 
     with scale_heads(adapter, heads=heads, values=values), torch.enable_grad():
         for _ in tqdm(range(batches), desc=f"detect (gradient, {proxy.name} proxy)", disable=not progress):
             batch = proxy.sample(gen)
-            backward_in_parts(lambda part: proxy.loss(loaded.model, part), proxy.parts(batch, micro_batch), 1 / batches)
+            parts = proxy.parts(batch, parts_per_rank(proxy.batch, micro_batch))
+            backward_shared(lambda mine: backward_in_parts(lambda part: proxy.loss(loaded.model, part), mine, 1 / batches),
+                            parts, [values])
     return values.grad.detach().cpu().view(adapter.num_layers, adapter.num_heads)
 
 
@@ -269,8 +269,6 @@ def detect(loaded, method: str = "exact", lengths: tuple[int, ...] = (15, 25, 50
     """Score every head of `loaded` (a models.LoadedModel) as a suppressor; `proxy` is used by
     method="gradient" (default: the copy proxy with n = max(lengths))."""
     if method == "gradient":
-        from pear_edge.calibration.proxy import CopyProxy
-
         proxy = proxy or CopyProxy(loaded, max(lengths), batch)
         scores = scale_gradient_scores(loaded, proxy, gradient_batches, seed, progress, micro_batch)
         settings = {"method": method, **proxy.describe(), "batches": gradient_batches, "seed": seed}

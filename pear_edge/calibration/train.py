@@ -28,6 +28,8 @@ from pear_edge.data.prompts import PROMPT_FORMAT_KEY
 from pear_edge.data.template_family import DEFAULT_FAMILY, proxy_family
 from pear_edge.data.templates import TEMPLATE_KEY, resolve_template
 from pear_edge.calibration.proxy import backward_in_parts, model_device
+from pear_edge.runtime.distributed import backward_shared, parts_per_rank
+from pear_edge.runtime.precision import weights_dtype
 
 CONSTRAINTS = {"none": (-math.inf, math.inf), "le1": (-math.inf, 1.0), "unit": (0.0, 1.0)}
 PROXIES = ("copy", "mdqa", "passage", "cloze")
@@ -138,22 +140,28 @@ def train_coefficients(loaded, heads: list[tuple[int, int, float]], settings: Tr
     losses, guard_losses = [], []
     start = time.perf_counter()
     recompute = checkpointed_layers(adapter.layers) if settings.checkpoint else contextlib.nullcontext()
+    micro = parts_per_rank(settings.batch, settings.micro_batch)
+    guard_micro = parts_per_rank(settings.guard_batch, settings.micro_batch)
     with scale_heads(adapter, heads=keys, values=values), recompute, torch.enable_grad():
         bar = tqdm(range(settings.steps), desc=f"train ({proxy.name} proxy)", disable=not progress)
         for _ in bar:
             # objective = proxy loss + pull * sum((c - 1)^2) + guard * LM loss, backpropagated term by term
             # (and the batches part by part, settings.micro_batch): the same gradient, less memory.
+            # Under torchrun every rank samples the same batch and backpropagates its share of the parts;
+            # backward_shared sums the gradients over ranks (distributed.py).
             optim.zero_grad()
             batch = proxy.sample(gen)
-            loss = backward_in_parts(lambda part: proxy.loss(model, part), proxy.parts(batch, settings.micro_batch))
+            loss = backward_shared(lambda mine: backward_in_parts(lambda part: proxy.loss(model, part), mine),
+                                   proxy.parts(batch, micro), [values])
             if on_first_gradient is not None and not losses:
                 on_first_gradient(values.grad.detach().clone())
             if settings.pull:
                 (settings.pull * ((values - 1) ** 2).sum()).backward()
             if guard is not None:
                 windows = guard.sample(gen)
-                guard_losses.append(backward_in_parts(lambda part: guard.loss(model, part),
-                                                      guard.parts(windows, settings.micro_batch), settings.guard))
+                guard_losses.append(backward_shared(
+                    lambda mine: backward_in_parts(lambda part: guard.loss(model, part), mine, settings.guard),
+                    guard.parts(windows, guard_micro), [values]))
             optim.step()
             with torch.no_grad():
                 values.clamp_(low, high)
@@ -167,7 +175,8 @@ def train_coefficients(loaded, heads: list[tuple[int, int, float]], settings: Tr
     trained = values.detach().cpu().tolist()
     coeffs = [] if per_channel else [HeadCoefficient(l, h, float(c), float(s)) for (l, h, s), c in zip(heads, trained)]
     channels = channel_scales(keys, trained, adapter.num_heads, adapter.head_dim) if per_channel else []
-    calibration = {**settings.__dict__, "train_seconds": round(seconds, 1), "loss_curve": [round(x, 4) for x in losses],
+    calibration = {**settings.__dict__, "weights_dtype": weights_dtype(model), "train_seconds": round(seconds, 1),
+                   "loss_curve": [round(x, 4) for x in losses],
                    "guard_curve": [round(x, 4) for x in guard_losses], **prompt_format_record(proxy)}
     metrics = {"held_out_proxy": held_out_record(proxy, before, after, len(held_out))}
     return Coefficients(loaded.fingerprint(), coeffs, calibration, metrics, o_proj_channels=channels)

@@ -8,11 +8,12 @@ import signal
 import sys
 
 from pear_edge.base import atomic
+from pear_edge.base.chatter import release_stderr
 from pear_edge.base.errors import PearError
 from pear_edge.calibration.options import add_options
 from pear_edge.cli.commands import (ArgumentParser, Interrupted, _add_model, add_calibrate_options, add_force_option,
                                     cmd_fold, cmd_info, cmd_profiles, cmd_detect, cmd_train,
-                                    signals_as_interrupts)
+                                    ignore_interrupt_signals, signals_as_interrupts)
 from pear_edge.converters import cli as converters_cli
 from pear_edge.eval import cli as eval_cli
 from pear_edge.rag import cli as rag_cli
@@ -70,34 +71,44 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; `argv` None: pear-edge is the program (its own command line, its own signals)."""
     atomic.WRITTEN.clear()
+    with signals_as_interrupts(restore=argv is not None):
+        try:
+            try:
+                return _run(argv)
+            finally:
+                ignore_interrupt_signals()  # the command has ended: nothing may cut its one line short
+        except BrokenPipeError:  # `pear-edge info F | head -1`: end quietly, as Unix tools do
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 128 + signal.SIGPIPE
+        except PearError as exc:
+            return _say(f"pear-edge: error: {exc}", 2)
+        except OSError as exc:  # an environment problem nobody turned into a PearError: still one line
+            where = f" ({exc.filename})" if exc.filename else ""
+            return _say(f"pear-edge: error: {exc.strerror or exc}{where}", 2)
+        except RecursionError:
+            return _say("pear-edge: error: input nested too deeply to read", 2)
+        except KeyboardInterrupt as exc:
+            signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+            left = (f"{len(atomic.WRITTEN)} output(s) were complete before it, the last {atomic.WRITTEN[-1]}"
+                    if atomic.WRITTEN else "no output was written")
+            return _say(f"pear-edge: interrupted ({signal.Signals(signum).name}); {left}", 128 + signum)
+
+
+def _run(argv: list[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2, already printed)
         return exc.code if isinstance(exc.code, int) else 2
-    try:
-        with signals_as_interrupts():
-            code = args.func(args)
-            sys.stdout.flush()  # a reader that went away is noticed here, inside the handlers below
-            return code
-    except BrokenPipeError:  # `pear-edge info F | head -1`: end quietly, as Unix tools do
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 128 + signal.SIGPIPE
-    except PearError as exc:
-        print(f"pear-edge: error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # an environment problem nobody turned into a PearError: still one line
-        where = f" ({exc.filename})" if exc.filename else ""
-        print(f"pear-edge: error: {exc.strerror or exc}{where}", file=sys.stderr)
-        return 2
-    except RecursionError:
-        print("pear-edge: error: input nested too deeply to read", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt as exc:
-        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
-        left = (f"{len(atomic.WRITTEN)} output(s) were complete before it, the last {atomic.WRITTEN[-1]}"
-                if atomic.WRITTEN else "no output was written")
-        print(f"pear-edge: interrupted ({signal.Signals(signum).name}); {left}", file=sys.stderr)
-        return 128 + signum
+    code = args.func(args)
+    sys.stdout.flush()  # a reader that went away is noticed here, inside main's handlers
+    return code
 
+
+def _say(line: str, code: int) -> int:
+    """The failed or interrupted command's one line on stderr (library chatter held back is dropped)."""
+    release_stderr()
+    print(line, file=sys.stderr)
+    return code

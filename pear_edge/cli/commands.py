@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from pear_edge.base.errors import PearError
-from pear_edge.calibration.options import add_options
+from pear_edge.calibration.options import add_options, on_off
 
 
 def _add_model(p: argparse.ArgumentParser, device: bool = False) -> None:
@@ -19,7 +19,28 @@ def _add_model(p: argparse.ArgumentParser, device: bool = False) -> None:
                    help="'default' (SmolLM2-135M-Instruct), 'gemma3-270m', a Hugging Face folder or a .gguf file")
     if device:
         p.add_argument("--device", default="cpu",
-                       help="torch device for detection and training: cpu (default), cuda, auto (a GPU if any)")
+                       help="torch device for detection and training: cpu (default), cuda, auto (a GPU if any); "
+                            "under torchrun each rank takes cuda:LOCAL_RANK")
+        p.add_argument("--dtype", default="auto",
+                       help="precision of the frozen weights during detection and training: auto, float32 (fp32), "
+                            "bfloat16 (bf16) or float16 (fp16); the coefficients stay fp32 and fold into the "
+                            "original weights. auto = bf16 on a GPU that runs it, else fp32 (default: %(default)s)")
+        p.add_argument("--shard-weights", type=on_off, default=False, metavar="on|off",
+                       help="under torchrun: each rank holds 1/N of the frozen weights (FSDP), for a model that "
+                            "does not fit one device or one machine (default: off, every rank holds them all)")
+
+
+def _load(args):
+    """The model of --model on this rank's --device, its frozen weights in --dtype."""
+    from pear_edge.runtime.distributed import rank_device, shard_weights
+    from pear_edge.runtime.models import load_model
+    from pear_edge.runtime.precision import resolve_dtype
+
+    device = rank_device(args.device)
+    loaded = load_model(args.model, dtype=resolve_dtype(args.dtype, device), device=device)
+    if args.shard_weights:
+        shard_weights(loaded)
+    return loaded
 
 
 def add_force_option(p: argparse.ArgumentParser) -> None:
@@ -47,7 +68,9 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def _progress(args) -> bool:
-    return not args.quiet
+    from pear_edge.runtime.distributed import is_main
+
+    return not args.quiet and is_main()
 
 
 def _settings(args):
@@ -68,16 +91,19 @@ def cmd_profiles(args) -> int:
 
 
 def cmd_detect(args) -> int:
+    from pear_edge.runtime.distributed import is_main, process_group
     from pear_edge.base.atomic import check_output_path
     from pear_edge.calibration.calibrate import detect_heads
-    from pear_edge.runtime.models import load_model, resolve_spec
+    from pear_edge.runtime.models import resolve_spec
 
     source = resolve_spec(args.model)
     for path in (args.output, Path(args.output).with_suffix(".png")):
         check_output_path(path, source)
     settings = _settings(args)
-    loaded = load_model(args.model, device=args.device)
-    scores = detect_heads(loaded, settings, progress=_progress(args))
+    with process_group(args.device):
+        scores = detect_heads(_load(args), settings, progress=_progress(args))
+    if not is_main():
+        return 0
     written = scores.save(args.output, top_k=args.plot_top)
     top = ", ".join(f"L{l}H{h} {s:+.3f}" for l, h, s in scores.top(5))
     print(f"top suppressors: {top}")
@@ -86,19 +112,24 @@ def cmd_detect(args) -> int:
 
 
 def cmd_train(args) -> int:
+    from pear_edge.runtime.distributed import is_main, process_group
     from pear_edge.base.atomic import check_output_path
     from pear_edge.calibration.calibrate import train_from_scores
     from pear_edge.calibration.detect import HeadScores
-    from pear_edge.runtime.models import load_model, resolve_spec
+    from pear_edge.runtime.models import resolve_spec
 
     check_output_path(args.output, resolve_spec(args.model), args.heads)
     scores = HeadScores.load(args.heads)
-    loaded = load_model(args.model, device=args.device)
-    _note_caveat(loaded)
-    scores.model.check_matches(loaded.fingerprint(), what=args.model)
     settings = _settings(args)
-    unvalidated = _warn_unvalidated(loaded, settings)
-    coeffs = train_from_scores(loaded, scores, settings, progress=_progress(args))
+    with process_group(args.device):
+        loaded = _load(args)
+        scores.model.check_matches(loaded.fingerprint(), what=args.model)
+        if is_main():
+            _note_caveat(loaded)
+        unvalidated = _warn_unvalidated(loaded, settings) if is_main() else None
+        coeffs = train_from_scores(loaded, scores, settings, progress=_progress(args))
+    if not is_main():
+        return 0
     coeffs.calibration["validated"] = unvalidated is None
     coeffs.save(args.output)
     _print_summary(coeffs)
@@ -107,9 +138,10 @@ def cmd_train(args) -> int:
 
 
 def cmd_calibrate(args) -> int:
+    from pear_edge.runtime.distributed import barrier, is_main, process_group, world
     from pear_edge.base.atomic import check_output_path
     from pear_edge.calibration.calibrate import calibrate
-    from pear_edge.runtime.models import load_model, resolve_spec
+    from pear_edge.runtime.models import resolve_spec
     from pear_edge.calibration.proxy import model_device
     from pear_edge.runtime.timing import cost_summary, run_cost
 
@@ -123,19 +155,30 @@ def cmd_calibrate(args) -> int:
     for path in (heads_path, heads_path.with_suffix(".png")):
         check_output_path(path, *inputs)
     settings = _settings(args)
-    loaded = load_model(args.model, device=args.device)
-    load_seconds = round(time.perf_counter() - start, 1)
-    _note_caveat(loaded)
-    _warn_unvalidated(loaded, settings)  # run_recipe records it as calibration.validated
-    written = []  # the head scores of the learned recipes, saved as soon as they exist
-    coeffs = calibrate(loaded, settings, progress=_progress(args),
-                       on_scores=lambda scores: written.extend(scores.save(heads_path, top_k=settings.top_k)))
+    with process_group(args.device):  # under torchrun: data-parallel over the ranks; rank 0 writes
+        loaded = _load(args)
+        load_seconds = round(time.perf_counter() - start, 1)
+        if is_main():
+            _note_caveat(loaded)
+            _warn_unvalidated(loaded, settings)  # run_recipe records it as calibration.validated
+        written = []  # the head scores of the learned recipes, saved as soon as they exist
+
+        def save_scores(scores) -> None:
+            if is_main():
+                written.extend(scores.save(heads_path, top_k=settings.top_k))
+
+        coeffs = calibrate(loaded, settings, progress=_progress(args), on_scores=save_scores)
+        ranks = world()
+        barrier()
+    if not is_main():
+        return 0
     if args.validate:
         from pear_edge.eval.validate import validate_coefficients
 
         coeffs.metrics["validation"] = validate_coefficients(loaded, coeffs, args.validate, seed=args.seed,
                                                              progress=_progress(args))
-    coeffs.calibration["cost"] = {**run_cost(start, model_device(loaded.model)), "load_seconds": load_seconds}
+    coeffs.calibration["cost"] = {**run_cost(start, model_device(loaded.model)), "load_seconds": load_seconds,
+                                  "ranks": ranks}
     coeffs.calibration["wall_seconds"] = coeffs.calibration["cost"]["wall_seconds"]
     coeffs.save(out)
     _print_summary(coeffs)
@@ -206,6 +249,21 @@ def _print_summary(coeffs) -> None:
     print(coeffs.summary())
 
 
+def _fold_streaming(source: Path, coeffs, args):
+    """`fold` of a Hugging Face folder tensor by tensor (pear_edge.runtime.streaming); None, after a note, for
+    a folder it cannot read that way (then the model is folded in memory)."""
+    from pear_edge.runtime.streaming import NotStreamable, fold_folder
+
+    try:
+        streamed = fold_folder(source, coeffs, args.output, replace=args.force)
+    except NotStreamable as why:
+        print(f"pear-edge: note: folding in memory: {why}", file=sys.stderr)
+        return None
+    if streamed.left_out:
+        print(f"pear-edge: note: not copied from {source}: {', '.join(streamed.left_out)}", file=sys.stderr)
+    return streamed
+
+
 def cmd_fold(args) -> int:
     from pear_edge.base.atomic import Kind, check_output
     from pear_edge.edits.coefficients import Coefficients
@@ -216,9 +274,14 @@ def cmd_fold(args) -> int:
     check_output(args.output, source, args.coefficients, kind=Kind.FOLDER, replace=args.force)
     check_not_patched(source)
     coeffs = Coefficients.load(args.coefficients)
-    loaded = load_model(args.model)
-    match = fold_model(loaded, coeffs)
-    out = save_folded(loaded, coeffs, args.output, replace=args.force)
+    # a Hugging Face folder is folded tensor by tensor; a GGUF is dequantized in memory anyway
+    streamed = _fold_streaming(source, coeffs, args) if source.is_dir() else None
+    if streamed:
+        match, out = streamed.match, streamed.output
+    else:
+        loaded = load_model(args.model)
+        match = fold_model(loaded, coeffs)
+        out = save_folded(loaded, coeffs, args.output, replace=args.force)
     print(f"folded {coeffs.describe_edits()} ({match} model match) -> {out}")
     return 0
 
@@ -231,36 +294,51 @@ def cmd_info(args) -> int:
 
 
 class Interrupted(KeyboardInterrupt):
-    """SIGTERM/SIGHUP, raised like Ctrl-C so that every temporary output is removed on the way out."""
+    """SIGINT/SIGTERM/SIGHUP, raised like Ctrl-C so that every temporary output is removed on the way out."""
 
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
 
 
-INTERRUPT_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n))
+INTERRUPT_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
+
+
+def ignore_interrupt_signals() -> None:
+    """From here on SIGINT, SIGTERM and SIGHUP are ignored (in the main thread; elsewhere nothing changes)."""
+    try:
+        for sig in INTERRUPT_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+    except ValueError:  # not the main thread
+        pass
 
 
 @contextlib.contextmanager
-def signals_as_interrupts():
-    """While running a command, SIGTERM and SIGHUP interrupt it like Ctrl-C; further ones are ignored
-    so that the clean-up itself is not interrupted. The previous handlers are restored afterwards."""
+def signals_as_interrupts(restore: bool = True):
+    """While running a command, the first SIGINT, SIGTERM or SIGHUP raises Interrupted and makes further ones
+    ignored, so that a second Ctrl-C cannot cut the clean-up short. The previous handlers are restored
+    afterwards, unless `restore` is False (pear-edge running as the program): then the signals stay ignored,
+    since at exit Python gives them back their default action, and a late Ctrl-C would kill the process
+    without a word (exit -2)."""
     def handler(signum, frame):
-        for sig in (*INTERRUPT_SIGNALS, signal.SIGINT):
-            signal.signal(sig, signal.SIG_IGN)
+        ignore_interrupt_signals()
         raise Interrupted(signum)
 
     previous = {}
     try:
-        for sig in (*INTERRUPT_SIGNALS, signal.SIGINT):
+        for sig in INTERRUPT_SIGNALS:
             previous[sig] = signal.getsignal(sig)
         for sig in INTERRUPT_SIGNALS:
-            signal.signal(sig, handler)
+            if previous[sig] != signal.SIG_IGN:  # ignored when we started (nohup, a background job): stays so
+                signal.signal(sig, handler)
     except ValueError:  # not the main thread (a server's worker): signals stay with the main thread
         previous = {}
     try:
         yield
     finally:
-        for sig, old in previous.items():
-            if old is not None:  # None: a handler installed outside Python, which cannot be restored
-                signal.signal(sig, old)
+        if not restore:
+            ignore_interrupt_signals()
+        else:
+            for sig, old in previous.items():
+                if old is not None:  # None: a handler installed outside Python, which cannot be restored
+                    signal.signal(sig, old)

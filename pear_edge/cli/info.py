@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pear_edge import results
 from pear_edge.base.errors import PearError
+from pear_edge.base.inputs import check_regular_file
 from pear_edge.edits.describe import describe_coefficients
 
 
@@ -63,6 +64,7 @@ def describe(path: Path) -> str:
         path = shipped
     if path.is_dir():
         return describe_folder(path)
+    check_regular_file(path, "input")
     if path.suffix.lower() == ".json":
         return describe_json(path)
     if path.suffix.lower() == ".gguf":

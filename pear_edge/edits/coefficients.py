@@ -74,12 +74,16 @@ class ModelFingerprint:
     o_proj_sketch: tuple[float, ...] = ()
 
     @classmethod
-    def from_o_proj_weights(cls, layout: HeadLayout, weights: Sequence[np.ndarray], weights_sha256: str = "",
+    def from_o_proj_weights(cls, layout: HeadLayout, weights: Iterable[np.ndarray], weights_sha256: str = "",
                             name: str = "") -> "ModelFingerprint":
-        """Fingerprint from per-layer o_proj weights laid out (out, in) — usable from torch, GGUF or ONNX."""
-        norms = tuple(float(np.linalg.norm(np.asarray(w, dtype=np.float64))) for w in weights)
-        sketch = tuple(x for layer, w in enumerate(weights) for x in o_proj_sketch(w, layer))
-        return cls(layout, weights_sha256, norms, name, sketch)
+        """Fingerprint from per-layer o_proj weights laid out (out, in) — usable from torch, GGUF or ONNX.
+        `weights` is read once, in layer order (a generator keeps one layer in memory)."""
+        norms: list[float] = []
+        sketch: list[float] = []
+        for layer, w in enumerate(weights):
+            norms.append(float(np.linalg.norm(np.asarray(w, dtype=np.float64))))
+            sketch.extend(o_proj_sketch(w, layer))
+        return cls(layout, weights_sha256, tuple(norms), name, tuple(sketch))
 
     @property
     def model_type(self) -> str:

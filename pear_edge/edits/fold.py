@@ -11,8 +11,9 @@ inference costs nothing extra. Biases and every other tensor stay bit-identical.
 """
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -45,16 +46,25 @@ def scale_qk_input_channel(weight: torch.Tensor, in_features_dim: int, rows: Seq
     w[index, channel] *= torch.tensor(scale, dtype=torch.float32).to(weight.dtype)
 
 
+def weight_edits(adapter, coefficients: Coefficients) -> list[tuple[torch.Tensor, Callable[[torch.Tensor], None]]]:
+    """Every edit of `coefficients` as (the adapter's weight it edits, an in-place transformation of a tensor
+    of that weight's shape and dtype), in the order the fold applies them. The weight names the target only
+    (it may live on the meta device); the transformation runs on whatever tensor holds its values."""
+    dim = adapter.spec.in_features_dim
+    edits = [(adapter.o_proj_weight(layer), partial(scale_o_proj_columns, in_features_dim=dim, factors=factors))
+             for layer, factors in coefficients.o_proj_factors().items()]
+    for layer, channels in coefficients.qk_factors().items():
+        for module, rows in adapter.qk_targets(layer):
+            edits += [(module.weight, partial(scale_qk_input_channel, in_features_dim=dim, rows=rows, channel=channel,
+                                              scale=scale)) for channel, scale in channels.items()]
+    return edits
+
+
 def fold_coefficients(model: torch.nn.Module, adapter, coefficients: Coefficients) -> None:
     """Fold every edit in place. The caller checks the fingerprint (see `fold_model`)."""
-    dim = adapter.spec.in_features_dim
     with torch.no_grad():
-        for layer, factors in coefficients.o_proj_factors().items():
-            scale_o_proj_columns(adapter.o_proj_weight(layer), dim, factors)
-        for layer, channels in coefficients.qk_factors().items():
-            for module, rows in adapter.qk_targets(layer):
-                for channel, scale in channels.items():
-                    scale_qk_input_channel(module.weight, dim, rows, channel, scale)
+        for weight, edit in weight_edits(adapter, coefficients):
+            edit(weight)
 
 
 def check_not_patched(source: Path) -> None:

@@ -76,7 +76,7 @@ def scale_heads(adapter: ArchAdapter, coefficients: Mapping[tuple[int, int], flo
             shape = (adapter.num_heads, *values.shape[1:])
             scale = torch.ones(shape, dtype=values.dtype, device=values.device).index_put((idx,), values[pos])
             scale = scale if per_channel else scale[:, None]
-            return x * scale.to(x.dtype)
+            return (x.to(scale.dtype) * scale).to(x.dtype)  # fp32 scales: a bf16 model sees 1.003, not 1.0
         return edit
 
     edits = {layer: make_edit(idx.to(values.device), pos.to(values.device))

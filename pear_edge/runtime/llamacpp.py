@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from pear_edge.base.errors import PearError
+from pear_edge.base.inputs import check_regular_file
 from pear_edge.data.prompts import AUTO, CHAT, COMPLETION_STOPS, completion_prompt, gguf_format, user_messages
 from pear_edge.runtime.timing import Stopwatch, Timing
 
@@ -21,9 +22,7 @@ def open_gguf(path: str | Path, n_ctx: int = 4096, logits_all: bool = False, n_t
     offloaded to the GPU (ALL_LAYERS with a CUDA build of llama-cpp-python; 0, the CPU, otherwise)."""
     import llama_cpp
 
-    p = Path(path)
-    if not p.is_file():
-        raise PearError(f"GGUF file {p} not found")
+    p = check_regular_file(path, "GGUF file")
     threads = n_threads or max(1, os.cpu_count() or 1)
     try:
         return llama_cpp.Llama(str(p), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,

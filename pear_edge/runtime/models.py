@@ -14,12 +14,16 @@ import sys
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Iterable
 
+import numpy as np
 import torch
 
 from pear_edge.base.atomic import atomic_dir
 from pear_edge.edits.coefficients import ModelFingerprint
 from pear_edge.base.errors import PearError
+from pear_edge.base.inputs import check_regular_file
+from pear_edge.runtime.precision import load_dtype
 from pear_edge.runtime.llama_tokenizer import TOKENIZER_BUILD, read_vocab, tokenizer_from_gguf, unsupported_reason
 from pear_edge.arch.registry import ArchAdapter
 
@@ -96,6 +100,7 @@ def resolve_spec(spec: str) -> Path:
         if not (path / "config.json").is_file():
             raise PearError(f"{path} is not a Hugging Face model folder (no config.json)")
         return path
+    check_regular_file(path, "model")
     if path.suffix.lower() != ".gguf":
         raise PearError(f"{path} is neither a folder nor a .gguf file")
     return path
@@ -193,8 +198,9 @@ def _save_dequantized(model, folder: Path) -> None:
 
 def load_model(spec: str, dtype: torch.dtype = torch.float32, device: str = "cpu") -> LoadedModel:
     """Load model + tokenizer for a SPEC, in eval mode with gradients off, on `device` ("auto": a GPU
-    when torch sees one; "cuda" is refused before any loading when torch cannot use one). The
-    fingerprint is taken on the CPU first, so it is the same on any device."""
+    when torch sees one; "cuda" is refused before any loading when torch cannot use one), its weights in
+    `dtype`. The fingerprint is taken on the CPU of the checkpoint's own weights first (precision.load_dtype),
+    so it is the same on any device and in any dtype."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from pear_edge.runtime.device import torch_device
@@ -208,8 +214,9 @@ def load_model(spec: str, dtype: torch.dtype = torch.float32, device: str = "cpu
         folder = _gguf_cache_folder(source)
         if not (folder / "config.json").is_file():
             _dequantize_gguf_to_folder(source, folder)
+    stored = load_dtype(folder, dtype)
     try:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=stored)
         tokenizer = AutoTokenizer.from_pretrained(folder)
     except (ValueError, KeyError, OSError) as exc:
         raise PearError(f"cannot load model from {folder}: {str(exc).splitlines()[0]}") from None
@@ -218,6 +225,9 @@ def load_model(spec: str, dtype: torch.dtype = torch.float32, device: str = "cpu
     adapter = ArchAdapter(model)
     name = spec if spec in PACKAGED else source.name
     loaded = LoadedModel(model, tokenizer, adapter, source, name)
+    if stored != dtype:
+        loaded.fingerprint()  # of the checkpoint's own weights, before they are rounded
+        model.to(dtype)
     if device != "cpu":
         loaded.fingerprint()
         try:
@@ -227,17 +237,28 @@ def load_model(spec: str, dtype: torch.dtype = torch.float32, device: str = "cpu
     return loaded
 
 
+def weights_digest(tensors: Iterable[tuple[str, Iterable[torch.Tensor]]]) -> str:
+    """sha256 over each (name, values) in the given order: the name's UTF-8, then the values as fp32 bytes,
+    given as one or more consecutive pieces of the tensor in C order (any shapes). Over the sorted state-dict
+    keys this is ModelFingerprint.weights_sha256."""
+    digest = hashlib.sha256()
+    for key, pieces in tensors:
+        digest.update(key.encode())
+        for piece in pieces:
+            digest.update(piece.detach().to(torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def o_proj_out_in(adapter: ArchAdapter, weight: torch.Tensor) -> np.ndarray:
+    """An o_proj weight as fp32 (out, H*d), whatever its storage (Linear as is, Conv1D transposed)."""
+    return adapter.as_out_in(weight.detach().to(torch.float32)).numpy()
+
+
 def fingerprint(model: torch.nn.Module, adapter: ArchAdapter, name: str = "") -> ModelFingerprint:
     """Identify a model: head layout, sha256 of all fp32 weights, and per-layer o_proj norms."""
-    digest = hashlib.sha256()
-    for key, tensor in sorted(model.state_dict().items()):
-        digest.update(key.encode())
-        digest.update(tensor.detach().to(torch.float32).contiguous().numpy().tobytes())
-    weights = []
-    for layer in range(adapter.num_layers):
-        w = adapter.o_proj_weight(layer).detach().to(torch.float32)
-        weights.append((w if adapter.spec.in_features_dim == 1 else w.T).numpy())
-    return ModelFingerprint.from_o_proj_weights(adapter.layout, weights, digest.hexdigest(), name)
+    digest = weights_digest((key, (tensor,)) for key, tensor in sorted(model.state_dict().items()))
+    weights = (o_proj_out_in(adapter, adapter.o_proj_weight(layer)) for layer in range(adapter.num_layers))
+    return ModelFingerprint.from_o_proj_weights(adapter.layout, weights, digest, name)
 
 
 def wrap_model(model: torch.nn.Module, tokenizer, name: str = "in-memory", source: Path | None = None) -> LoadedModel:
