@@ -10,8 +10,9 @@ import sys
 from pathlib import Path
 
 from pear_edge.base.errors import PearError
-from pear_edge.calibration.options import int_list
-from pear_edge.data.prompts import FORMAT_CHOICES, WORDINGS, format_mismatch
+from pear_edge.calibration.options import int_list, template_spec
+from pear_edge.data.prompts import FORMAT_CHOICES, format_mismatch
+from pear_edge.data.templates import DEFAULT_TEMPLATE, load_template, preset_names, template_mismatch, template_record
 
 from pear_edge.eval.realqa import DISTRACTORS, HALVES
 from pear_edge.eval.shards import (SHARD_FILE, merge_shards, open_shard, parse_shard, parse_shard_file, run_identity,
@@ -39,9 +40,10 @@ def add_commands(sub) -> None:
     p.add_argument("--positions", type=int_list, help="gold positions, 0-based (default: first, middle, last)")
     p.add_argument("--distractors", choices=("own", "others"), default="own",
                    help="MDQA distractors: the record's own non-gold ctxs, or other records' gold passages")
-    p.add_argument("--wording", choices=tuple(WORDINGS), default="short",
-                   help="MDQA instruction: short = lost-in-the-middle's (ends 'Answer with a short phrase.'), "
-                        "plain = without that sentence (default: %(default)s)")
+    p.add_argument("--template", type=template_spec, default=DEFAULT_TEMPLATE,
+                   help="MDQA prompt template: a JSON file or a preset (" + ", ".join(preset_names()) + "; "
+                        "litm-plain is lost-in-the-middle's without 'Answer with a short phrase.'; default: "
+                        "%(default)s)")
     p.add_argument("--prompt-format", choices=FORMAT_CHOICES, default="auto",
                    help="how prompts reach each model: chat = its chat template; completion = the plain prompt "
                         "ending in its answer cue, answer up to a newline (base models); auto = chat when the "
@@ -209,7 +211,7 @@ def build_examples(args):
     else:
         raise PearError("--task mdqa needs --data FILE.jsonl (NQ-open / lost-in-the-middle format)")
     return tasks.mdqa_examples(records, args.num_docs, args.positions or _default_positions(args.num_docs),
-                               args.seed, args.distractors, args.limit, wording=args.wording)
+                               args.seed, args.distractors, args.limit, template=load_template(args.template))
 
 
 def _default_positions(slots: int) -> tuple[int, ...]:
@@ -234,10 +236,11 @@ def cmd_eval(args) -> int:
     inputs = [x for pair in pairs for x in pair] + [args.data, args.coefficients]
     check_output(args.output, *inputs, kind=Kind.REPORTS)
     examples = build_examples(args)
+    template = load_template(args.template)
     for spec in (x for pair in pairs for x in pair):
         check_backend_input(spec, args.backend)
     settings = {"task": args.task, "data": args.data, "num_docs": args.num_docs, "seed": args.seed,
-                "distractors": args.distractors, "wording": args.wording, "limit": args.limit,
+                "distractors": args.distractors, "template": template_record(template), "limit": args.limit,
                 "prompt_format": args.prompt_format, "examples": len(examples)}
     shard = _open_shard(args, settings, pairs, examples) if args.shard else None
     if shard:
@@ -268,14 +271,16 @@ def cmd_eval(args) -> int:
         label = f"torch:{loaded.name}" + (" folded" if args.fold else " hooked")
         pear_loaded = load_model(args.model) if args.fold else loaded
         fmt = args.prompt_format
-        run(label, lambda: warn_format(TorchBackend(loaded, prompt_format=fmt, threads=args.threads)),
+        run(label, lambda: warn_format(TorchBackend(loaded, prompt_format=fmt, threads=args.threads), template),
             lambda: warn_format(TorchBackend(pear_loaded, coeffs, fold=args.fold, prompt_format=fmt,
-                                             threads=args.threads)))
+                                             threads=args.threads), template))
     for base, pear in pairs:
         kind = args.backend
         run(f"{kind or infer_kind(base)}:{Path(base).name}",
-            lambda: warn_format(open_backend(base, kind, threads=args.threads, prompt_format=args.prompt_format)),
-            lambda: warn_format(open_backend(pear, kind, threads=args.threads, prompt_format=args.prompt_format)))
+            lambda: warn_format(open_backend(base, kind, threads=args.threads, prompt_format=args.prompt_format),
+                                template),
+            lambda: warn_format(open_backend(pear, kind, threads=args.threads, prompt_format=args.prompt_format),
+                                template))
     if shard:
         print(f"wrote shard {shard.index}/{shard.count} ({len(examples)} of {settings['examples']} examples) to "
               f"{save_shard(args.output, shard)}")
@@ -325,12 +330,15 @@ def cmd_merge(args) -> int:
     return 0
 
 
-def warn_format(backend):
-    """`backend`, after one `pear-edge: warning:` line on stderr if the coefficients it runs with were
-    calibrated with prompts in another format than the one it is about to prompt in."""
-    message = format_mismatch(backend.calibration_record(), backend.prompt_format, backend.name)
-    if message:
-        print(f"pear-edge: warning: {message}", file=sys.stderr)
+def warn_format(backend, template):
+    """`backend`, after one `pear-edge: warning:` line on stderr for each way the coefficients it runs with
+    were calibrated on other prompts: another prompt format than the one it is about to prompt in, another
+    template than `template` (pear_edge.data.templates.template_mismatch)."""
+    record = backend.calibration_record()
+    for message in (format_mismatch(record, backend.prompt_format, backend.name),
+                    template_mismatch(record, template, backend.name)):
+        if message:
+            print(f"pear-edge: warning: {message}", file=sys.stderr)
     return backend
 
 

@@ -24,6 +24,7 @@ from pear_edge.base.errors import PearError
 
 from pear_edge.eval.metrics import normalize_answer
 from pear_edge.data.tasks import MDQARecord, load_mdqa
+from pear_edge.data.templates import Template
 
 HALVES = ("validation", "test")
 DISTRACTORS = ("random", "topical")
@@ -114,10 +115,10 @@ def corpus_records(corpus: str, count: int, num_docs: int, mode: str = "topical"
 
 
 def real_examples(path: str | Path, half: str, records: int | None, num_docs: int, positions: Sequence[int],
-                  mode: str = "random", wording: str = "short", seed: int = 0, embed=None):
+                  mode: str = "random", template: Template | None = None, seed: int = 0, embed=None):
     """QAExamples for one half: the first `records` records (distractors drawn from the whole half),
-    gold at each of `positions`."""
+    gold at each of `positions`, in `template` (default: the default preset)."""
     from pear_edge.data.tasks import mdqa_examples
 
     pool = with_distractors(load_half(path, half), num_docs, mode, seed, embed)
-    return mdqa_examples(pool[:records] if records else pool, num_docs, positions, seed, "own", wording=wording)
+    return mdqa_examples(pool[:records] if records else pool, num_docs, positions, seed, "own", template=template)

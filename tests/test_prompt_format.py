@@ -167,7 +167,7 @@ def test_calibration_records_the_prompt_format(plain_tokenizer, tmp_path):
     assert Coefficients.load(path).calibration["prompt_format"] == "completion"
     from pear_edge.cli.info import describe_coefficients
 
-    assert "(recipe pear, calibrated on completion prompts)" in describe_coefficients(Coefficients.load(path))
+    assert "(recipe pear, calibrated on completion prompts, template litm-short)" in describe_coefficients(Coefficients.load(path))
     copy_proxy = calibrate(lm, with_overrides(CalibrationSettings(), {"steps": 1, "lengths": (4,), "detect_batch": 2,
                                                                       "n": 4, "batch": 2, "top_k": 2}), progress=False)
     assert "prompt_format" not in copy_proxy.calibration  # random tokens: no prompt, no format

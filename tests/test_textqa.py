@@ -14,6 +14,7 @@ from pear_edge.eval.realqa import as_jsonl_records, half_of, load_half, real_exa
 from pear_edge.eval.metrics import best_subspan_em
 from pear_edge.data.tasks import parse_mdqa
 from pear_edge.data.prompts import Document
+from pear_edge.data.templates import preset
 from pear_edge.data.textqa import Passage, cloze_questions, qa_records, split_of
 
 PASSAGES = [
@@ -148,7 +149,7 @@ def test_real_halves_are_disjoint_and_distractors_never_hold_the_answer(tmp_path
             assert r.gold not in r.distractors
         again = [parse_mdqa(x) for x in as_jsonl_records(both)]
         assert [(r.question, r.gold, r.distractors) for r in again] == [(r.question, r.gold, r.distractors) for r in both]
-    examples = real_examples(path, "test", 3, 5, (0, 4), "random", "plain", embed=fake)
+    examples = real_examples(path, "test", 3, 5, (0, 4), "random", preset("litm-plain"), embed=fake)
     assert len(examples) == 6 and {e.position for e in examples} == {0, 4}
     assert "Answer with a short phrase" not in examples[0].prompt
     gold = Document(test[0].gold.title, test[0].gold.text)
@@ -165,7 +166,7 @@ def test_make_data_writes_a_real_half_that_eval_reads(tmp_path, capsys):
                  "-o", str(out)]) == 0
     records = load_mdqa(out)
     assert records and all(half_of(r.question) == "test" and len(r.distractors) == 4 for r in records)
-    examples = mdqa_examples(records, 5, (2,), distractors="own", wording="plain")
+    examples = mdqa_examples(records, 5, (2,), distractors="own", template=preset("litm-plain"))
     assert examples[0].prompt.count("Document [") == 5 and "short phrase" not in examples[0].prompt
     assert main(["eval", "make-data", "--task", "nq", "-o", str(tmp_path / "x.jsonl")]) == 2
     assert "needs --source" in capsys.readouterr().err

@@ -29,6 +29,7 @@ from pear_edge.base.errors import PearError
 
 from pear_edge.eval.harness import EvalResults, ExampleResult, PassageResult, evaluate, paired_compare
 from pear_edge.data.tasks import counterfactual_records, kv_examples, mdqa_examples, parse_kv, pydoc_passages
+from pear_edge.data.templates import preset
 
 VARIANTS_DIR = Path(__file__).with_name("variants")
 DEFAULT_SET = "sweep-smollm2"
@@ -111,8 +112,9 @@ def validation_sets(records: int, num_docs: int, positions: tuple[int, ...], kv_
     if real and real_records:
         from pear_edge.eval.realqa import real_examples
 
-        for task, wording in (("nq", "short"), ("nq-plain", "plain")):
-            sets[task] = real_examples(real, "validation", real_records, num_docs, positions, "random", wording, seed)
+        for task, template in (("nq", "litm-short"), ("nq-plain", "litm-plain")):
+            sets[task] = real_examples(real, "validation", real_records, num_docs, positions, "random",
+                                       preset(template), seed)
     return sets
 
 

@@ -21,8 +21,9 @@ from pear_edge.calibration.options import given
 from pear_edge.calibration.positional import (check_ranges, default_ranges, positional_channel_scores,
                                               search_positional)
 from pear_edge.calibration.rag_proxy import ValidationFileProxy
-from pear_edge.calibration.train import (TrainSettings, held_out_record, make_proxy, prompt_format_record,
-                                         train_coefficients)
+from pear_edge.calibration.train import (TrainSettings, check_prompt_settings, held_out_record, make_proxy,
+                                         prompt_format_record, train_coefficients)
+from pear_edge.data.templates import resolve_template
 from pear_edge.edits.coefficients import qk_factor_map
 from pear_edge.edits.heads import scale_qk_channels
 from pear_edge.runtime.precision import weights_dtype
@@ -103,6 +104,7 @@ class CalibrationSettings:
         if self.train.prompt_format != AUTO and self.train.proxy == "copy":
             raise PearError("--prompt-format goes with the mdqa, passage and cloze proxies; "
                             "the copy proxy has no prompt")
+        check_prompt_settings(self.train)
         if self.top_k < 0:
             raise PearError(f"--top-k must be 0 (every head) or more (got {self.top_k})")
         for name, value in (("steps", self.train.steps), ("batch", self.train.batch),
@@ -310,7 +312,8 @@ def positional_step(loaded, settings, proxy, progress: bool = True) -> tuple[lis
     ranges = check_ranges(settings.positional_layers, layers) if settings.positional_layers else default_ranges(layers)
     if settings.positional_validation:
         scorer = ValidationFileProxy(loaded, settings.positional_validation, batch=settings.train.batch,
-                                     prompt_format=settings.train.prompt_format)
+                                     prompt_format=settings.train.prompt_format,
+                                     template=resolve_template(settings.train.template))
         batches = scorer.held_out(10**6, seed=0)
     else:
         scorer, count = proxy, settings.train.eval_batches

@@ -10,7 +10,10 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
+from pear_edge.base.errors import PearError
 from pear_edge.data.prompts import FORMAT_CHOICES
+from pear_edge.data.template_family import family_names, load_family
+from pear_edge.data.templates import load_template, preset_names
 from pear_edge.calibration.recipes import BUDGETS, RECIPES, budget_help, recipe_help
 from pear_edge.data.textqa import GOLD_SLOTS
 
@@ -54,6 +57,37 @@ def range_list(text: str) -> tuple[tuple[int, int], ...]:
     return tuple(out)
 
 
+def doc_range(text: str) -> tuple[int, int]:
+    """'5' -> (5, 5), '3-20' -> (3, 20): documents per prompt, one count or an inclusive range LO-HI."""
+    first, _, last = text.strip().partition("-")
+    try:
+        low, high = int(first), int(last or first)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a document count N or a range LO-HI, got {text!r}") from None
+    if not 1 <= low <= high:
+        raise argparse.ArgumentTypeError(f"expected N or LO-HI with 1 <= LO <= HI, got {text!r}")
+    return low, high
+
+
+def template_spec(text: str) -> str:
+    """A `--template FILE|NAME` that loads (pear_edge.data.templates), kept as given: the one parser of templates
+    on the command line."""
+    try:
+        load_template(text)
+    except PearError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def family_spec(text: str) -> str:
+    """A `--template-family NAME|FILE` that loads (pear_edge.data.template_family), kept as given."""
+    try:
+        load_family(text)
+    except PearError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 @dataclass(frozen=True)
 class Option:
     field: str
@@ -62,6 +96,7 @@ class Option:
     type: type | None = None
     choices: tuple[str, ...] | None = None
     short: str | None = None
+    action: str | None = None  # "append": a repeatable flag, its values a list
 
     @property
     def flag(self) -> str:
@@ -87,9 +122,20 @@ OPTIONS: tuple[Option, ...] = (
            "installed by setup), a folder of .txt/.md documents, or a `pear-edge rag index` .db: calibrate on "
            "your own material", str),
     Option("prompt_format", "proxy", "how the mdqa/passage/cloze proxies prompt the model: chat = its chat "
-           "template; completion = the plain text ending in 'Answer:' (base models); auto = chat when the "
+           "template; completion = the plain text ending in its answer cue (base models); auto = chat when the "
            "model has a chat template, else completion (recorded in the coefficients as "
            "calibration.prompt_format)", choices=FORMAT_CHOICES),
+    Option("template", "proxy", "mdqa/passage/cloze proxies: prompt with this template, a JSON file or a preset ("
+           + ", ".join(preset_names()) + "; docs/calibration.md \"Templates\"); recorded in the coefficients, and "
+           "eval and rag warn when they prompt with another", template_spec),
+    Option("template_family", "proxy", "cloze proxy: sample each prompt's template from this family (" +
+           ", ".join(family_names()) + ", or a family JSON file; default: litm, lost-in-the-middle's two wordings)",
+           family_spec),
+    Option("exclude_template", "proxy", "cloze proxy: hold this template (file or preset) out of the family: "
+           "every family template sharing its instruction, document header or cues is dropped (repeatable)",
+           template_spec, action="append"),
+    Option("num_docs", "proxy", "documents per proxy prompt: N, or a range LO-HI sampled per prompt (cloze; "
+           "default: 3-10, mdqa/passage: 10)", doc_range),
     Option("gold", "proxy", "cloze proxy: where the gold document goes: uniform over the slots, or middle = "
            "never the first or the last of 3+ documents", choices=GOLD_SLOTS),
     Option("method", "detection", "exact mean-ablation (paper), one-pass attribution of it (fast, for large "
@@ -137,7 +183,7 @@ def add_options(p: argparse.ArgumentParser, groups: tuple[str, ...], skip: tuple
                 continue
             flags = (o.short, o.flag) if o.short else (o.flag,)
             g.add_argument(*flags, dest=o.field, type=o.type, choices=o.choices, default=argparse.SUPPRESS,
-                           help=o.help.replace("%", "%%"))  # argparse %-formats help; texts are data
+                           action=o.action, help=o.help.replace("%", "%%"))  # argparse %-formats help; texts are data
 
 
 def given(args: argparse.Namespace) -> dict:

@@ -12,7 +12,9 @@ Two sources of examples, one proxy class:
   than finding (README "Gains on real documents").
 - `cloze`: questions generated from real text (textqa.py) — the built-in offline corpus or the user's
   own documents (`--corpus`) — with topical distractors retrieved by embedding similarity, 3–10
-  documents, both instruction wordings; passages split into train / held-out by title.
+  documents (or --num-docs), one template per example sampled from a family (default: lost-in-the-middle's
+  two wordings; --template-family, --template; pear_edge.data.template_family); passages split into train /
+  held-out by title.
 """
 from __future__ import annotations
 
@@ -22,18 +24,22 @@ import torch
 import torch.nn.functional as F
 
 from pear_edge.base.errors import PearError
-from pear_edge.data.prompts import AUTO, WORDINGS, answer_ids, mdqa_prompt, prompt_ids, tokenizer_format
+from pear_edge.data.prompts import AUTO, answer_ids, mdqa_prompt, prompt_ids, tokenizer_format
+from pear_edge.data.template_family import DEFAULT_FAMILY, Family, family_record, load_family, single
+from pear_edge.data.templates import Template, resolve_template
 from pear_edge.calibration.proxy import tail_logits
 
 
 class RAGProxy:
     """Prompt/target pairs per split ("train", "validation") -> batches, loss, held-out evaluation.
     `prompt_format`: auto (chat when the tokenizer has a chat template, else completion), chat or completion;
-    the format used is `self.prompt_format`."""
+    the format used is `self.prompt_format`. `templates`: the template(s) the prompts were built with, recorded
+    as `self.template_record` (templates.template_record / template_family.family_record)."""
 
     def __init__(self, tokenizer, examples: dict[str, list[tuple[str, str]]], batch: int, name: str,
-                 info: dict | None = None, prompt_format: str = AUTO):
+                 info: dict | None = None, prompt_format: str = AUTO, templates: Family | None = None):
         self.prompt_format = tokenizer_format(tokenizer, prompt_format, f"the {name} proxy's model")
+        self.template_record = family_record(templates) if templates else None
         self.tokenizer, self.batch, self.name, self.info = tokenizer, batch, name, info or {}
         self._examples = {split: [self._encode(p, t) for p, t in pairs] for split, pairs in examples.items()}
         train = self._examples["train"]
@@ -116,34 +122,40 @@ class RAGProxy:
 
 
 def MDQAProxy(loaded, batch: int = 4, num_docs: int = 10, pool: int = 400, seed: int = 0,
-              target: str = "answer", prompt_format: str = AUTO) -> RAGProxy:
+              target: str = "answer", prompt_format: str = AUTO, template: Template | None = None) -> RAGProxy:
     """Counterfactual MDQA. target="answer": the answer span; target="passage": the gold passage itself
-    (what a small model quoting its source should copy, and the style SmolLM2-135M answers in)."""
+    (what a small model quoting its source should copy, and the style SmolLM2-135M answers in).
+    `template`: the prompt layout (default: the default preset)."""
     from pear_edge.data.counterfactual import generate_counterfactual
     from pear_edge.data.tasks import mdqa_examples, parse_mdqa
 
+    template = template or resolve_template(None)
     if target not in ("answer", "passage"):
         raise PearError(f"mdqa proxy target must be 'answer' or 'passage', not {target!r}")
     examples = {}
     for split, count in (("train", pool), ("validation", max(32, pool // 8))):
         records = [parse_mdqa(r) for r in generate_counterfactual(count, split, seed, num_distractors=num_docs - 1)]
         rng = random.Random(f"mdqa-proxy:{split}:{seed}")  # one example per record, gold at a random position
-        built = [e for record in records for e in mdqa_examples([record], num_docs, (rng.randrange(num_docs),))]
+        built = [e for record in records for e in mdqa_examples([record], num_docs, (rng.randrange(num_docs),),
+                                                                         template=template)]
         examples[split] = [(e.prompt, e.answers[0] if target == "answer" else r.gold.text)
                            for e, r in zip(built, records)]
     name = "mdqa" if target == "answer" else "passage"
-    return RAGProxy(loaded.tokenizer, examples, batch, name, {"num_docs": num_docs, "target": target},
-                    prompt_format)
+    return RAGProxy(loaded.tokenizer, examples, batch, name, {"num_docs": num_docs, "target": target,
+                                                              "template": template.name},
+                    prompt_format, single(template))
 
 
 def ClozeProxy(loaded, batch: int = 4, pool: int = 2000, seed: int = 0, corpus: str | None = None,
                num_docs: tuple[int, int] = (3, 10), topical_share: float = 0.6,
-               prompt_format: str = AUTO, gold: str = "uniform") -> RAGProxy:
+               prompt_format: str = AUTO, gold: str = "uniform", templates: Family | None = None) -> RAGProxy:
     """Generated questions over real text (`corpus`: None/'builtin', a folder, or a rag index), the answer
-    span as target. Held-out batches use passages whose title hashes to the held-out share."""
+    span as target. Held-out batches use passages whose title hashes to the held-out share. Each prompt's
+    template is drawn from `templates` (default: the DEFAULT_FAMILY)."""
     from pear_edge.data.corpora import corpus_passages, embed_passages
     from pear_edge.data.textqa import qa_records, split_of
 
+    templates = templates or load_family(DEFAULT_FAMILY)
     passages = corpus_passages(corpus, seed)
     vectors = embed_passages(passages)
     held = [split_of(p.title) == "held_out" for p in passages]
@@ -155,23 +167,24 @@ def ClozeProxy(loaded, batch: int = 4, pool: int = 2000, seed: int = 0, corpus: 
         records = qa_records([passages[i] for i in index], vectors[index], count, seed=seed + (split == "validation"),
                              num_docs=num_docs, topical_share=topical_share, gold_slots=gold)
         rng = random.Random(f"cloze-proxy:{split}:{seed}")
-        wordings = sorted(WORDINGS)
-        examples[split] = [(mdqa_prompt(r.question, r.documents, rng.choice(wordings)), r.answer) for r in records]
+        examples[split] = [(mdqa_prompt(r.question, r.documents, templates.sample(rng)), r.answer) for r in records]
     return RAGProxy(loaded.tokenizer, examples, batch, "cloze",
                     {"target": "answer", "corpus": corpus or "builtin", "passages": len(passages),
                      "num_docs": list(num_docs), "topical_share": topical_share, "gold": gold,
-                     "train_examples": len(examples["train"])}, prompt_format)
+                     "train_examples": len(examples["train"]),
+                     "templates": templates.name or templates.members[0].name}, prompt_format, templates)
 
 
 def ValidationFileProxy(loaded, path: str, batch: int = 4, num_docs: int = 10, positions: tuple[int, ...] = (0, 4, 9),
-                        limit: int = 32, prompt_format: str = AUTO) -> RAGProxy:
+                        limit: int = 32, prompt_format: str = AUTO, template: Template | None = None) -> RAGProxy:
     """Answer loss on a validation MDQA file (NQ-open / lost-in-the-middle JSONL, e.g. `pear-edge eval make-data
     --half validation`), the gold at each of `positions` among `num_docs` documents: held-out data for
     choosing between edits (`calibrate --positional-validation`), never trained on."""
     from pear_edge.data.tasks import load_mdqa, mdqa_examples
 
-    built = mdqa_examples(load_mdqa(path), num_docs, positions, limit=limit)
+    template = template or resolve_template(None)
+    built = mdqa_examples(load_mdqa(path), num_docs, positions, limit=limit, template=template)
     examples = [(e.prompt, e.answers[0]) for e in built]
     return RAGProxy(loaded.tokenizer, {"train": examples, "validation": examples}, batch, "validation-file",
-                    {"file": str(path), "examples": len(examples), "num_docs": num_docs, "positions": list(positions)},
-                    prompt_format)
+                    {"file": str(path), "examples": len(examples), "num_docs": num_docs, "positions": list(positions),
+                     "template": template.name}, prompt_format, single(template))

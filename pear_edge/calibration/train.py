@@ -25,6 +25,8 @@ from pear_edge.base.errors import PearError
 from pear_edge.calibration.guard import TextGuard
 from pear_edge.edits.heads import scale_heads
 from pear_edge.data.prompts import PROMPT_FORMAT_KEY
+from pear_edge.data.template_family import DEFAULT_FAMILY, proxy_family
+from pear_edge.data.templates import TEMPLATE_KEY, resolve_template
 from pear_edge.calibration.proxy import backward_in_parts, model_device
 from pear_edge.runtime.distributed import backward_shared, parts_per_rank
 from pear_edge.runtime.precision import weights_dtype
@@ -53,6 +55,17 @@ class TrainSettings:
     micro_batch: int = 0  # backpropagate this many prompts at a time (0: the whole batch); same gradient
     prompt_format: str = "auto"  # RAG-shaped proxies: auto | chat | completion (pear_edge.data.prompts)
     gold: str = "uniform"  # cloze proxy: where the gold document goes (textqa.GOLD_SLOTS)
+    # RAG-shaped proxies' prompts (pear_edge.data.templates, template_family): one template (file or preset), or
+    # (cloze) a family to sample from without the excluded templates' parts; None: the proxy's default
+    template: str | None = None
+    template_family: str | None = None
+    exclude_template: tuple[str, ...] = ()
+    num_docs: tuple[int, int] | None = None  # documents per prompt LO..HI (None: cloze 3-10, mdqa/passage 10)
+
+    def __post_init__(self) -> None:
+        """Lists (variants files, JSON) become the tuples the CLI gives."""
+        self.exclude_template = tuple(self.exclude_template)
+        self.num_docs = tuple(self.num_docs) if self.num_docs is not None else None
 
 
 def make_proxy(loaded, settings: TrainSettings):
@@ -65,13 +78,18 @@ def make_proxy(loaded, settings: TrainSettings):
         from pear_edge.calibration.rag_proxy import MDQAProxy
 
         target = "answer" if settings.proxy == "mdqa" else "passage"
+        template = resolve_template(settings.template)
         return MDQAProxy(loaded, batch=settings.batch, pool=settings.pool, seed=settings.seed, target=target,
-                         prompt_format=settings.prompt_format)
+                         prompt_format=settings.prompt_format, template=template,
+                         **({"num_docs": settings.num_docs[0]} if settings.num_docs else {}))
     if settings.proxy == "cloze":
         from pear_edge.calibration.rag_proxy import ClozeProxy
 
+        templates = proxy_family(settings.template, settings.template_family, settings.exclude_template,
+                                 DEFAULT_FAMILY)
         return ClozeProxy(loaded, batch=settings.batch, pool=settings.pool, seed=settings.seed, corpus=settings.corpus,
-                          prompt_format=settings.prompt_format, gold=settings.gold)
+                          prompt_format=settings.prompt_format, gold=settings.gold, templates=templates,
+                          **({"num_docs": settings.num_docs} if settings.num_docs else {}))
     raise PearError(f"unknown proxy {settings.proxy!r}; choose one of {', '.join(PROXIES)}")
 
 
@@ -165,10 +183,32 @@ def train_coefficients(loaded, heads: list[tuple[int, int, float]], settings: Tr
 
 
 def prompt_format_record(proxy) -> dict:
-    """calibration.prompt_format: {"prompt_format": "chat" | "completion"} for a proxy that prompts the model
-    (the RAG-shaped ones), {} for one that does not (copy: random tokens, no prompt)."""
+    """calibration.prompt_format and calibration.template: {"prompt_format": "chat" | "completion", "template":
+    the template or family record} for a proxy that prompts the model (the RAG-shaped ones), {} for one that
+    does not (copy: random tokens, no prompt)."""
     used = getattr(proxy, "prompt_format", None)
-    return {PROMPT_FORMAT_KEY: used} if used else {}
+    template = getattr(proxy, "template_record", None)
+    return {**({PROMPT_FORMAT_KEY: used} if used else {}), **({TEMPLATE_KEY: template} if template else {})}
+
+
+def check_prompt_settings(settings: TrainSettings) -> None:
+    """The template and document-count settings fit the proxy (PearError naming the flag otherwise)."""
+    given = [f"--{name.replace('_', '-')}" for name in ("template", "template_family", "exclude_template", "num_docs")
+             if getattr(settings, name)]
+    if settings.proxy == "copy" and given:
+        raise PearError(f"{given[0]} goes with the mdqa, passage and cloze proxies; the copy proxy has no prompt")
+    if settings.template and (settings.template_family or settings.exclude_template):
+        raise PearError("--template is one template; --template-family and --exclude-template choose a family "
+                        "instead: give one or the other")
+    if settings.proxy != "cloze" and (settings.template_family or settings.exclude_template):
+        raise PearError(f"--template-family and --exclude-template go with the cloze proxy, not --proxy "
+                        f"{settings.proxy}")
+    if settings.num_docs is not None:
+        low, high = settings.num_docs
+        if not 1 <= low <= high:
+            raise PearError(f"--num-docs must be N or LO-HI with 1 <= LO <= HI (got {low}-{high})")
+        if settings.proxy != "cloze" and low != high:
+            raise PearError(f"--num-docs for the {settings.proxy} proxy is one number, not a range")
 
 
 def held_out_record(proxy, before: dict, after: dict, batches: int) -> dict:

@@ -1,34 +1,17 @@
 """Prompt builders shared by the eval harness, the RAG demo and the RAG-shaped proxies, so all ask the model
-the same way (the lost-in-the-middle multi-document QA prompt), and the one notion of prompt format (chat
+the same way (a multi-document QA template, pear_edge.data.templates), and the one notion of prompt format (chat
 template or plain completion) that turns their text into what a model reads."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 from pear_edge.base.errors import PearError
-
-MDQA_INSTRUCTION = (
-    "Write a high-quality answer for the given question using only the provided search results "
-    "(some of which might be irrelevant). Answer with a short phrase."
-)
-# Instruction wordings: "short" is lost-in-the-middle's (and `pear-edge rag`'s); "plain" drops the
-# short-phrase request, so a gain measured on both does not hang on one template.
-WORDINGS = {"short": MDQA_INSTRUCTION, "plain": MDQA_INSTRUCTION.rsplit(" Answer with", 1)[0]}
+from pear_edge.data.templates import DEFAULT_TEMPLATE, Document, Template, preset
 
 
-@dataclass(frozen=True)
-class Document:
-    title: str
-    text: str
-
-
-def format_documents(documents: Sequence[Document]) -> str:
-    return "\n".join(f"Document [{i}](Title: {d.title}) {d.text}" for i, d in enumerate(documents, 1))
-
-
-def mdqa_prompt(question: str, documents: Sequence[Document], wording: str = "short") -> str:
-    return f"{WORDINGS[wording]}\n\n{format_documents(documents)}\n\nQuestion: {question}\nAnswer:"
+def mdqa_prompt(question: str, documents: Sequence[Document], template: Template | None = None) -> str:
+    """The multi-document QA prompt text: `template` (default: the default preset, lost-in-the-middle's)."""
+    return (template or preset(DEFAULT_TEMPLATE)).render(question, documents)
 
 
 def user_messages(prompt: str) -> list[dict[str, str]]:
@@ -64,7 +47,8 @@ PROMPT_FORMAT_KEY = "prompt_format"  # coefficients: calibration.prompt_format, 
 
 def completion_prompt(text: str) -> str:
     """`text` as a plain completion prompt that ends in a cue. The prompts built here end in one already
-    (mdqa_prompt: "Answer:", kv_prompt: "Corresponding value:"); any other text gets "\\nAnswer:"."""
+    (a template's answer cue, which ends in ':'; kv_prompt: "Corresponding value:"); any other text gets
+    "\\nAnswer:"."""
     body = text.rstrip()
     return body if body.endswith(":") else f"{body}\n{ANSWER_CUE}"
 

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from pear_edge.base.errors import PearError
-from pear_edge.data.prompts import WORDINGS, Document, kv_prompt, mdqa_prompt
+from pear_edge.data.prompts import Document, kv_prompt, mdqa_prompt
+from pear_edge.data.templates import Template
 
 from pear_edge.data.jsonl import LineError, read_jsonl
 
@@ -97,17 +98,15 @@ def check_positions(positions: Sequence[int], slots: int, what: str) -> tuple[in
 
 def mdqa_examples(records: Sequence[MDQARecord], num_docs: int = 10, positions: Sequence[int] = (0, 4, 9),
                   seed: int = 0, distractors: str = "own", limit: int | None = None,
-                  wording: str = "short") -> list[QAExample]:
+                  template: Template | None = None) -> list[QAExample]:
     """Build `num_docs`-document prompts with the gold at each of `positions`.
 
     distractors="own": the record's own non-gold ctxs in file (retrieval) order, topped up with other
     records' gold passages if it has too few; "others": other records' gold passages only.
-    Other-record passages are drawn with `seed`. `wording`: the instruction (prompts.WORDINGS).
+    Other-record passages are drawn with `seed`. `template`: the prompt's layout (default: the default preset).
     """
     if num_docs < 1:
         raise PearError("--num-docs must be at least 1")
-    if wording not in WORDINGS:
-        raise PearError(f"wording must be one of {', '.join(WORDINGS)}, not {wording!r}")
     if distractors not in ("own", "others"):
         raise PearError(f"distractor source must be 'own' or 'others', not {distractors!r}")
     positions = check_positions(positions, num_docs, "documents")
@@ -133,7 +132,7 @@ def mdqa_examples(records: Sequence[MDQARecord], num_docs: int = 10, positions: 
                             f"{num_docs} documents; lower --num-docs")
         for pos in positions:
             docs = chosen[:pos] + [record.gold] + chosen[pos:]
-            out.append(QAExample(f"{index}@{pos}", mdqa_prompt(record.question, docs, wording), record.answers, pos))
+            out.append(QAExample(f"{index}@{pos}", mdqa_prompt(record.question, docs, template), record.answers, pos))
     return out
 
 

@@ -5,6 +5,16 @@ import math
 
 from pear_edge import results
 from pear_edge.data.prompts import recorded_format
+from pear_edge.data.templates import recorded_template
+
+
+def template_note(record: dict) -> str:
+    """'template litm-short' or 'template family generic (2 excluded)' (calibration.template)."""
+    if "family" not in record:
+        return f"template {record['name']}"
+    excluded = record.get("excluded")
+    held = f" ({len(excluded)} excluded)" if isinstance(excluded, list) and excluded else ""
+    return f"template family {record['name']}{held}"
 
 
 def describe_coefficients(coeffs) -> str:
@@ -13,7 +23,8 @@ def describe_coefficients(coeffs) -> str:
     recipe = coeffs.calibration.get("recipe") if isinstance(coeffs.calibration, dict) else None
     validated = coeffs.calibration.get("validated") if isinstance(coeffs.calibration, dict) else None
     notes = ([f"recipe {recipe}"] if isinstance(recipe, str) else []) + [
-        f"calibrated on {fmt} prompts" for fmt in [recorded_format(coeffs.calibration)] if fmt]
+        f"calibrated on {fmt} prompts" for fmt in [recorded_format(coeffs.calibration)] if fmt] + [
+        template_note(t) for t in [recorded_template(coeffs.calibration)] if t]
     lines = [f"PEAR coefficients v{coeffs.version} for {m.name or m.model_type} "
              f"({m.model_type}, {m.num_layers} layers x {m.num_heads} heads x {m.head_dim})",
              f"weights sha256 {m.weights_sha256[:16]}…",

@@ -10,6 +10,7 @@ from typing import Callable, Iterator
 
 from pear_edge.base.errors import PearError
 from pear_edge.data.prompts import AUTO, Document, format_mismatch, mdqa_prompt
+from pear_edge.data.templates import Template, load_template, resolve_template, template_mismatch
 from pear_edge.runtime.timing import Timing
 from pear_edge.rag.embed import Embedder
 from pear_edge.rag.index import Hit, RagIndex
@@ -30,20 +31,22 @@ class Answer:
 class Answerer:
     """The index, the embedder and the loaded GGUFs, kept open between questions (CLI and server).
     `prompt_format`: auto (each GGUF's chat template if it has one, else a plain completion prompt), chat or
-    completion (pear_edge.data.prompts); a patched GGUF calibrated in another format gets one warning line."""
+    completion (pear_edge.data.prompts); `template`: the prompt's layout (default: the default preset). A
+    patched GGUF calibrated in another format or on another template gets one warning line for each."""
 
     def __init__(self, db: str | Path, model: str | Path | None, compare: str | Path | None = None,
-                 n_ctx: int = 4096, prompt_format: str = AUTO):
+                 n_ctx: int = 4096, prompt_format: str = AUTO, template: Template | None = None):
         from pear_edge.runtime.llamacpp import open_gguf
         from pear_edge.runtime.models import default_gguf_path
 
         self.index = RagIndex(db)  # first: a missing index fails before seconds of model loading
         self.embedder = Embedder()
         self.prompt_format = prompt_format
+        self.template = template or resolve_template(None)
         paths = [Path(model) if model else default_gguf_path()] + ([Path(compare)] if compare else [])
         self.models = [(model_label(p, llm), llm) for p in paths for llm in [open_gguf(p, n_ctx=n_ctx)]]
         for label, llm in self.models:
-            warn_format(label, llm, self.format_of(llm, label))
+            warn_format(label, llm, self.format_of(llm, label), self.template)
 
     def format_of(self, llm, label: str = "the GGUF") -> str:
         """The prompt format this answerer uses for one of its GGUFs."""
@@ -63,7 +66,8 @@ class Answerer:
         if max_tokens < 1:
             raise PearError(f"max_tokens must be at least 1, got {max_tokens}")  # llama.cpp: <= 0 is unlimited
         try:
-            text, timing = timed_answer(llm, answer_prompt(question, hits), self.format_of(llm, label), max_tokens,
+            text, timing = timed_answer(llm, answer_prompt(question, hits, self.template), self.format_of(llm, label),
+                                        max_tokens,
                                         on_piece, deadline)
         except ValueError as exc:  # llama.cpp: the prompt does not fit the context
             raise PearError(f"{label}: {exc}; lower -k or raise --n-ctx") from None
@@ -85,21 +89,23 @@ def model_label(path: Path, llm) -> str:
     return f"{kind}: {path.name}"
 
 
-def warn_format(label: str, llm, used: str) -> None:
-    """One `pear-edge: warning:` line on stderr when a patched GGUF's coefficients were calibrated with
-    prompts in another format than `used`."""
+def warn_format(label: str, llm, used: str, template: Template | None = None) -> None:
+    """One `pear-edge: warning:` line on stderr for each way a patched GGUF's coefficients were calibrated on
+    other prompts: another format than `used`, another template than `template` (default: the default one)."""
     from pear_edge.runtime.llamacpp import recorded_calibration
 
-    message = format_mismatch(recorded_calibration(llm), used, label)
-    if message:
-        print(f"pear-edge: warning: {message}", file=sys.stderr)
+    record = recorded_calibration(llm)
+    for message in (format_mismatch(record, used, label),
+                    template_mismatch(record, template or resolve_template(None), label)):
+        if message:
+            print(f"pear-edge: warning: {message}", file=sys.stderr)
 
 
-def answer_prompt(question: str, hits: list[Hit]) -> str:
-    """The multi-document QA prompt over the retrieved chunks (their citations as titles), before the
-    prompt format turns it into chat messages or a completion prompt."""
+def answer_prompt(question: str, hits: list[Hit], template: Template | None = None) -> str:
+    """The multi-document QA prompt over the retrieved chunks (their citations as titles) in `template`,
+    before the prompt format turns it into chat messages or a completion prompt."""
     documents = [Document(title=hit.cite, text=hit.text) for hit in hits]
-    return mdqa_prompt(question, documents)
+    return mdqa_prompt(question, documents, template)
 
 
 def format_sources(hits: list[Hit]) -> Iterator[str]:
@@ -117,7 +123,8 @@ def side_by_side(answers: list[Answer], width: int) -> str:
 
 
 def ask_cli(args) -> int:
-    answerer = Answerer(args.db, args.model, args.compare, n_ctx=args.n_ctx, prompt_format=args.prompt_format)
+    answerer = Answerer(args.db, args.model, args.compare, n_ctx=args.n_ctx, prompt_format=args.prompt_format,
+                        template=load_template(args.template))
     hits = answerer.retrieve(args.question, args.k)
     print("retrieved:")
     for line in format_sources(hits):

@@ -6,7 +6,9 @@ from pathlib import Path
 
 from pear_edge.cli.commands import add_force_option
 from pear_edge.base.errors import PearError
+from pear_edge.calibration.options import template_spec
 from pear_edge.data.prompts import FORMAT_CHOICES
+from pear_edge.data.templates import DEFAULT_TEMPLATE, preset_names
 
 
 MAX_INDEX_K = 4096  # sqlite-vec answers at most this many neighbours
@@ -70,6 +72,9 @@ def _add_answer_options(p: argparse.ArgumentParser) -> None:
                    help="chat = the GGUF's chat template; completion = the plain prompt ending in 'Answer:', answer "
                         "up to a newline (base models); auto = chat when the GGUF has a chat template, else "
                         "completion (default: %(default)s)")
+    p.add_argument("--template", type=template_spec, default=DEFAULT_TEMPLATE,
+                   help="prompt template: a JSON file or a preset (" + ", ".join(preset_names()) + "); `rag "
+                        "calibrate --template` with the same one tunes to it (default: %(default)s)")
 
 
 def cmd_index(args) -> int:
@@ -86,9 +91,13 @@ def cmd_index(args) -> int:
 
 
 def cmd_calibrate(args) -> int:
+    """`calibrate` on the index's chunks, prompting with the template `rag ask` answers with (--template, by
+    default the same default) unless a family is asked for (--template-family, --exclude-template)."""
     from pear_edge.cli.commands import cmd_calibrate as calibrate
 
     args.corpus = args.db
+    if not any(hasattr(args, name) for name in ("template", "template_family", "exclude_template")):
+        args.template = DEFAULT_TEMPLATE
     return calibrate(args)
 
 

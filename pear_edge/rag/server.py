@@ -25,6 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 
 from pear_edge.base.errors import PearError
+from pear_edge.data.templates import load_template
 from pear_edge.rag.answer import Answerer
 
 ALLOWED_HOSTS = {"127.0.0.1", "localhost"}
@@ -272,7 +273,7 @@ def serve_forever(args) -> int:
     server = make_server(None, args.port, args.max_tokens)  # a busy port fails before seconds of model loading
     try:
         server.answerer = Answerer(args.db, args.model, args.compare, n_ctx=args.n_ctx,
-                                   prompt_format=args.prompt_format)
+                                   prompt_format=args.prompt_format, template=load_template(args.template))
         labels = ", ".join(label for label, _ in server.answerer.models)
         print(f"serving {labels} at {server.url} (Ctrl-C to stop)", flush=True)
         server.serve_forever()
