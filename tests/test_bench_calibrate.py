@@ -41,6 +41,32 @@ def test_bench_refuses_a_bad_run_and_reports_a_failed_one(tmp_path, capsys):
 
 
 
+def test_a_run_over_two_ranks_reports_its_ranks_and_the_same_coefficients(tmp_path, capsys):
+    model = save_tiny_llama(tmp_path / "tiny")
+    out = tmp_path / "bench"
+    flags = FAST.replace("--n ", "--copy-length ")  # torchrun would read --n as one of its own options
+    assert main(["--model", str(model), "--run", f"one={flags}", "--run", f"two={flags} --ranks 2", "-o", str(out)]) == 0
+    rows = json.loads((out / "bench.json").read_text())
+    assert [r["ranks"] for r in rows] == [1, 2] and rows[1]["flags"] == flags
+    assert max(abs(a - b) for a, b in zip(rows[0]["values"], rows[1]["values"])) <= 1e-5
+    assert "| two | " in capsys.readouterr().out
+    assert bc.split_ranks(["--steps", "2", "--ranks", "3"]) == (3, ["--steps", "2"])
+    for bad in (["--ranks"], ["--ranks", "x"], ["--ranks", "0"]):
+        with pytest.raises(bc.PearError):
+            bc.split_ranks(bad)
+
+
+def test_scaling_cases_repeat_for_each_dtype_and_shapes_are_real_configs():
+    cases = bc.scaling_cases(["a"], [16, 48], ("float32", "bfloat16"))
+    assert [(c.length, c.batch, c.checkpoint, c.dtype) for c in cases] == [
+        (16, 1, False, "float32"), (48, 1, False, "float32"), (48, 1, True, "float32"), (48, 4, False, "float32"),
+        (48, 4, False, "float32"), (16, 1, False, "bfloat16"), (48, 1, False, "bfloat16"), (48, 1, True, "bfloat16")]
+    assert all(bc.StepCase.parse(c.text()) == c for c in cases)
+    with pytest.raises(bc.PearError, match="no shape"):
+        bc.shape_model("no-such-shape", None)
+    assert {p.stem for p in bc.SHAPES.glob("*.json")} >= {"llama-3.2-1b"}
+
+
 def test_scaling_cases_cover_length_batch_and_checkpointing():
     cases = bc.scaling_cases(["a", "b"], [16, 48, 96])
     assert [(c.model, c.length, c.batch, c.micro, c.checkpoint) for c in cases] == [

@@ -96,6 +96,7 @@ class Option:
     type: type | None = None
     choices: tuple[str, ...] | None = None
     short: str | None = None
+    alias: str | None = None  # a second long flag
     action: str | None = None  # "append": a repeatable flag, its values a list
 
     @property
@@ -156,7 +157,8 @@ OPTIONS: tuple[Option, ...] = (
            "measured cost in gain: docs/results.md); flags given beside it win", choices=tuple(BUDGETS)),
     Option("steps", "training", "optimizer steps", int),
     Option("batch", "training", "sequences per step", int),
-    Option("n", "training", "copy-proxy length for training", int),
+    Option("n", "training", "copy-proxy length for training (under torchrun write --copy-length: torchrun reads "
+           "--n as an abbreviation of its own options)", int, alias="--copy-length"),
     Option("lr", "training", "AdamW learning rate", float),
     Option("constraint", "training", "none = paper; le1 = only weaken; unit = clamp to [0, 1]",
            choices=("none", "le1", "unit")),
@@ -181,7 +183,7 @@ def add_options(p: argparse.ArgumentParser, groups: tuple[str, ...], skip: tuple
         for o in OPTIONS:
             if o.group != group or o.field in skip:
                 continue
-            flags = (o.short, o.flag) if o.short else (o.flag,)
+            flags = tuple(f for f in (o.short, o.flag, o.alias) if f)
             g.add_argument(*flags, dest=o.field, type=o.type, choices=o.choices, default=argparse.SUPPRESS,
                            action=o.action, help=o.help.replace("%", "%%"))  # argparse %-formats help; texts are data
 
