@@ -150,8 +150,8 @@ def test_bench_calibrate_table_shows_gpu_memory():
            "peak_device_gib": 1.25}
     text = markdown([row, {**row, "label": "cpu", "device": "cpu", "device_name": None, "peak_device_gib": None}])
     assert text.startswith("Calibration cost on X, 16 cores, NVIDIA H100 (16 torch threads)")
-    assert "| cuda | `--device cuda` | cuda:0 | 40 x 8 | 50 (1.00) | - | 2.50 (1.00) | 1.25 |" in text
-    assert "| cpu | `--device cuda` | cpu | 40 x 8 | 50 (1.00) | - | 2.50 (1.00) | - |" in text
+    assert "| cuda | `--device cuda` | cuda:0 | 1 | float32 | 40 x 8 | 50 (1.00) | - | 2.50 (1.00) | 1.25 |" in text
+    assert "| cpu | `--device cuda` | cpu | 1 | float32 | 40 x 8 | 50 (1.00) | - | 2.50 (1.00) | - |" in text
     phases = {"load": 2.0, "proxy": 3.0, "detect": None, "train": 40.0}  # a recipe without detection: "-"
     assert "| 50 (1.00) | 2 / 3 / - / 40 | 2.50 (1.00) |" in markdown([{**row, "phases": phases}])
 
