@@ -165,8 +165,8 @@ class Echo(Backend):
 
     kind = "llamacpp"
 
-    def __init__(self):
-        super().__init__("echo.gguf", "echo.gguf")
+    def __init__(self, source: str = "echo.gguf"):
+        super().__init__(Path(source).name, source)
         self.asked: list[str] = []
 
     def generate(self, prompt, max_tokens=32):
@@ -229,3 +229,34 @@ def test_content_sha256_follows_every_file_of_a_folder(tmp_path):
     (folder / "sub" / "b.bin").rename(folder / "b.bin")
     assert len({first, second, content_sha256(folder)}) == 3
     assert content_sha256(folder / "a.json") == "44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
+
+
+def test_gguf_pairs_are_keyed_by_what_the_files_hold(tmp_path, monkeypatch):
+    """base.gguf against two PEAR files: the second run opens only the new PEAR file; new bytes under the old
+    base path are another model (llama.cpp stands in: check_backend_input reads the real tiny GGUFs)."""
+    from gguf import GGMLQuantizationType as T
+    from gguf_tiny import write_tiny_gguf
+
+    from pear_edge.eval import backends
+
+    base, pear, pear2 = (write_tiny_gguf(tmp_path / f"{name}.gguf", T.Q8_0, seed=seed)
+                         for seed, name in enumerate(("base", "pear", "pear2")))
+    opened: list[str] = []
+
+    def open_echo(spec, kind=None, **_):
+        opened.append(Path(spec).name)
+        return Echo(spec)
+
+    monkeypatch.setattr(backends, "open_backend", open_echo)
+
+    def run(pear_file: Path, out: str) -> dict:
+        assert main(["-q", "eval", "--task", "kv", "--count", "2", "--base", str(base), "--pear", str(pear_file),
+                     "--answers-cache", str(tmp_path / "cache"), "-o", str(tmp_path / out)]) == 0
+        return results(tmp_path / out)
+
+    first = run(pear, "a")
+    assert opened == ["base.gguf", "pear.gguf"]
+    assert run(pear2, "b")["runs"][0]["base"] == first["runs"][0]["base"] and opened[2:] == ["pear2.gguf"]
+    write_tiny_gguf(base, T.Q8_0, seed=3)
+    run(pear2, "c")
+    assert opened[3:] == ["base.gguf"]
