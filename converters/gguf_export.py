@@ -18,7 +18,8 @@ from pear_edge.base.atomic import Kind, atomic_dir, check_output
 from pear_edge.edits.coefficients import Coefficients
 from pear_edge.base.errors import PearError
 from pear_edge.edits.fold import check_not_patched, fold_model, save_model_folder
-from pear_edge.runtime.models import file_sha256, load_model, resolve_spec
+from pear_edge.base.inputs import file_sha256
+from pear_edge.runtime.models import load_model, resolve_spec
 
 from pear_edge.converters.gguf_patch import add_pear_metadata
 from pear_edge.converters.gguf_tokenizer import replace_tokenizer

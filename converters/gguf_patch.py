@@ -21,7 +21,7 @@ from pear_edge import __version__
 from pear_edge.base.atomic import atomic_file, check_output_path
 from pear_edge.edits.coefficients import Coefficients
 from pear_edge.base.errors import PearError
-from pear_edge.runtime.models import file_sha256
+from pear_edge.base.inputs import file_sha256
 
 from pear_edge.converters.gguf_layout import (PEAR_COEFFICIENTS, PEAR_REPORT, PEAR_SOURCE_SHA256, PEAR_TOOL, PEAR_VERSION,
                           attn_output_tensors, gguf_fingerprint, head_layout, pear_metadata, qk_tensors, read_gguf,

@@ -303,16 +303,17 @@ def infer_kind(spec: str) -> str:
     return "torch"
 
 
-def check_backend_input(spec: str, kind: str | None = None) -> None:
+def check_backend_input(spec: str, kind: str | None = None) -> Path:
     """Cheap checks of a model before any evaluation starts (a damaged --pear file must not be found
-    only after the whole base run): it exists, and a GGUF's header and tensor infos are valid."""
+    only after the whole base run): it exists, and a GGUF's header and tensor infos are valid. Returns
+    the model's file or folder (SPEC resolved: `default` is the packaged GGUF)."""
     from pear_edge.runtime.models import resolve_spec
 
     kind = kind or infer_kind(spec)
     if kind == "onnx":
         if not Path(spec).is_dir() or not any(Path(spec).glob("*.onnx")):
             raise PearError(f"{spec} is not a folder with an ONNX model")
-        return
+        return Path(spec)
     path = resolve_spec(spec)
     if kind == "llamacpp":
         from pear_edge.converters.gguf_layout import read_gguf
@@ -320,6 +321,7 @@ def check_backend_input(spec: str, kind: str | None = None) -> None:
         if path.suffix.lower() != ".gguf":
             raise PearError(f"the llama.cpp backend needs a .gguf file, not {path}")
         read_gguf(path)
+    return path
 
 
 def open_backend(spec: str, kind: str | None = None, coefficients=None, fold: bool = False,

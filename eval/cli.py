@@ -6,17 +6,20 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from pathlib import Path
 
 from pear_edge.base.errors import PearError
+from pear_edge.base.inputs import content_sha256
 from pear_edge.calibration.options import int_list, template_spec
 from pear_edge.data.prompts import FORMAT_CHOICES, format_mismatch
 from pear_edge.data.templates import DEFAULT_TEMPLATE, load_template, preset_names, template_mismatch, template_record
 
+from pear_edge.eval.answers import cached_backend, load_side, runtime_versions, save_side, side_key, thread_setting
 from pear_edge.eval.realqa import DISTRACTORS, HALVES
-from pear_edge.eval.shards import (SHARD_FILE, merge_shards, open_shard, parse_shard, parse_shard_file, run_identity,
-                                   save_shard, shard_indices)
+from pear_edge.eval.shards import (SHARD_FILE, SIDES, merge_shards, open_shard, parse_shard, parse_shard_file,
+                                   run_identity, save_shard, shard_indices)
 
 TASKS = ("mdqa", "counterfactual", "kv", "perplexity")
 
@@ -61,6 +64,10 @@ def add_commands(sub) -> None:
     p.add_argument("--shard", type=_shard_option, metavar="I/N",
                    help="answer only shard I of N (example k goes to shard k mod N + 1) into OUTDIR/shard.json; "
                         "a rerun reuses its finished sides; join the N folders with `eval merge`")
+    p.add_argument("--answers-cache", metavar="DIR",
+                   help="keep each side's answers in DIR and reuse them in later runs (e.g. the base side when only "
+                        "the PEAR model changed); a model, prompt format, thread count, runtime version or prompt "
+                        "that differs is answered afresh (default: off)")
     p.add_argument("-o", "--output", help="output folder")
     p.set_defaults(func=cmd_eval)
     eval_sub = p.add_subparsers(dest="eval_command", metavar="SUBCOMMAND")
@@ -235,10 +242,11 @@ def cmd_eval(args) -> int:
         raise PearError("give --base BASE --pear PATCHED, or --model SPEC --coefficients C")
     inputs = [x for pair in pairs for x in pair] + [args.data, args.coefficients]
     check_output(args.output, *inputs, kind=Kind.REPORTS)
+    cache = None if args.answers_cache is None else check_output(args.answers_cache, *inputs, args.model,
+                                                                  kind=Kind.REPORTS)
     examples = build_examples(args)
     template = load_template(args.template)
-    for spec in (x for pair in pairs for x in pair):
-        check_backend_input(spec, args.backend)
+    paths = {spec: check_backend_input(spec, args.backend) for pair in pairs for spec in pair}
     settings = {"task": args.task, "data": args.data, "num_docs": args.num_docs, "seed": args.seed,
                 "distractors": args.distractors, "template": template_record(template), "limit": args.limit,
                 "prompt_format": args.prompt_format, "examples": len(examples)}
@@ -248,17 +256,28 @@ def cmd_eval(args) -> int:
     progress = not args.quiet
     runs = []
 
-    def run(label, open_base, open_pear):
+    def run(label, open_base, open_pear, keys):
+        """Base vs PEAR; `keys`: each side's answers-cache key (None without --answers-cache)."""
         j = len(runs)
+        opened = {}
 
-        def record(side, results):  # a shard keeps each side as soon as it is done
-            shard.record(j, label, side, results)
-            save_shard(args.output, shard)
+        def opener(side, open_real):
+            def open_side():
+                backend = opened[side] = cached_backend(keys[side]["kind"], open_real, load_side(cache, keys[side]))
+                return warn_format(backend, template)
+            return open_side if cache else lambda: warn_format(open_real(), template)
 
-        base, pear, comparison = paired_run(open_base, open_pear, examples, args.task, args.max_tokens, progress,
-                                            settings, batch=args.batch, seed=args.seed,
+        def record(side, results):
+            if shard:  # a shard keeps each side as soon as it is done
+                shard.record(j, label, side, results)
+                save_shard(args.output, shard)
+            if cache:
+                _keep_answers(cache, f"{label} {SIDES[side]}", opened[side])
+
+        base, pear, comparison = paired_run(opener(0, open_base), opener(1, open_pear), examples, args.task,
+                                            args.max_tokens, progress, settings, batch=args.batch, seed=args.seed,
                                             done=shard.cached(j, label) if shard else (None, None),
-                                            on_result=record if shard else None)
+                                            on_result=record if shard or cache else None)
         runs.append(Run(label, base, pear, comparison))
         if not shard:
             _print_comparison(label, comparison)
@@ -268,25 +287,47 @@ def cmd_eval(args) -> int:
 
         coeffs = Coefficients.load(args.coefficients)
         loaded = load_model(args.model)
-        label = f"torch:{loaded.name}" + (" folded" if args.fold else " hooked")
+        mode = "folded" if args.fold else "hooked"
         pear_loaded = load_model(args.model) if args.fold else loaded
         fmt = args.prompt_format
-        run(label, lambda: warn_format(TorchBackend(loaded, prompt_format=fmt, threads=args.threads), template),
-            lambda: warn_format(TorchBackend(pear_loaded, coeffs, fold=args.fold, prompt_format=fmt,
-                                             threads=args.threads), template))
+        path = check_backend_input(args.model, "torch") if cache else None
+        run(f"torch:{loaded.name} {mode}", lambda: TorchBackend(loaded, prompt_format=fmt, threads=args.threads),
+            lambda: TorchBackend(pear_loaded, coeffs, fold=args.fold, prompt_format=fmt, threads=args.threads),
+            (_side_key(args, cache, args.model, "torch", path),
+             _side_key(args, cache, args.model, "torch", path, args.coefficients, mode)))
     for base, pear in pairs:
         kind = args.backend
         run(f"{kind or infer_kind(base)}:{Path(base).name}",
-            lambda: warn_format(open_backend(base, kind, threads=args.threads, prompt_format=args.prompt_format),
-                                template),
-            lambda: warn_format(open_backend(pear, kind, threads=args.threads, prompt_format=args.prompt_format),
-                                template))
+            lambda: open_backend(base, kind, threads=args.threads, prompt_format=args.prompt_format),
+            lambda: open_backend(pear, kind, threads=args.threads, prompt_format=args.prompt_format),
+            tuple(_side_key(args, cache, spec, kind or infer_kind(spec), paths[spec]) for spec in (base, pear)))
     if shard:
         print(f"wrote shard {shard.index}/{shard.count} ({len(examples)} of {settings['examples']} examples) to "
               f"{save_shard(args.output, shard)}")
         return 0
     _write_runs(args.output, runs, settings)
     return 0
+
+
+def _side_key(args, cache: Path | None, spec: str, kind: str, path: Path, coefficients: str | None = None,
+              mode: str = "plain") -> dict | None:
+    """The answers-cache key of the side that answers with model `spec` (at `path`), or None without a cache."""
+    if cache is None:
+        return None
+    return side_key(kind, spec, content_sha256(path), args.prompt_format, thread_setting(args.threads, os.cpu_count()),
+                    runtime_versions(kind), content_sha256(coefficients) if coefficients else None, mode)
+
+
+def _keep_answers(folder: Path, side: str, backend) -> None:
+    """Say what the answers cache gave `side` (a CachedBackend that has answered), and add what it answered.
+    A cache that cannot be written costs the next run its reuse, not this run its report."""
+    print(f"pear-edge: note: answers cache: {side}: {backend.reused} answer(s) reused, {backend.answered} new",
+          file=sys.stderr)
+    if backend.answered:
+        try:
+            save_side(folder, backend.side)
+        except PearError as exc:
+            print(f"pear-edge: warning: {exc}; {side}'s answers are not cached", file=sys.stderr)
 
 
 def _open_shard(args, settings: dict, pairs: list[tuple[str, str]], examples):

@@ -14,7 +14,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 from pear_edge.base.atomic import report_folder, write_text_atomic
 from pear_edge.base.errors import PearError
@@ -27,6 +27,7 @@ SHARD_FILE = "shard.json"
 FORMAT = "pear-edge/eval-shard"
 VERSION = 1
 SIDES = ("base", "pear")
+T = TypeVar("T")
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -87,21 +88,38 @@ def run_identity(settings: dict[str, Any], models: list[Any], ids: Sequence[str]
     return {"settings": settings, "models": models, "examples_sha256": ids_sha256(ids), "count": count}
 
 
-def parse_shard_file(path: Path) -> Shard:
-    """A shard file, read strictly: PearError naming the file on anything else."""
+def read_document(path: Path, what: str, fmt: str, version: int, parse: Callable[[dict[str, Any]], T]) -> T:
+    """`parse(doc)` of the JSON document `path` of format `fmt`, version `version`, read strictly: PearError naming
+    the file on anything else (parse raises ValueError, KeyError, TypeError or AttributeError on a malformed doc).
+    What eval keeps between runs (shard files, the answers cache) is read this way."""
     try:
-        doc = json.loads(read_text(path, "eval shard"))
-        if doc.get("format") != FORMAT or doc.get("version") != VERSION:
-            raise ValueError(f"not a {FORMAT} version {VERSION} file")
-        index, count = doc["shard"]
-        results = [{"label": str(r["label"]),
-                    **{s: EvalResults.from_dict(r[s]) if r[s] is not None else None for s in SIDES}}
-                   for r in doc["results"]]
-        return Shard(int(index), int(count), dict(doc["run"]), results)
+        doc = json.loads(read_text(path, what))
+        if doc.get("format") != fmt or doc.get("version") != version:
+            raise ValueError(f"not a {fmt} version {version} file")
+        return parse(doc)
     except PearError:
         raise
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise PearError(f"{path} is not a readable eval shard ({type(exc).__name__}: {exc})") from None
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+        raise PearError(f"{path} is not a readable {what} ({type(exc).__name__}: {exc})") from None
+
+
+def write_document(folder: str | Path, name: str, doc: dict[str, Any]) -> Path:
+    """`doc` as FOLDER/NAME (JSON), written atomically into a report folder (created and marked if need be)."""
+    out = report_folder(folder)
+    return write_text_atomic(out / name, json.dumps(doc, indent=2, allow_nan=False) + "\n")
+
+
+def _shard_from(doc: dict[str, Any]) -> Shard:
+    index, count = doc["shard"]
+    results = [{"label": str(r["label"]),
+                **{s: EvalResults.from_dict(r[s]) if r[s] is not None else None for s in SIDES}}
+               for r in doc["results"]]
+    return Shard(int(index), int(count), dict(doc["run"]), results)
+
+
+def parse_shard_file(path: Path) -> Shard:
+    """A shard file, read strictly: PearError naming the file on anything else."""
+    return read_document(path, "eval shard", FORMAT, VERSION, _shard_from)
 
 
 def open_shard(folder: Path, index: int, count: int, run: dict[str, Any]) -> tuple[Shard, int]:
@@ -119,8 +137,7 @@ def open_shard(folder: Path, index: int, count: int, run: dict[str, Any]) -> tup
 
 
 def save_shard(folder: str | Path, shard: Shard) -> Path:
-    out = report_folder(folder)
-    return write_text_atomic(out / SHARD_FILE, json.dumps(shard.as_dict(), indent=2, allow_nan=False) + "\n")
+    return write_document(folder, SHARD_FILE, shard.as_dict())
 
 
 def _same(shards: Sequence[tuple[Path, Shard]], what: str, key) -> None:

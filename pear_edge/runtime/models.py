@@ -22,7 +22,7 @@ import torch
 from pear_edge.base.atomic import atomic_dir
 from pear_edge.edits.coefficients import ModelFingerprint
 from pear_edge.base.errors import PearError
-from pear_edge.base.inputs import check_regular_file
+from pear_edge.base.inputs import check_regular_file, file_sha256
 from pear_edge.runtime.precision import load_dtype
 from pear_edge.runtime.llama_tokenizer import TOKENIZER_BUILD, read_vocab, tokenizer_from_gguf, unsupported_reason
 from pear_edge.arch.registry import ArchAdapter
@@ -104,14 +104,6 @@ def resolve_spec(spec: str) -> Path:
     if path.suffix.lower() != ".gguf":
         raise PearError(f"{path} is neither a folder nor a .gguf file")
     return path
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_gguf_readable(path: Path) -> None:
