@@ -348,3 +348,15 @@ def test_version_3_coefficients_travel_in_the_gguf(tmp_path, capsys):
     assert Coefficients.from_json(stored).to_json() == coeffs.to_json()
     assert main(["info", str(tmp_path / "p.gguf")]) == 0
     assert "PEAR coefficients v3" in capsys.readouterr().out
+
+
+def test_patch_gguf_of_temperatures_on_a_q_norm_family_is_one_error_line(tmp_path, capsys):
+    from pear_edge.cli import main
+
+    qwen3 = write_tiny_gguf(tmp_path / "qwen3.gguf", T.Q8_0, arch="qwen3")
+    path = _tempered(qwen3, TEMPERATURES).save(tmp_path / "c.json")
+    capsys.readouterr()
+    assert main(["-q", "patch-gguf", str(qwen3), "--coefficients", str(path), "-o", str(tmp_path / "p.gguf")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("pear-edge: error: qwen3 normalises each head's queries")
+    assert not (tmp_path / "p.gguf").exists()

@@ -617,3 +617,24 @@ def test_calibrate_pear_temperature_writes_a_file_that_folds(tmp_path, capsys):
     with torch.no_grad():
         assert (folded.model(input_ids=tokens).logits - hooked).abs().max() <= 1e-5
         assert (base.model(input_ids=tokens).logits - hooked).abs().max() > 1e-6
+
+
+def test_temperatures_on_a_model_with_a_norm_on_the_queries_are_one_error_line(tmp_path, capsys):
+    """calibrate --recipe pear+temperature and fold of a temperatures file on qwen3: exit 2, one line, no file."""
+    from tiny import save_tiny_llama
+
+    from pear_edge.cli import main
+    from pear_edge.runtime.models import load_model
+
+    folder = save_tiny_llama(tmp_path / "qwen3", model_type="qwen3")
+    capsys.readouterr()
+    out = tmp_path / "t.json"
+    assert main(["-q", "calibrate", "--model", str(folder), "--recipe", "pear+temperature", "--proxy", "copy",
+                 "--steps", "1", "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("pear-edge: error: qwen3 normalises each head's queries") and not out.exists()
+    coeffs = Coefficients(load_model(str(folder)).fingerprint(), [], q_temperatures=[QTemperature(0, 1, 1.5)])
+    path = coeffs.save(tmp_path / "c.json")
+    assert main(["-q", "fold", "--model", str(folder), "--coefficients", str(path), "-o", str(tmp_path / "f")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("pear-edge: error: qwen3 normalises") and not (tmp_path / "f").exists()
