@@ -146,13 +146,35 @@ def qk_tensors(reader: GGUFReader, heads: HeadLayout, layers, name: str = "GGUF"
                 fused = ATTN_QKV.format(bid=layer) + ".weight" in by_name
                 raise PearError(f"{name} has no {tensor_name}" + (
                     f" (its queries, keys and values are fused in {ATTN_QKV.format(bid=layer)}); patch-gguf edits q/k "
-                    "channels in separate attn_q/attn_k tensors only: use `pear-edge export gguf`, which folds "
+                    "channels and attention temperatures in separate attn_q/attn_k tensors only: use "
+                    "`pear-edge export gguf`, which folds "
                     "before converting" if fused else "; cannot locate the queries and keys"))
             if len(t.shape) != 2 or int(t.shape[0]) != heads.hidden_size:
                 raise PearError(f"{t.name} has shape {list(map(int, t.shape))}, expected [{heads.hidden_size}, ...] "
                                 "(hidden channels first)")
             found.append(t)
         out[layer] = found
+    return out
+
+
+def q_tensors(reader: GGUFReader, heads: HeadLayout, layers, name: str = "GGUF") -> dict[int, tuple]:
+    """(blk.N.attn_q.weight, blk.N.attn_q.bias or None) for each of `layers`, for the attention temperatures:
+    the weight found and checked as `qk_tensors` does (a fused attn_qkv refused the same way), with one row per
+    query output (ggml ne1 = heads x head_dim; llama.cpp's converter permutes rows only within a head, so a
+    head's rows stay [h*d, (h+1)*d)), the bias (F32) one value per row."""
+    by_name = {t.name: t for t in reader.tensors}
+    found = qk_tensors(reader, heads, layers, name)
+    out = {}
+    for layer in layers:
+        weight = found[layer][0]
+        rows = heads.num_heads * heads.head_dim
+        if int(weight.shape[1]) != rows:
+            raise PearError(f"{weight.name} has shape {list(map(int, weight.shape))}, expected [{heads.hidden_size}, "
+                            f"{rows}] (one row per query: heads x head_dim)")
+        bias = by_name.get(ATTN_Q.format(bid=layer) + ".bias")
+        if bias is not None and [int(x) for x in bias.shape] != [rows]:
+            raise PearError(f"{bias.name} has shape {list(map(int, bias.shape))}, expected [{rows}]")
+        out[layer] = (weight, bias)
     return out
 
 

@@ -2,11 +2,12 @@
 
 Every edit kind of the coefficients (pear_edge.edits.fold's transformations, on GGUF tensors):
   head scales and o_proj channel scales -> columns of blk.N.attn_output.weight (Coefficients.o_proj_factors);
-  q/k channel scales                    -> column `channel` of blk.N.attn_q.weight and blk.N.attn_k.weight.
-Only those columns change (see gguf_quant for how, per type: head scales on whole blocks stay exact block-scale
-edits; factors that differ inside a block are requantized with llama.cpp's quantizer); every other byte of
-tensor data is copied. The output records pear.* metadata: format version, coefficients JSON, the source
-file's sha256 and a per-tensor report of method and error.
+  q/k channel scales                    -> column `channel` of blk.N.attn_q.weight and blk.N.attn_k.weight;
+  attention temperatures                -> head h's rows of blk.N.attn_q.weight (and of attn_q.bias).
+Only those columns (rows) change (see gguf_quant for how, per type: head scales on whole blocks and whole rows
+stay exact block-scale edits; factors that differ inside a block are requantized with llama.cpp's quantizer);
+every other byte of tensor data is copied. The output records pear.* metadata: format version, coefficients
+JSON, the source file's sha256 and a per-tensor report of method and error.
 """
 from __future__ import annotations
 
@@ -21,12 +22,13 @@ from pear_edge import __version__
 from pear_edge.base.atomic import atomic_file, check_output_path
 from pear_edge.edits.coefficients import Coefficients
 from pear_edge.base.errors import PearError
+from pear_edge.arch.registry import check_q_temperatures
 from pear_edge.base.inputs import file_sha256
 
 from pear_edge.converters.gguf_layout import (PEAR_COEFFICIENTS, PEAR_REPORT, PEAR_SOURCE_SHA256, PEAR_TOOL, PEAR_VERSION,
-                          attn_output_tensors, gguf_fingerprint, head_layout, pear_metadata, qk_tensors, read_gguf,
-                          tensor_bytes, write_gguf_copy)
-from pear_edge.converters.gguf_quant import check_supported, scale_columns
+                          attn_output_tensors, gguf_fingerprint, head_layout, pear_metadata, q_tensors, qk_tensors,
+                          read_gguf, tensor_bytes, write_gguf_copy)
+from pear_edge.converters.gguf_quant import check_supported, scale_columns, scale_rows
 
 PEAR_GGUF_VERSION = 1
 
@@ -48,7 +50,8 @@ def refuse_patched(reader, path: Path) -> None:
 
 def patch_gguf(source: str | Path, coefficients: Coefficients, output: str | Path, progress: bool = True) -> dict:
     """Write `output`: `source` with every edit of `coefficients` folded into its attn_output (and attn_q/attn_k)
-    tensors. Returns the report."""
+    tensors. Returns the report (a tensor edited twice, by q/k channel scales then temperatures, reports
+    both methods and the larger error)."""
     src, out = Path(source), check_output_path(output, source)
     reader = read_gguf(src)
     refuse_patched(reader, src)
@@ -60,28 +63,42 @@ def patch_gguf(source: str | Path, coefficients: Coefficients, output: str | Pat
     o_proj = coefficients.o_proj_factors(np.float64)  # GGUF scales are fp16: round once, from the exact product
     qk = coefficients.qk_factors()
     q_k = qk_tensors(reader, heads, list(qk), str(src)) if qk else {}
-    jobs = []  # (tensor, column factors, what the report says was edited)
+    temperatures = coefficients.q_factors()
+    if temperatures:
+        check_q_temperatures(heads.model_type)
+    queries = q_tensors(reader, heads, list(temperatures), str(src)) if temperatures else {}
+    jobs = []  # (tensor, scaler, column or row factors, what the report says was edited)
     head_lists = {layer: [h.head for h in hcs] for layer, hcs in coefficients.by_layer().items()}
     channel_layers = {c.layer for c in coefficients.o_proj_channels}
     for layer, factors in o_proj.items():
-        jobs.append((tensors[layer], factors, {"heads": head_lists.get(layer, []),
-                                                "channel_scales": layer in channel_layers}))
+        jobs.append((tensors[layer], scale_columns, factors, {"heads": head_lists.get(layer, []),
+                                                               "channel_scales": layer in channel_layers}))
     for layer, channels in qk.items():
         for t in q_k[layer]:
             factors = np.ones(heads.hidden_size)
             factors[list(channels)] = list(channels.values())
-            jobs.append((t, factors, {"qk_channels": sorted(channels)}))
-    for t, _, _ in jobs:
+            jobs.append((t, scale_columns, factors, {"qk_channels": sorted(channels)}))
+    for layer, taus in temperatures.items():
+        weight, bias = queries[layer]
+        factors = np.ones(heads.num_heads * heads.head_dim)
+        for head, tau in taus.items():
+            factors[head * heads.head_dim:(head + 1) * heads.head_dim] = tau
+        edits = {"q_temperatures": sorted(taus)}
+        jobs.append((weight, scale_rows, factors, edits))
+        if bias is not None:  # one row of values: its elements are the query rows
+            jobs.append((bias, scale_columns, factors, edits))
+    for t, _, _, _ in jobs:
         check_supported(t.tensor_type, t.name)
     match = coefficients.model.check_matches(fingerprint, what=str(src))
 
     replacements, per_tensor = {}, {}
-    for t, factors, edits in tqdm(jobs, desc="patching tensors", unit="tensor", disable=not progress):
-        scaled = scale_columns(tensor_bytes(t), t.tensor_type, factors, t.name)
+    for t, scale, factors, edits in tqdm(jobs, desc="patching tensors", unit="tensor", disable=not progress):
+        scaled = scale(replacements.get(t.name, tensor_bytes(t)), t.tensor_type, factors, t.name)
         replacements[t.name] = scaled.raw
-        per_tensor[t.name] = {"type": t.tensor_type.name, "method": scaled.method, **edits,
-                              "max_rel_error": scaled.max_rel_error, "rms_rel_error": scaled.rms_rel_error,
-                              "requantized_blocks": scaled.requantized_blocks}
+        entry = {"type": t.tensor_type.name, "method": scaled.method, **edits,
+                 "max_rel_error": scaled.max_rel_error, "rms_rel_error": scaled.rms_rel_error,
+                 "requantized_blocks": scaled.requantized_blocks}
+        per_tensor[t.name] = _merged(per_tensor[t.name], entry) if t.name in per_tensor else entry
     report = {
         "match": match,
         "edits": coefficients.edit_counts(),
@@ -94,6 +111,14 @@ def patch_gguf(source: str | Path, coefficients: Coefficients, output: str | Pat
     with atomic_file(out, ".gguf") as tmp:
         write_gguf_copy(reader, tmp, replacements, kv)
     return report
+
+
+def _merged(first: dict, second: dict) -> dict:
+    """One report entry for a tensor edited twice: both edits and methods, the larger errors, all blocks."""
+    methods = first["method"] if first["method"] == second["method"] else f"{first['method']}+{second['method']}"
+    return {**first, **second, "method": methods,
+            **{k: max(first[k], second[k]) for k in ("max_rel_error", "rms_rel_error")},
+            "requantized_blocks": first["requantized_blocks"] + second["requantized_blocks"]}
 
 
 def add_pear_metadata(source: Path, output: Path, coefficients: Coefficients, source_sha256: str, tool: str,

@@ -13,6 +13,8 @@ concatenated heads (n_head*head_dim), attn_q/attn_k's along the hidden channels.
   channel scales, one q/k channel inside a 32-wide block) -> dequantize just those blocks, scale the
   columns, requantize them with libggml (llama.cpp's own quantizer).
 * values: F32/F16/BF16 -> scale the numbers, round to the storage type.
+A whole row scaled (`scale_rows`: a head's query rows under an attention temperature) is the first case for
+every block of the row: a scale-edit, exact up to fp16 rounding of the scale(s), for every quantized type here.
 Blocks whose factors are all 1 are left byte-identical. Every result carries the error it introduced,
 measured against f * dequantize(original) over the blocks it touched.
 """
@@ -123,6 +125,38 @@ def scale_columns(raw: np.ndarray, qtype: T, factors: np.ndarray, name: str = "t
     max_rel = float(np.abs(err).max() / max(np.abs(ideal).max(), 1e-30))
     rms_rel = float(np.sqrt((err ** 2).mean()) / max(np.sqrt((ideal ** 2).mean()), 1e-30))
     return ScaledTensor(new, method, max_rel, rms_rel, requantized)
+
+
+def scale_rows(raw: np.ndarray, qtype: T, factors: np.ndarray, name: str = "tensor") -> ScaledTensor:
+    """Return new bytes for a (rows, row_bytes) tensor with row i (every input feature of output feature i)
+    multiplied by factors[i]: every block of a scaled row has its fp16 scale(s) multiplied by the row's factor
+    (`_edit_scales`), float types have their values scaled; rows whose factor is 1 stay byte-identical."""
+    check_supported(qtype, name)
+    type_size = GGML_QUANT_SIZES[qtype][1]
+    rows = raw.shape[0]
+    factors = np.asarray(factors, dtype=np.float64)
+    if factors.shape != (rows,):
+        raise PearError(f"{name}: {factors.shape[0] if factors.ndim == 1 else factors.shape} row factors for "
+                        f"{rows} rows")
+    touched = np.flatnonzero(factors != 1.0)
+    if not touched.size:
+        return ScaledTensor(raw.copy(), "unchanged", 0.0, 0.0)
+    new = raw.copy()
+    if qtype in FLOAT_TYPES:
+        scaled = from_float(to_float(np.ascontiguousarray(raw[touched]), qtype) * factors[touched, None], qtype)
+        new[touched], method = scaled.reshape(touched.size, -1), "values"
+    else:
+        blocks = new.reshape(rows, -1, type_size)
+        every_block = range(blocks.shape[1])
+        for c in np.unique(factors[touched]):
+            picked = touched[factors[touched] == c]
+            blocks[picked] = _edit_scales(blocks[picked], qtype, {b: float(c) for b in every_block}, name)
+        new, method = blocks.reshape(rows, -1), "scale-edit"
+    ideal = to_float(np.ascontiguousarray(raw[touched]), qtype).astype(np.float64) * factors[touched, None]
+    err = to_float(np.ascontiguousarray(new[touched]), qtype) - ideal
+    max_rel = float(np.abs(err).max() / max(np.abs(ideal).max(), 1e-30))
+    rms_rel = float(np.sqrt((err ** 2).mean()) / max(np.sqrt((ideal ** 2).mean()), 1e-30))
+    return ScaledTensor(new, method, max_rel, rms_rel)
 
 
 def _edit_scales(blocks: np.ndarray, qtype: T, factors: dict[int, float], name: str) -> np.ndarray:

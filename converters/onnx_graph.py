@@ -5,7 +5,9 @@ so layer N's output projection is the MatMul `/model/layers.N/self_attn/o_proj/M
 input is the weight as an (in, out) initializer: head h reads rows [h*d, (h+1)*d). We find it by
 that scope, then check it really is what we think (fed by its layer's attention, float weight of the
 right shape, used by no other node) before anyone writes into it. The q/k projections (ArchSpec.qk_proj)
-are found the same way: a float (hidden, out) initializer whose row `ch` is what hidden channel ch feeds.
+are found the same way: a float (hidden, out) initializer whose row `ch` is what hidden channel ch feeds;
+the query projection's bias, where it has one, is the float (out,) initializer of the Add in its scope
+(torch.onnx writes a Linear with a bias as MatMul then Add).
 """
 from __future__ import annotations
 
@@ -180,6 +182,30 @@ def find_qk_weights(export: OnnxExport, layers) -> dict[int, list[QKWeight]]:
             outputs = qk_output_rows(export.spec.qkv_fused, int(tensor.dims[1]), lay.num_heads, lay.head_dim)
             found.setdefault(layer, []).append(QKWeight(layer, node.name, weight, tuple(outputs)))
     return found
+
+
+def find_q_bias(export: OnnxExport, layer: int, outputs: int) -> str | None:
+    """The bias initializer of `layer`'s query projection (ArchSpec.qk_proj[0]): the one float (outputs,)
+    initializer an Add in its scope reads, read by that node only; None when the scope has no Add (no bias)."""
+    g = _Graph(export.model.graph)
+    scopes = layer_scopes(export.spec, layer, export.spec.qk_proj[0])
+    adds = [n for n in g.nodes if n.op_type == "Add" and any(n.name.startswith(s) for s in scopes)]
+    found = [(n, name) for n in adds for name in n.input if name in g.inits]
+    if not adds:
+        return None
+    if len(found) != 1:
+        raise PearError(f"{export.folder}: expected one bias initializer in {scopes[0]}, found {len(found)}; "
+                        "the graph is not laid out as exported by optimum")
+    node, name = found[0]
+    tensor = g.inits[name]
+    if tensor.data_type not in FLOAT_TYPES or tuple(tensor.dims) != (outputs,):
+        raise PearError(f"{export.folder}: {node.name} bias {name!r} has shape {tuple(tensor.dims)}, expected "
+                        f"({outputs},) floats")
+    users = g.consumers.get(name, [])
+    if len(users) != 1:
+        raise PearError(f"{export.folder}: query bias of layer {layer} is shared by {len(users)} nodes "
+                        f"({', '.join(users[:3])}); patching it would change the others too")
+    return name
 
 
 def _check_o_proj(export, node, layer, inits, producers, consumers) -> None:

@@ -2,8 +2,10 @@
 
 ONNX MatMul computes X @ W with W stored (in, out), so input column j of a torch weight is row j of the
 initializer: o_proj row j is multiplied by Coefficients.o_proj_factors (head h owns rows [h*d, (h+1)*d)),
-and row `ch` of a q/k projection, at its query/key outputs, by the q/k channel scale — in fp32, like
-torch's in-place fold (pear_edge.edits.fold), so the result is the tensor `export onnx --coefficients` writes.
+row `ch` of a q/k projection, at its query/key outputs, by the q/k channel scale, and the columns of a head's
+queries (registry.q_head_rows) of the query projection, and those entries of its bias, by the head's attention
+temperature — in fp32, like torch's in-place fold (pear_edge.edits.fold), so the result is the tensor
+`export onnx --coefficients` writes.
 """
 from __future__ import annotations
 
@@ -15,11 +17,13 @@ import onnx
 from onnx import numpy_helper
 from tqdm import tqdm
 
+from pear_edge.arch.registry import check_q_temperatures, q_head_rows
 from pear_edge.base.atomic import Kind, atomic_dir, check_output
 from pear_edge.edits.coefficients import Coefficients
 from pear_edge.edits.fold import COEFFICIENTS_FILENAME, check_not_patched
 
-from pear_edge.converters.onnx_graph import MODEL_FILENAME, OnnxExport, find_o_proj_weights, find_qk_weights, fingerprint, load_export
+from pear_edge.converters.onnx_graph import (MODEL_FILENAME, OnnxExport, find_o_proj_weights, find_q_bias,
+                                             find_qk_weights, fingerprint, load_export)
 from pear_edge.converters.onnx_quantize import TWO_GB
 
 
@@ -29,12 +33,27 @@ def patch_export(export: OnnxExport, coefficients: Coefficients, progress: bool 
     match = coefficients.model.check_matches(fingerprint(export, weights), what=str(export.folder))
     qk = coefficients.qk_factors()
     qk_weights = find_qk_weights(export, list(qk)) if qk else {}
+    temperatures = coefficients.q_factors()
+    if temperatures:
+        check_q_temperatures(export.layout.model_type)
+    q_weights = find_qk_weights(export, list(temperatures)) if temperatures else {}
     by_name = {t.name: t for t in export.model.graph.initializer}
     edits = [(weights[layer].initializer, lambda w, f=factors: w * f[:, None])
              for layer, factors in coefficients.o_proj_factors().items()]
     for layer, channels in qk.items():
         for qw in qk_weights[layer]:
             edits.append((qw.initializer, lambda w, c=channels, rows=list(qw.outputs): _scale_qk_rows(w, c, rows)))
+    lay = export.layout
+    for layer, taus in temperatures.items():
+        qw = q_weights[layer][0]                       # the query (or fused q/k/v) projection
+        outputs = int(by_name[qw.initializer].dims[1])
+        columns = [c for head in taus for c in q_head_rows(export.spec.qkv_fused, outputs, lay.num_heads,
+                                                             lay.head_dim, head)]
+        factors = np.repeat(np.asarray(list(taus.values()), dtype=np.float32), lay.head_dim)
+        edits.append((qw.initializer, lambda w, c=columns, f=factors: _scale_columns(w, c, f)))
+        bias = find_q_bias(export, layer, outputs)
+        if bias is not None:
+            edits.append((bias, lambda b, c=columns, f=factors: _scale_columns(b, c, f)))
     for name, edit in tqdm(edits, desc="patch weights", disable=not progress, unit="tensor"):
         tensor = by_name[name]
         original = numpy_helper.to_array(tensor)
@@ -47,6 +66,13 @@ def _scale_qk_rows(w: np.ndarray, channels: dict[int, float], outputs: list[int]
     """w: (hidden, out) fp32; W[ch, outputs] *= s for each hidden channel ch (queries and keys only)."""
     for channel, scale in channels.items():
         w[channel, outputs] *= np.float32(scale)
+    return w
+
+
+def _scale_columns(w: np.ndarray, columns: list[int], factors: np.ndarray) -> np.ndarray:
+    """w: (hidden, out) fp32 weight or (out,) bias; output features `columns` times `factors` (a temperature
+    per query row)."""
+    w[..., columns] *= factors
     return w
 
 

@@ -8,8 +8,8 @@ patch's effect, which should dwarf the export error). Each format plugs in an `E
 logits, optionally a greedy continuation through its KV-cache path); everything else is here.
 
 The coefficients may carry every edit kind of pear_edge.edits.coefficients (head scales, o_proj channel scales,
-q/k channel scales); torch folds them all through pear_edge.edits.fold, so the comparison checks each edit the
-export holds, and the report counts them by kind (`edits`).
+q/k channel scales, attention temperatures); torch folds them all through pear_edge.edits.fold, so the comparison
+checks each edit the export holds, and the report counts them by kind (`edits`).
 
 Tolerance policy (one for both formats): the first comparison, export vs folded torch, passes when
     max |Δlogit| <= max_abs_logit_diff   and   top-1 agreement >= min_top1_agreement
@@ -215,11 +215,12 @@ class VerifyReport:
 
 
 def edits_of(coeffs: Coefficients) -> tuple:
-    """What a coefficients file does to the weights (head, o_proj channel and q/k channel scales), without
-    its scores and records."""
+    """What a coefficients file does to the weights (head, o_proj channel and q/k channel scales, attention
+    temperatures), without its scores and records."""
     return (sorted((h.layer, h.head, h.coefficient) for h in coeffs.heads),
             sorted((c.layer, tuple(c.scales)) for c in coeffs.o_proj_channels),
-            sorted((q.channel, q.scale, q.first_layer, q.last_layer) for q in coeffs.qk_channels))
+            sorted((q.channel, q.scale, q.first_layer, q.last_layer) for q in coeffs.qk_channels),
+            sorted((t.layer, t.head, t.tau) for t in coeffs.q_temperatures))
 
 
 def check_same_edits(stored: Coefficients | None, given: Coefficients, patched: Path, source: str) -> None:
@@ -258,7 +259,7 @@ def verify_export(fmt: ExportFormat, patched: str | Path, model: str = "default"
     unpatched_torch = torch_logits(loaded.model, tokens) if base_path is not None else None
     report = VerifyReport(str(patched), base, model, kind, len(coeffs.heads) if coeffs else 0, len(prompts),
                           tolerance, [])
-    if coeffs is not None:  # every edit kind (head, o_proj channel, q/k channel scales) folded the one way
+    if coeffs is not None:  # every edit kind (head, o_proj and q/k channel scales, temperatures) folded the one way
         report.fingerprint_match = fold_model(loaded, coeffs)
         report.edits = coeffs.edit_counts()
     reference = "folded torch" if coeffs is not None else "unpatched torch"
@@ -282,7 +283,7 @@ def verify_export(fmt: ExportFormat, patched: str | Path, model: str = "default"
 
 
 EDIT_LABELS = {"heads": "patched heads", "o_proj_channels": "layers of o_proj channel scales",
-               "qk_channels": "q/k channel scales"}
+               "qk_channels": "q/k channel scales", "q_temperatures": "attention temperatures"}
 
 
 def describe_edits(report: VerifyReport) -> str:

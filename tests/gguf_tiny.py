@@ -26,9 +26,9 @@ def encode(values: np.ndarray, qtype: T) -> np.ndarray:
 
 def write_tiny_gguf(path: Path, qtype: T, num_heads: int = 4, head_dim: int = 32, hidden: int = 64,
                     layers: int = 2, seed: int = 0, raw_attn_output: np.ndarray | None = None,
-                    arch: str = "llama", qk_type: T = T.Q8_0, fused_qkv: bool = False) -> Path:
+                    arch: str = "llama", qk_type: T = T.Q8_0, fused_qkv: bool = False, q_bias: bool = False) -> Path:
     """A GGUF (llama arch by default) with just enough metadata and tensors for patch-gguf (attn_q and attn_k
-    stored as `qk_type`, or one attn_qkv with `fused_qkv`)."""
+    stored as `qk_type`, or one attn_qkv with `fused_qkv`; an F32 attn_q.bias with `q_bias`)."""
     rng = np.random.default_rng(seed)
     w = GGUFWriter(str(path), arch)
     w.add_name(f"tiny-{qtype.name}")
@@ -49,6 +49,8 @@ def write_tiny_gguf(path: Path, qtype: T, num_heads: int = 4, head_dim: int = 32
         else:
             w.add_tensor(f"blk.{layer}.attn_q.weight", encode(q, qk_type), raw_dtype=_raw(qk_type))
             w.add_tensor(f"blk.{layer}.attn_k.weight", encode(k, qk_type), raw_dtype=_raw(qk_type))
+            if q_bias:
+                w.add_tensor(f"blk.{layer}.attn_q.bias", rng.normal(size=num_heads * head_dim).astype(np.float32))
         if raw_attn_output is not None:
             data = raw_attn_output
         else:

@@ -44,7 +44,7 @@ def test_registry_entries_are_keyword_data_with_caveats_for_the_user():
     with pytest.raises(TypeError):
         ArchSpec(("llama",), ("model.layers",), "self_attn.o_proj", 1, "llama")  # positional rows are refused
     assert {f.name for f in fields(ArchSpec)} == {"model_types", "layers", "o_proj", "qk_proj", "qkv_fused",
-                                                   "in_features_dim", "gguf_arch", "caveat"}
+                                                   "in_features_dim", "gguf_arch", "q_norm", "caveat"}
     assert "post-attention RMSNorm" in caveat_note("gemma3_text") and caveat_note("gemma3_text").startswith(
         "pear-edge: note: gemma3_text: ")
     assert caveat_note("llama") is None and caveat_note("mamba") is None

@@ -156,7 +156,8 @@ def test_o_proj_channel_scales_are_requantized_by_libggml_and_equal_the_fold(tmp
     scales = rng.uniform(0.3, 1.7, 128)
     coeffs = _v2(src, heads=[(0, 1, 0.5), (1, 2, -0.75)], channels=[(1, scales)])
     report = patch_gguf(src, coeffs, tmp_path / "out.gguf", progress=False)
-    assert report["edits"] == {"heads": 2, "o_proj_channels": 1, "qk_channels": 0}
+    assert report["edits"] == {"heads": 2, "o_proj_channels": 1, "qk_channels": 0,
+                              "q_temperatures": 0}
     assert report["tensors"]["blk.0.attn_output.weight"]["method"] == "scale-edit"   # head scales: exact as before
     info = report["tensors"]["blk.1.attn_output.weight"]
     assert info["method"] == "requantize" and info["requantized_blocks"] == 64 * 4 and info["channel_scales"]
@@ -190,7 +191,8 @@ def test_qk_channel_scales_edit_attn_q_and_attn_k_columns(tmp_path, qk_type):
     src = write_tiny_gguf(tmp_path / "in.gguf", T.Q4_1, qk_type=qk_type)
     qk = [(5, -1.0, 0, 1), (40, 0.0, 1, 1)]
     report = patch_gguf(src, _v2(src, qk=qk), tmp_path / "out.gguf", progress=False)
-    assert report["edits"] == {"heads": 0, "o_proj_channels": 0, "qk_channels": 3}
+    assert report["edits"] == {"heads": 0, "o_proj_channels": 0, "qk_channels": 3,
+                              "q_temperatures": 0}
     edited = {f"blk.{l}.attn_{p}.weight" for l in (0, 1) for p in "qk"}
     assert set(report["tensors"]) == edited
     assert report["tensors"]["blk.1.attn_q.weight"]["qk_channels"] == [5, 40]
@@ -241,3 +243,120 @@ def test_version_2_coefficients_travel_in_the_gguf_and_info_shows_them(tmp_path,
     assert main(["info", str(tmp_path / "p.gguf")]) == 0
     text = capsys.readouterr().out
     assert "PEAR coefficients v2" in text and "q/k input channel 5 x -0.5 on layers 0..1" in text
+
+
+# --------------------------------------------------------------------------- attention temperatures
+
+def _tempered(src, temperatures, qk=()):
+    from pear_edge.edits.coefficients import QKChannelScale, QTemperature
+
+    base = coefficients_for(src, [])
+    return type(base)(base.model, [], qk_channels=[QKChannelScale(*q) for q in qk],
+                      q_temperatures=[QTemperature(*t) for t in temperatures])
+
+
+TEMPERATURES = [(0, 1, 1.5), (1, 0, 0.75), (1, 3, 2.0)]  # exact in fp16 and fp32: the F32 fold is bit-exact
+
+
+def _folded_q(values: np.ndarray, layer: int, temperatures, head_dim: int = 32) -> np.ndarray:
+    """pear_edge.edits.fold.scale_q_rows on a dequantized attn_q weight (rows = queries) or bias."""
+    from pear_edge.edits.fold import scale_q_rows
+
+    rows = [h * head_dim + i for l, h, _ in temperatures if l == layer for i in range(head_dim)]
+    taus = [t for l, _, t in temperatures if l == layer for _ in range(head_dim)]
+    return _folded(values, lambda w: scale_q_rows(w, 0, rows, taus))
+
+
+@pytest.mark.parametrize("qk_type, hidden", [(T.F32, 64), (T.F16, 64), (T.Q8_0, 64), (T.Q4_0, 64), (T.Q4_1, 64),
+                                             (T.Q4_K, 256), (T.Q6_K, 256), (T.Q2_K, 256)])
+def test_temperatures_scale_whole_attn_q_rows_as_the_fold_does(tmp_path, qk_type, hidden):
+    """Every block of a head's query rows has its scale(s) multiplied (payload bytes untouched); the result is
+    the fold's scale_q_rows of the dequantized weight up to fp16 rounding of the block scales (exact for F32)."""
+    src = write_tiny_gguf(tmp_path / "in.gguf", T.Q8_0, hidden=hidden, qk_type=qk_type, q_bias=True)
+    report = patch_gguf(src, _tempered(src, TEMPERATURES), tmp_path / "out.gguf", progress=False)
+    assert report["edits"] == {"heads": 0, "o_proj_channels": 0, "qk_channels": 0, "q_temperatures": 3}
+    edited = {f"blk.{l}.attn_q.{p}" for l in (0, 1) for p in ("weight", "bias")}
+    assert set(report["tensors"]) == edited and report["tensors"]["blk.1.attn_q.weight"]["q_temperatures"] == [0, 3]
+    expected = "values" if qk_type in (T.F32, T.F16) else "scale-edit"
+    assert report["tensors"]["blk.0.attn_q.weight"]["method"] == expected
+    _, a = tensors(src)
+    _, b = tensors(tmp_path / "out.gguf")
+    for name in set(a) - edited:                                        # attn_k, attn_output, ...: untouched
+        assert np.array_equal(tensor_bytes(a[name]), tensor_bytes(b[name])), name
+    for layer in (0, 1):
+        bias = f"blk.{layer}.attn_q.bias"
+        assert np.array_equal(_dequant(b[bias]), _folded_q(_dequant(a[bias])[0], layer, TEMPERATURES)[None])
+        name = f"blk.{layer}.attn_q.weight"
+        old, new = _dequant(a[name]), _dequant(b[name])
+        folded = _folded_q(old, layer, TEMPERATURES)
+        kept = np.ones(old.shape[0], bool)
+        kept[[h * 32 + i for l, h, _ in TEMPERATURES if l == layer for i in range(32)]] = False
+        assert np.array_equal(new[kept], old[kept])                     # other heads' rows bit-identical
+        if qk_type == T.F32:
+            assert np.array_equal(new, folded)
+        else:
+            # each fp16 scale (d, and m / dmin where the type has one) rounded once: both terms bound the error
+            bound = 8 * FP16_EPS * np.abs(folded).max()
+            assert np.abs(new - folded).max() <= bound
+        if qk_type not in (T.F32, T.F16):                               # a scale-edit: payload bytes as they were
+            type_size = GGML_QUANT_SIZES[qk_type][1]
+            payload = np.ones(type_size, bool)
+            for off in SCALE_OFFSETS[qk_type]:
+                payload[off:off + 2] = False
+            x, y = (tensor_bytes(t[name]).reshape(-1, type_size) for t in (a, b))
+            assert np.array_equal(x[:, payload], y[:, payload])
+
+
+def test_q_k_channels_and_temperatures_on_one_attn_q_compose_like_the_fold(tmp_path):
+    from pear_edge.edits.fold import scale_qk_input_channel
+
+    src = write_tiny_gguf(tmp_path / "in.gguf", T.Q8_0, qk_type=T.F32)
+    coeffs = _tempered(src, TEMPERATURES, qk=[(5, -0.5, 0, 1)])
+    report = patch_gguf(src, coeffs, tmp_path / "out.gguf", progress=False)
+    info = report["tensors"]["blk.1.attn_q.weight"]
+    assert info["qk_channels"] == [5] and info["q_temperatures"] == [0, 3] and info["method"] == "values"
+    _, a = tensors(src)
+    _, b = tensors(tmp_path / "out.gguf")
+    for layer in (0, 1):
+        name = f"blk.{layer}.attn_q.weight"
+        folded = _folded(_dequant(a[name]), lambda w: scale_qk_input_channel(w, 1, range(w.shape[0]), 5, -0.5))
+        assert np.array_equal(_dequant(b[name]), _folded_q(folded, layer, TEMPERATURES))
+
+
+def test_temperatures_are_refused_for_fused_qkv_and_for_a_norm_on_the_queries(tmp_path):
+    from pear_edge.base.errors import PearError
+
+    fused = write_tiny_gguf(tmp_path / "fused.gguf", T.Q8_0, fused_qkv=True)
+    with pytest.raises(PearError, match="fused in blk.0.attn_qkv.*attention temperatures.*export gguf"):
+        patch_gguf(fused, _tempered(fused, TEMPERATURES), tmp_path / "out.gguf", progress=False)
+    qwen3 = write_tiny_gguf(tmp_path / "qwen3.gguf", T.Q8_0, arch="qwen3")
+    with pytest.raises(PearError, match="normalises each head's queries"):
+        patch_gguf(qwen3, _tempered(qwen3, TEMPERATURES), tmp_path / "out.gguf", progress=False)
+    assert not (tmp_path / "out.gguf").exists()
+
+
+def test_version_3_coefficients_travel_in_the_gguf(tmp_path, capsys):
+    from pear_edge.cli import main
+    from pear_edge.edits.coefficients import Coefficients
+
+    src = write_tiny_gguf(tmp_path / "in.gguf", T.Q4_1)
+    coeffs = _tempered(src, TEMPERATURES)
+    path = coeffs.save(tmp_path / "c.json")
+    assert main(["-q", "patch-gguf", str(src), "--coefficients", str(path), "-o", str(tmp_path / "p.gguf")]) == 0
+    assert "patched 3 attention temperatures in 2 tensors" in capsys.readouterr().out
+    stored = pear_metadata(read_gguf(tmp_path / "p.gguf"))["pear.coefficients"]
+    assert Coefficients.from_json(stored).to_json() == coeffs.to_json()
+    assert main(["info", str(tmp_path / "p.gguf")]) == 0
+    assert "PEAR coefficients v3" in capsys.readouterr().out
+
+
+def test_patch_gguf_of_temperatures_on_a_q_norm_family_is_one_error_line(tmp_path, capsys):
+    from pear_edge.cli import main
+
+    qwen3 = write_tiny_gguf(tmp_path / "qwen3.gguf", T.Q8_0, arch="qwen3")
+    path = _tempered(qwen3, TEMPERATURES).save(tmp_path / "c.json")
+    capsys.readouterr()
+    assert main(["-q", "patch-gguf", str(qwen3), "--coefficients", str(path), "-o", str(tmp_path / "p.gguf")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("pear-edge: error: qwen3 normalises each head's queries")
+    assert not (tmp_path / "p.gguf").exists()

@@ -122,7 +122,8 @@ def test_patch_onnx_with_every_edit_kind_then_verify_against_the_torch_fold(work
     assert np.abs(logits(ORTModelForCausalLM.from_pretrained(out), x) - logits(loaded.model, x)).max() < 1e-4
     report_path = tmp_path / "verify-v2.json"
     assert main(["verify", str(out), "--model", str(work["hf"]), "-o", str(report_path)]) == 0
-    assert json.loads(report_path.read_text())["edits"] == {"heads": 3, "o_proj_channels": 1, "qk_channels": 3}
+    assert json.loads(report_path.read_text())["edits"] == {"heads": 3, "o_proj_channels": 1, "qk_channels": 3,
+                                                                   "q_temperatures": 0}
     assert "3 patched heads, 1 layers of o_proj channel scales, 3 q/k channel scales" in capsys.readouterr().out
 
 

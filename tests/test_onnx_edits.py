@@ -1,6 +1,7 @@
 """patch-onnx's weight edits without an exporter: a graph laid out and named as optimum exports a tiny llama
-(o_proj / q_proj / k_proj MatMuls with (in, out) initializers), patched with every edit kind, must hold exactly
-the torch-folded weights (transposed); and `verify` counts the edit kinds it checks."""
+or qwen2 (o_proj / q_proj / k_proj MatMuls with (in, out) initializers, then an Add of the bias where the
+projection has one), patched with every edit kind, must hold exactly the torch-folded weights (transposed) and
+biases; and `verify` counts the edit kinds it checks."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 from onnx import helper, numpy_helper
 from tiny import tiny_model
 
-from pear_edge.edits.coefficients import ChannelScales, Coefficients, HeadCoefficient, QKChannelScale
+from pear_edge.edits.coefficients import ChannelScales, Coefficients, HeadCoefficient, QKChannelScale, QTemperature
 from pear_edge.converters.onnx_graph import OnnxExport, find_qk_weights
 from pear_edge.converters.onnx_patch import patch_export
 from pear_edge.base.errors import PearError
@@ -32,8 +33,14 @@ def optimum_like_export(lm, shared_k: bool = False) -> OnnxExport:
             else:
                 w = getattr(layer.self_attn, proj).weight.detach().numpy().T.copy()
                 inits.append(numpy_helper.from_array(w, weight))
-            nodes.append(helper.make_node("MatMul", [f"{scope}/norm_out", weight], [f"{scope}/{proj}_out"],
+            bias = getattr(layer.self_attn, proj).bias
+            product = f"{scope}/{proj}_out" if bias is None else f"{scope}/{proj}_matmul"
+            nodes.append(helper.make_node("MatMul", [f"{scope}/norm_out", weight], [product],
                                           name=f"{scope}/self_attn/{proj}/MatMul"))
+            if bias is not None:  # torch.onnx: a Linear's bias is an Add after its MatMul
+                inits.append(numpy_helper.from_array(bias.detach().numpy().copy(), f"{proj}_bias_{i}"))
+                nodes.append(helper.make_node("Add", [product, f"{proj}_bias_{i}"], [f"{scope}/{proj}_out"],
+                                              name=f"{scope}/self_attn/{proj}/Add"))
         nodes.append(helper.make_node("Identity", [f"{scope}/q_proj_out"], [f"{scope}/attn_out"],
                                       name=f"{scope}/self_attn/Reshape_7"))
         inits.append(numpy_helper.from_array(layer.self_attn.o_proj.weight.detach().numpy().T.copy(), f"o_{i}"))
@@ -86,3 +93,33 @@ def test_verify_report_counts_every_edit_kind():
     heads_only = VerifyReport("x", None, "default", "fp32", 3, 4, tolerance_for("fp32"), [checked])
     assert "fp32 weights, 3 patched heads, 4 prompts" in format_table(heads_only)
     assert report.as_dict()["edits"]["qk_channels"] == 16
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_patch_onnx_applies_temperatures_to_query_columns_and_bias_as_the_torch_fold(arch):
+    lm = tiny_model(arch)
+    coeffs = Coefficients(lm.fingerprint(), [HeadCoefficient(0, 1, 0.5)], qk_channels=[QKChannelScale(5, -1.0, 0, 0)],
+                          q_temperatures=[QTemperature(0, 1, 1.7), QTemperature(1, 3, 0.6), QTemperature(0, 2, 2.2)])
+    export = optimum_like_export(lm)
+    before = {t.name: numpy_helper.to_array(t).copy() for t in export.model.graph.initializer}
+    patch_export(export, coeffs, progress=False)
+    fold_coefficients(lm.model, lm.adapter, coeffs)
+    after = {t.name: numpy_helper.to_array(t) for t in export.model.graph.initializer}
+    for i, layer in enumerate(lm.model.model.layers):
+        attn = layer.self_attn
+        for proj in ("q_proj", "k_proj"):
+            assert np.array_equal(after[f"onnx::MatMul_{i}_{proj}"], getattr(attn, proj).weight.detach().numpy().T)
+            if getattr(attn, proj).bias is not None:
+                assert np.array_equal(after[f"{proj}_bias_{i}"], getattr(attn, proj).bias.detach().numpy())
+    changed = np.flatnonzero((after["onnx::MatMul_1_q_proj"] != before["onnx::MatMul_1_q_proj"]).any(0))
+    assert changed.tolist() == list(range(24, 32))   # layer 1: head 3's query columns only (no other edit there)
+    if arch == "qwen2":
+        assert np.flatnonzero(after["q_proj_bias_0"] != before["q_proj_bias_0"]).tolist() == list(range(8, 24))
+        assert np.array_equal(after["k_proj_bias_0"], before["k_proj_bias_0"])
+
+
+def test_patch_onnx_refuses_temperatures_where_a_norm_follows_the_queries():
+    lm = tiny_model("qwen3")
+    coeffs = Coefficients(lm.fingerprint(), [], q_temperatures=[QTemperature(0, 1, 1.5)])
+    with pytest.raises(PearError, match="normalises each head's queries"):
+        patch_export(optimum_like_export(lm), coeffs, progress=False)

@@ -1,7 +1,8 @@
 """Recipes on tiny config-built models: each edit kind of the coefficients file folded equals it
-hooked on every registry architecture, the version-1 file is unchanged and version 2 is read strictly, SEAL-C
-trains per channel through the one training loop, the positional channel is detected where one was planted,
-and the recipe options reach the settings."""
+hooked on every registry architecture (attention temperatures refused where a norm on the queries follows the
+projection), the version-1 and version-2 files are unchanged and versions 2 and 3 are read strictly, SEAL-C
+trains per channel and temperatures train with the head scales through the one training loop, the positional
+channel is detected where one was planted, and the recipe options reach the settings."""
 from __future__ import annotations
 
 import json
@@ -13,8 +14,9 @@ import torch
 from tiny import TINY_CONFIGS, VOCAB, tiny_model
 
 from pear_edge.calibration.calibrate import CalibrationSettings, with_overrides
-from pear_edge.edits.coefficients import (ChannelScales, Coefficients, HeadCoefficient, QKChannelScale, parse_document,
-                                    qk_factor_map)
+from pear_edge.arch.registry import spec_for
+from pear_edge.edits.coefficients import (ChannelScales, Coefficients, HeadCoefficient, QKChannelScale, QTemperature,
+                                          parse_document, qk_factor_map)
 from pear_edge.base.errors import PearError
 from pear_edge.edits.fold import fold_coefficients
 from pear_edge.edits.heads import apply_coefficients, scale_qk_channels
@@ -24,20 +26,30 @@ from pear_edge.calibration.recipes import RECIPES
 from pear_edge.calibration.train import TrainSettings, train_coefficients
 
 ARCHS = sorted(TINY_CONFIGS)
-KINDS = ("heads", "o_proj_channels", "qk_channels", "all")
+KINDS = ("heads", "o_proj_channels", "qk_channels", "q_temperatures", "all")
+Q_NORM = "normalises each head's queries"  # the refusal of temperatures where a norm on the queries follows
 REPO = Path(__file__).resolve().parents[1]
 
 
+def takes_temperatures(lm) -> bool:
+    return spec_for(lm.adapter.model_type).q_norm is None
+
+
 def edits_of(lm, kind: str) -> Coefficients:
-    """Coefficients of one edit kind (or all three) for a tiny model: a negative and a zero scale included."""
+    """Coefficients of one edit kind for a tiny model: a negative and a zero scale included. "v2": the three
+    kinds of version 2; "all": those and the attention temperatures where the family takes them."""
     L, width = lm.adapter.num_layers, lm.adapter.num_heads * lm.adapter.head_dim
     rng = np.random.default_rng(1)
-    heads = [HeadCoefficient(0, 1, 0.5), HeadCoefficient(L - 1, 3, -0.75)] if kind in ("heads", "all") else []
+    several = ("all", "v2")
+    heads = [HeadCoefficient(0, 1, 0.5), HeadCoefficient(L - 1, 3, -0.75)] if kind in ("heads", *several) else []
     channels = ([ChannelScales(L - 1, tuple(float(x) for x in rng.uniform(-0.5, 1.8, width)))]
-                if kind in ("o_proj_channels", "all") else [])
+                if kind in ("o_proj_channels", *several) else [])
     qk = ([QKChannelScale(5, -1.0, 0, L - 1), QKChannelScale(7, 0.0, L - 1, L - 1)]
-          if kind in ("qk_channels", "all") else [])
-    return Coefficients(lm.fingerprint(), heads, o_proj_channels=channels, qk_channels=qk)
+          if kind in ("qk_channels", *several) else [])
+    temperatures = ([QTemperature(0, 1, 2.5), QTemperature(0, 2, 0.5), QTemperature(L - 1, 3, 1.75)]
+                    if kind == "q_temperatures" or (kind == "all" and takes_temperatures(lm)) else [])
+    return Coefficients(lm.fingerprint(), heads, o_proj_channels=channels, qk_channels=qk,
+                        q_temperatures=temperatures)
 
 
 def edited_entries(lm, coeffs: Coefficients) -> dict[str, torch.Tensor]:
@@ -45,16 +57,24 @@ def edited_entries(lm, coeffs: Coefficients) -> dict[str, torch.Tensor]:
     names = {id(p): n for n, p in lm.model.named_parameters()}
     masks: dict[str, torch.Tensor] = {}
     dim = lm.adapter.spec.in_features_dim
+
+    def mask_of(p: torch.Tensor) -> torch.Tensor:
+        return masks.setdefault(names[id(p)], torch.zeros_like(p, dtype=torch.bool))
+
     for layer in coeffs.o_proj_factors():
-        w = lm.adapter.o_proj_weight(layer)
-        masks[names[id(w)]] = torch.ones_like(w, dtype=torch.bool)
+        mask_of(lm.adapter.o_proj_weight(layer))[:] = True
     for layer, channels in coeffs.qk_factors().items():
         for module, rows in lm.adapter.qk_targets(layer):
-            mask = torch.zeros_like(module.weight, dtype=torch.bool)
+            mask = mask_of(module.weight)
             view = mask if dim == 1 else mask.T
             for ch in channels:
                 view[rows, ch] = True
-            masks[names[id(module.weight)]] = mask
+    for layer, taus in coeffs.q_factors().items():
+        module = lm.adapter.q_projection(layer)
+        rows = [r for head in taus for r in lm.adapter.q_head_rows(layer, head)]
+        lm.adapter.as_out_in(mask_of(module.weight))[rows] = True
+        if module.bias is not None:
+            mask_of(module.bias)[rows] = True
     return masks
 
 
@@ -66,6 +86,15 @@ def test_each_edit_kind_folded_equals_hooked_and_touches_only_its_entries(arch, 
     tokens = torch.randint(3, VOCAB, (2, 24), generator=torch.Generator().manual_seed(0))
     before = {n: p.detach().clone() for n, p in lm.model.named_parameters()}
     plain = lm.model(input_ids=tokens).logits
+    if coeffs.q_temperatures and not takes_temperatures(lm):  # a norm on the queries would undo them: refused
+        with pytest.raises(PearError, match=Q_NORM):
+            with apply_coefficients(lm.adapter, coeffs):
+                pass
+        with pytest.raises(PearError, match=Q_NORM):
+            fold_coefficients(lm.model, lm.adapter, coeffs)
+        assert torch.equal(lm.model(input_ids=tokens).logits, plain)  # no hook left, no weight changed
+        assert all(torch.equal(p, before[n]) for n, p in lm.model.named_parameters())
+        return
     with apply_coefficients(lm.adapter, coeffs):
         hooked = lm.model(input_ids=tokens).logits
     assert torch.equal(lm.model(input_ids=tokens).logits, plain)  # hooks gone
@@ -79,12 +108,23 @@ def test_each_edit_kind_folded_equals_hooked_and_touches_only_its_entries(arch, 
             assert torch.equal(p[~masks[name]], before[name][~masks[name]]), f"{name} changed outside its edit"
         else:
             assert torch.equal(p, before[name]), f"{name} changed"
-    for layer, channels in coeffs.qk_factors().items():  # the q/k edit is exactly W[rows, ch] *= s
+    exact_qk = {} if coeffs.q_temperatures else coeffs.qk_factors()  # temperatures rescale some of those rows
+    for layer, channels in exact_qk.items():  # the q/k edit is exactly W[rows, ch] *= s
         for module, rows in lm.adapter.qk_targets(layer):
             name = next(n for n, p in lm.model.named_parameters() if p is module.weight)
             new, old = lm.adapter.as_out_in(module.weight), lm.adapter.as_out_in(before[name])
             for ch, s in channels.items():
                 assert torch.equal(new[rows, ch], old[rows, ch] * torch.tensor(s, dtype=torch.float32))
+    if kind == "q_temperatures":  # exactly W_q[rows of head h] *= tau, and those entries of the bias
+        for layer, taus in coeffs.q_factors().items():
+            module = lm.adapter.q_projection(layer)
+            for p in filter(lambda p: p is not None, (module.weight, module.bias)):
+                name = next(n for n, q in lm.model.named_parameters() if q is p)
+                new = lm.adapter.as_out_in(p) if p.dim() == 2 else p
+                old = lm.adapter.as_out_in(before[name]) if p.dim() == 2 else before[name]
+                for head, tau in taus.items():
+                    rows = lm.adapter.q_head_rows(layer, head)
+                    assert torch.equal(new[rows], old[rows] * torch.tensor(tau, dtype=torch.float32)), name
 
 
 def test_fused_qkv_values_keep_the_channel():
@@ -117,13 +157,14 @@ def test_head_scales_stay_version_1_byte_for_byte():
 
 def test_version_2_round_trip_and_strict_reader(tmp_path):
     lm = tiny_model("llama")
-    coeffs = edits_of(lm, "all")
+    coeffs = edits_of(lm, "v2")
     path = coeffs.save(tmp_path / "c.json")
     doc = json.loads(path.read_text())
     assert doc["version"] == 2 and list(doc) == ["format", "version", "model", "heads", "o_proj_channels",
                                                  "qk_channels", "calibration", "metrics"]
     assert Coefficients.load(path) == coeffs
-    assert Coefficients.load(path).edit_counts() == {"heads": 2, "o_proj_channels": 1, "qk_channels": 4}
+    assert Coefficients.load(path).edit_counts() == {"heads": 2, "o_proj_channels": 1, "qk_channels": 4,
+                                                      "q_temperatures": 0}
 
     def refused(mutate, match):
         bad = mutate(json.loads(json.dumps(doc)))
@@ -145,12 +186,14 @@ def test_version_2_round_trip_and_strict_reader(tmp_path):
     refused(lambda d: {k: v for k, v in d.items() if k != "qk_channels"}, "lacks the field 'qk_channels'")
     refused(lambda d: {**d, "heads": [], "o_proj_channels": [], "qk_channels": []}, "nothing to apply")
     refused(lambda d: {**d, "version": 1}, "unknown field")     # version 1 has no such keys
-    refused(lambda d: {**d, "version": 3}, "reads versions 1, 2")
+    refused(lambda d: {**d, "q_temperatures": []}, "unknown field")  # nor version 2 temperatures
+    refused(lambda d: {**d, "version": 3}, "lacks the field 'q_temperatures'")
+    refused(lambda d: {**d, "version": 4}, "reads versions 1, 2, 3")
 
 
 def test_o_proj_factors_combine_head_and_channel_scales():
     lm = tiny_model("llama")
-    coeffs = edits_of(lm, "all")
+    coeffs = edits_of(lm, "v2")
     L = lm.adapter.num_layers
     f = coeffs.o_proj_factors()
     assert sorted(f) == [0, L - 1] and f[0].dtype == np.float32
@@ -274,7 +317,7 @@ def test_positional_search_takes_the_lowest_loss_and_none_when_nothing_helps():
 
 
 def test_recipes_are_data_and_each_makes_its_edit_kinds(tmp_path):
-    assert set(RECIPES) >= {"pear", "seal-c", "positional", "positional+pear", "positional+seal-c"}
+    assert set(RECIPES) >= {"pear", "seal-c", "positional", "positional+pear", "positional+seal-c", "pear+temperature"}
     lm = tiny_model("llama")
     handle = plant_position_channel(lm, 11, strength=2.0)
     try:
@@ -289,6 +332,7 @@ def test_recipes_are_data_and_each_makes_its_edit_kinds(tmp_path):
                 continue
             assert bool(coeffs.heads) == (recipe.learned == "head")
             assert bool(coeffs.o_proj_channels) == (recipe.learned == "channel")
+            assert bool(coeffs.q_temperatures) == recipe.temperature
             chosen = coeffs.calibration.get("positional", {}).get("chosen")
             assert bool(coeffs.qk_channels) == (recipe.positional and chosen is not None)
             if recipe.positional:
@@ -325,12 +369,15 @@ def test_info_describes_every_edit_kind(tmp_path):
     from pear_edge.cli.info import describe
 
     lm = tiny_model("llama")
-    coeffs = edits_of(lm, "all")
+    coeffs = edits_of(lm, "v2")
     coeffs.calibration = {"recipe": "positional+seal-c"}
     text = describe(coeffs.save(tmp_path / "c.json"))
     assert text.startswith("PEAR coefficients v2") and "(recipe positional+seal-c)" in text
     assert "L 2 o_proj channel scales" in text and "q/k input channel 5 x -1 on layers 0..2" in text
     assert describe(edits_of(lm, "heads").save(tmp_path / "h.json")).startswith("PEAR coefficients v1")
+    text = describe(edits_of(lm, "all").save(tmp_path / "a.json"))
+    assert text.startswith("PEAR coefficients v3") and "3 attention temperatures" in text
+    assert "L 0H2  attention temperature 0.5000" in text
 
 
 def test_calibrate_and_fold_commands_carry_every_recipe(tmp_path, capsys):
@@ -406,7 +453,7 @@ def test_version_2_reader_fuzz():
     from test_reliability import _structural, _textual
 
     lm = tiny_model("llama")
-    good = edits_of(lm, "all").to_json()
+    good = edits_of(lm, "v2").to_json()
     rng = random.Random(16)
     outcomes = {"loaded": 0, "refused": 0}
     for i in range(300):
@@ -425,3 +472,169 @@ def test_version_2_reader_fuzz():
                    for q in coeffs.qk_channels)
         Coefficients.from_json(coeffs.to_json())  # what loads, saves and loads again
     assert outcomes["refused"] > 100 and outcomes["loaded"] > 0, outcomes
+
+
+# --------------------------------------------------------------------------- attention temperatures
+
+def test_version_3_round_trip_and_strict_reader(tmp_path):
+    """Temperatures make a version-3 file (version 2's keys plus q_temperatures); each is read strictly."""
+    lm = tiny_model("llama")
+    coeffs = edits_of(lm, "all")
+    path = coeffs.save(tmp_path / "c.json")
+    doc = json.loads(path.read_text())
+    assert doc["version"] == 3 and list(doc) == ["format", "version", "model", "heads", "o_proj_channels",
+                                                 "qk_channels", "q_temperatures", "calibration", "metrics"]
+    assert doc["q_temperatures"][0] == {"layer": 0, "head": 1, "tau": 2.5}
+    assert Coefficients.load(path) == coeffs and Coefficients.load(path).to_json() == coeffs.to_json()
+    assert coeffs.edit_counts()["q_temperatures"] == 3 and coeffs.q_factors() == {0: {1: 2.5, 2: 0.5}, 2: {3: 1.75}}
+    alone = edits_of(lm, "q_temperatures")
+    assert alone.version == 3 and not alone.heads and Coefficients.from_json(alone.to_json()) == alone
+
+    def refused(mutate, match):
+        with pytest.raises(PearError, match=match):
+            parse_document(mutate(json.loads(json.dumps(doc))), "f.json")
+
+    def with_temperature(**fields):
+        return lambda d: {**d, "q_temperatures": [{"layer": 0, "head": 1, "tau": 1.5, **fields}]}
+
+    refused(with_temperature(tau=0), "above 0")
+    refused(with_temperature(tau=-1.5), "above 0")
+    refused(with_temperature(tau=10.5), "at most 10")
+    refused(with_temperature(tau="2"), "tau must be a number")
+    refused(with_temperature(tau=True), "tau must be a number")
+    refused(with_temperature(tau=1e400), "must be finite")
+    refused(with_temperature(head=4), "outside the model's 3 layers x 4 heads")
+    refused(with_temperature(layer=3), "outside the model's 3 layers x 4 heads")
+    refused(with_temperature(temperature=2), "unknown field")
+    refused(lambda d: {**d, "q_temperatures": [{"layer": 0, "tau": 2}]}, "lacks the field 'head'")
+    refused(lambda d: {**d, "q_temperatures": doc["q_temperatures"][:1] * 2}, "appears twice")
+    refused(lambda d: {**d, "q_temperatures": {"layer": 0}}, "must be a list")
+    refused(lambda d: {k: v for k, v in d.items() if k != "q_temperatures"}, "lacks the field 'q_temperatures'")
+    refused(lambda d: {**d, "heads": [], "o_proj_channels": [], "qk_channels": [], "q_temperatures": []},
+            "q_temperatures are all empty; there is nothing to apply")
+    with pytest.raises(PearError, match="above 0"):
+        Coefficients(lm.fingerprint(), [], q_temperatures=[QTemperature(0, 0, float("nan"))])
+
+
+def test_a_temperature_multiplies_its_heads_attention_logits():
+    """Under RoPE and GQA: with tau on head 1 of layer 0, that head's attention log-probabilities are tau times
+    the original ones up to a constant per query (softmax(tau * logits)), and every other head is unchanged."""
+    lm = tiny_model("llama")
+    attention = lm.adapter.layers[0].self_attn
+    with torch.no_grad():  # logits of a few units (a random tiny model's are ~0.01): softmax far from uniform
+        attention.q_proj.weight.mul_(20)
+        attention.k_proj.weight.mul_(20)
+    tokens = torch.randint(3, VOCAB, (1, 12), generator=torch.Generator().manual_seed(3))
+    tau = 2.5
+    plain = lm.model(input_ids=tokens, output_attentions=True).attentions[0][0]           # (heads, q, k)
+    coeffs = Coefficients(lm.fingerprint(), [], q_temperatures=[QTemperature(0, 1, tau)])
+    with apply_coefficients(lm.adapter, coeffs):
+        tempered = lm.model(input_ids=tokens, output_attentions=True).attentions[0][0]
+    assert torch.equal(tempered[[0, 2, 3]], plain[[0, 2, 3]])  # head 0 shares head 1's keys (GQA): unchanged
+    assert (tempered[1] - plain[1]).abs().max() > 0.05
+    for q in range(1, tokens.shape[1]):
+        shift = tempered[1, q, :q + 1].log() - tau * plain[1, q, :q + 1].log()
+        assert shift.std() < 1e-4, q
+
+
+def test_query_rows_of_every_layout_and_the_q_norm_field_is_true_to_the_models():
+    from pear_edge.arch.registry import REGISTRY, check_q_temperatures, q_head_rows
+
+    assert q_head_rows(None, 32, 4, 8, 2) == list(range(16, 24))
+    assert q_head_rows("concat", 64, 4, 8, 3) == list(range(24, 32))        # [q (32) | k (16) | v (16)]
+    assert q_head_rows("per_head", 96, 4, 8, 1) == list(range(24, 32))      # per head [q | k | v]
+    with pytest.raises(PearError, match="expected 4 heads x 8"):
+        q_head_rows(None, 48, 4, 8, 0)
+    with pytest.raises(PearError, match="outside the 4 query heads"):
+        q_head_rows(None, 32, 4, 8, 4)
+    for arch in ARCHS:
+        lm = tiny_model(arch)
+        spec, block = lm.adapter.spec, lm.adapter.layers[0]
+        q_norms = [n for n, _ in block.named_modules() if n.split(".")[-1] in ("q_norm", "q_layernorm")]
+        assert q_norms == ([spec.q_norm] if spec.q_norm else []), arch
+        if spec.q_norm:
+            with pytest.raises(PearError, match=Q_NORM):
+                check_q_temperatures(arch)
+        else:
+            module = lm.adapter.q_projection(0)   # every query row belongs to one head, and no key or value row
+            rows = [r for h in range(lm.adapter.num_heads) for r in lm.adapter.q_head_rows(0, h)]
+            assert len(set(rows)) == lm.adapter.num_heads * lm.adapter.head_dim
+            assert module is lm.adapter.qk_targets(0)[0][0] and set(rows) <= set(lm.adapter.qk_targets(0)[0][1])
+    assert {spec.model_types[0] for spec in REGISTRY if spec.q_norm} == {"qwen3", "gemma3_text"}
+
+
+def test_temperatures_train_jointly_with_the_head_scales_and_are_refused_before_work_where_a_norm_follows():
+    lm = tiny_model("llama")
+    heads = [(0, 1, 0.0), (1, 2, 0.0), (2, 3, 0.0)]
+    settings = TrainSettings(steps=15, batch=8, n=8, lr=0.05, constraint="none", pull=0.01)
+    coeffs = train_coefficients(lm, heads, settings, progress=False, temperatures=True)
+    assert [(t.layer, t.head) for t in coeffs.q_temperatures] == [(0, 1), (1, 2), (2, 3)]
+    assert [(h.layer, h.head) for h in coeffs.heads] == [(0, 1), (1, 2), (2, 3)] and coeffs.version == 3
+    assert all(0.1 <= t.tau <= 10 and t.tau != 1.0 for t in coeffs.q_temperatures)
+    proxy = coeffs.metrics["held_out_proxy"]
+    assert proxy["after"]["copy_loss"] < proxy["before"]["copy_loss"]
+    again = train_coefficients(lm, heads, settings, progress=False, temperatures=True)
+    assert again.q_temperatures == coeffs.q_temperatures and again.heads == coeffs.heads   # deterministic
+    plain = train_coefficients(lm, heads, settings, progress=False)
+    assert plain.q_temperatures == [] and plain.version == 1
+
+    class Untouchable:  # the refusal comes before the proxy is built or read
+        def __getattr__(self, name):
+            raise AssertionError(f"the proxy was used ({name})")
+
+    qwen3 = tiny_model("qwen3")
+    with pytest.raises(PearError, match=Q_NORM):
+        train_coefficients(qwen3, [(0, 1, 0.0)], settings, progress=False, proxy=Untouchable(), temperatures=True)
+    with pytest.raises(PearError, match=Q_NORM):
+        run_recipe(qwen3, with_overrides(CalibrationSettings(), {"recipe": "pear+temperature"}), progress=False,
+                   proxy=Untouchable())
+
+
+def test_calibrate_pear_temperature_writes_a_file_that_folds(tmp_path, capsys):
+    """`calibrate --recipe pear+temperature` on a tiny model folder with query biases (qwen2), then `fold`
+    (streamed): the folded folder computes what the hooked coefficients compute."""
+    from tiny import save_tiny_llama
+
+    from pear_edge.cli import main
+    from pear_edge.runtime.models import load_model
+
+    folder = save_tiny_llama(tmp_path / "qwen2", model_type="qwen2")
+    out = tmp_path / "t.json"
+    assert main(["-q", "calibrate", "--model", str(folder), "--recipe", "pear+temperature", "--proxy", "copy",
+                 "--method", "attribution", "--lengths", "6", "--detect-batch", "4", "-k", "3", "--steps", "3",
+                 "--batch", "4", "--n", "8", "--guard", "0", "-o", str(out)]) == 0
+    coeffs = Coefficients.load(out)
+    assert coeffs.calibration["recipe"] == "pear+temperature" and coeffs.version == 3
+    assert len(coeffs.q_temperatures) == len(coeffs.heads) == 3
+    assert {(t.layer, t.head) for t in coeffs.q_temperatures} == {(h.layer, h.head) for h in coeffs.heads}
+    capsys.readouterr()
+    assert main(["-q", "fold", "--model", str(folder), "--coefficients", str(out), "-o", str(tmp_path / "folded")]) == 0
+    assert "attention temperatures" in capsys.readouterr().out
+    base, folded = load_model(str(folder)), load_model(str(tmp_path / "folded"))
+    tokens = torch.randint(3, VOCAB, (1, 16), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad(), apply_coefficients(base.adapter, coeffs):
+        hooked = base.model(input_ids=tokens).logits
+    with torch.no_grad():
+        assert (folded.model(input_ids=tokens).logits - hooked).abs().max() <= 1e-5
+        assert (base.model(input_ids=tokens).logits - hooked).abs().max() > 1e-6
+
+
+def test_temperatures_on_a_model_with_a_norm_on_the_queries_are_one_error_line(tmp_path, capsys):
+    """calibrate --recipe pear+temperature and fold of a temperatures file on qwen3: exit 2, one line, no file."""
+    from tiny import save_tiny_llama
+
+    from pear_edge.cli import main
+    from pear_edge.runtime.models import load_model
+
+    folder = save_tiny_llama(tmp_path / "qwen3", model_type="qwen3")
+    capsys.readouterr()
+    out = tmp_path / "t.json"
+    assert main(["-q", "calibrate", "--model", str(folder), "--recipe", "pear+temperature", "--proxy", "copy",
+                 "--steps", "1", "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("pear-edge: error: qwen3 normalises each head's queries") and not out.exists()
+    coeffs = Coefficients(load_model(str(folder)).fingerprint(), [], q_temperatures=[QTemperature(0, 1, 1.5)])
+    path = coeffs.save(tmp_path / "c.json")
+    assert main(["-q", "fold", "--model", str(folder), "--coefficients", str(path), "-o", str(tmp_path / "f")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("pear-edge: error: qwen3 normalises") and not (tmp_path / "f").exists()

@@ -2,11 +2,12 @@
 
 For each Hugging Face `model_type` we record where the decoder blocks, the attention output projection
 and the query/key projections live, which weight axis indexes a projection's input, how a fused q/k/v
-projection lays out its outputs, the architecture name llama.cpp's GGUF files use, and a caveat the user
-must hear when calibrating such a model. Code elsewhere reads these fields; it never branches on the
-architecture name. Every field is read: `model_types`, `layers`, `o_proj`, `qk_proj`, `qkv_fused`,
-`in_features_dim` by ArchAdapter (and the ONNX graph scopes), `gguf_arch` by the GGUF readers, `caveat`
-by `calibrate`/`train` (a `pear-edge: note:` line) and `info`.
+projection lays out its outputs, the architecture name llama.cpp's GGUF files use, whether a norm on each
+head's queries follows the query projection, and a caveat the user must hear when calibrating such a model. Code
+elsewhere reads these fields; it never branches on the architecture name. Every field is read: `model_types`, `layers`,
+`o_proj`, `qk_proj`, `qkv_fused`, `in_features_dim` by ArchAdapter (and the ONNX graph scopes), `gguf_arch`
+by the GGUF readers, `q_norm` by `check_q_temperatures` (ArchAdapter, patch-gguf, patch-onnx), `caveat` by
+`calibrate`/`train` (a `pear-edge: note:` line) and `info`.
 """
 from __future__ import annotations
 
@@ -33,6 +34,9 @@ class ArchSpec:
     in_features_dim: weight axis that indexes a projection's *input* (the concatenated heads for o_proj, the
         hidden channels for q/k): 1 for nn.Linear (weight is out x in), 0 for GPT-2's Conv1D (in x out).
     gguf_arch: `general.architecture` of the family's GGUF files (None: llama.cpp has no converter for it).
+    q_norm: attribute path from a block to the RMSNorm applied to each head's queries after the projection
+        (None: there is none). It undoes any scale of a head's query rows, and its one weight is shared by
+        every head, so a per-head attention temperature cannot be folded there: such families refuse it.
     caveat: what a user calibrating this family must know, or None.
     """
 
@@ -43,6 +47,7 @@ class ArchSpec:
     qkv_fused: str | None = None
     in_features_dim: int = 1
     gguf_arch: str | None
+    q_norm: str | None = None
     caveat: str | None = None
 
 
@@ -53,12 +58,12 @@ REGISTRY: tuple[ArchSpec, ...] = (
     ArchSpec(model_types=("llama",), gguf_arch="llama"),
     ArchSpec(model_types=("mistral",), gguf_arch="llama"),
     ArchSpec(model_types=("qwen2",), gguf_arch="qwen2"),
-    ArchSpec(model_types=("qwen3",), gguf_arch="qwen3"),
+    ArchSpec(model_types=("qwen3",), gguf_arch="qwen3", q_norm="self_attn.q_norm"),
     ArchSpec(model_types=("phi3",), qk_proj=("self_attn.qkv_proj",), qkv_fused="concat", gguf_arch="phi3"),
     ArchSpec(model_types=("gemma2",), gguf_arch="gemma2", caveat=GEMMA_POST_NORM),
     ArchSpec(model_types=("gemma3_text", "gemma3"),
              layers=("model.language_model.layers", "model.layers", "language_model.model.layers"),
-             gguf_arch="gemma3", caveat=GEMMA_POST_NORM),
+             gguf_arch="gemma3", q_norm="self_attn.q_norm", caveat=GEMMA_POST_NORM),
     ArchSpec(model_types=("gpt2",), layers=("transformer.h",), o_proj="attn.c_proj", qk_proj=("attn.c_attn",),
              qkv_fused="concat", in_features_dim=0, gguf_arch="gpt2"),
     ArchSpec(model_types=("opt",), layers=("model.decoder.layers",), o_proj="self_attn.out_proj", gguf_arch=None),
@@ -90,6 +95,31 @@ def qk_output_rows(qkv_fused: str | None, out_features: int, num_heads: int, hea
             raise PearError(f"fused per-head q/k/v projection has {out_features} outputs; expected 3 x {q}")
         return [h * 3 * head_dim + i for h in range(num_heads) for i in range(2 * head_dim)]
     raise PearError(f"unknown qkv_fused layout {qkv_fused!r}; known: {QKV_LAYOUTS}")
+
+
+def q_head_rows(qkv_fused: str | None, out_features: int, num_heads: int, head_dim: int, head: int) -> list[int]:
+    """Output features of the query projection (ArchSpec.qk_proj[0]) that are head `head`'s queries, in order.
+
+    separate (None): [head*d, (head+1)*d) of q_proj's num_heads*d outputs; "concat": the same rows of
+    [q | k | v]; "per_head": the first head_dim of head `head`'s [q | k | v] block of 3*head_dim."""
+    if not 0 <= head < num_heads:
+        raise PearError(f"head {head} is outside the {num_heads} query heads")
+    if qkv_fused is None and out_features != num_heads * head_dim:
+        raise PearError(f"query projection has {out_features} outputs; expected {num_heads} heads x {head_dim}")
+    if qkv_fused is not None:
+        qk_output_rows(qkv_fused, out_features, num_heads, head_dim)  # checks the fused layout
+    start = head * (3 * head_dim if qkv_fused == "per_head" else head_dim)
+    return list(range(start, start + head_dim))
+
+
+def check_q_temperatures(model_type: str) -> None:
+    """Raise PearError unless per-head attention temperatures (W_q's query rows of a head times tau) fold
+    exactly into this family: a registered model_type without a norm on the heads' queries (ArchSpec.q_norm)."""
+    spec = spec_for(model_type)
+    if spec.q_norm:
+        raise PearError(f"{model_type} normalises each head's queries after the projection ({spec.q_norm}, one "
+                        f"weight shared by the heads), which undoes a scale of a head's query rows; attention "
+                        f"temperatures cannot be folded into this model")
 
 
 def supported_model_types() -> list[str]:
@@ -180,6 +210,17 @@ class ArchAdapter:
     def as_out_in(self, weight: torch.Tensor) -> torch.Tensor:
         """A projection weight viewed (out, in), whatever its storage (Linear as is, Conv1D transposed)."""
         return weight if self.spec.in_features_dim == 1 else weight.T
+
+    def q_projection(self, layer: int) -> torch.nn.Module:
+        """The module computing `layer`'s queries (ArchSpec.qk_proj[0]: q_proj, or the fused q/k/v projection),
+        for the attention temperatures; refused for families with a norm on the queries (check_q_temperatures)."""
+        check_q_temperatures(self.model_type)
+        return self.qk_projs[layer][0]
+
+    def q_head_rows(self, layer: int, head: int) -> list[int]:
+        """The output rows of `q_projection(layer)` that are head `head`'s queries (q_head_rows)."""
+        out_features = self.as_out_in(self.q_projection(layer).weight).shape[0]
+        return q_head_rows(self.spec.qkv_fused, out_features, self.num_heads, self.head_dim, head)
 
     def qk_targets(self, layer: int) -> list[tuple[torch.nn.Module, list[int]]]:
         """(module, its output rows that are queries or keys) for each q/k projection of `layer`

@@ -7,6 +7,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
+from pear_edge.arch.registry import check_q_temperatures
 from pear_edge.edits.coefficients import Coefficients
 from pear_edge.calibration.detect import HeadScores, detect
 from pear_edge import results
@@ -253,7 +254,7 @@ def train_every_head(loaded, settings: CalibrationSettings, progress: bool = Tru
     proxy = proxy or make_proxy(loaded, settings.train)
     first = []
     coeffs = train_coefficients(loaded, heads, settings.train, progress, proxy=proxy, per_channel=per_channel,
-                                on_first_gradient=first.append)
+                                on_first_gradient=first.append, temperatures=RECIPES[settings.recipe].temperature)
     grad = first[0].sum(dim=-1) if per_channel else first[0]
     scores = HeadScores(grad.cpu().view(adapter.num_layers, adapter.num_heads), loaded.fingerprint(),
                         {"method": "gradient", **proxy.describe(), "batches": 1, "seed": settings.train.seed,
@@ -277,11 +278,13 @@ def _with_calibration_record(coeffs: Coefficients, scores: HeadScores, settings:
 
 def train_from_scores(loaded, scores: HeadScores, settings: CalibrationSettings,
                       progress: bool = True, proxy=None) -> Coefficients:
-    """Train the top heads' scales: one per head, or per channel for the recipes that learn channels (seal-c)."""
+    """Train the top heads' scales: one per head, or per channel for the recipes that learn channels (seal-c);
+    with their attention temperatures for the recipes that learn those too (pear+temperature)."""
     heads = scores.top(settings.top_k or scores.scores.numel(), settings.max_per_layer, by=settings.select)
     per_channel = RECIPES[settings.recipe].learned == "channel"
     proxy = proxy or make_proxy(loaded, settings.train)
-    coeffs = train_coefficients(loaded, heads, settings.train, progress, proxy=proxy, per_channel=per_channel)
+    coeffs = train_coefficients(loaded, heads, settings.train, progress, proxy=proxy, per_channel=per_channel,
+                                temperatures=RECIPES[settings.recipe].temperature)
     return _with_calibration_record(coeffs, scores, settings, proxy)
 
 
@@ -354,6 +357,8 @@ def run_recipe(loaded, settings, progress: bool = True, proxy=None, detect=None,
     of the learned recipes (the CLI writes them beside the coefficients)."""
 
     recipe = RECIPES[settings.recipe]
+    if recipe.temperature:  # before any work: families with a norm on the queries cannot fold temperatures
+        check_q_temperatures(loaded.adapter.model_type)
     start = time.perf_counter()
     proxy = proxy or make_proxy(loaded, settings.train)
     seconds = {"proxy_seconds": round(time.perf_counter() - start, 1)}  # where the time goes
@@ -365,11 +370,12 @@ def run_recipe(loaded, settings, progress: bool = True, proxy=None, detect=None,
     with scale_qk_channels(loaded.adapter, qk_factor_map(qk)):
         if recipe.learned:
             learned = _learn(loaded, settings, progress, proxy, detect, on_scores, seconds)
-            heads, channels = learned.heads, learned.o_proj_channels
+            heads, channels, temperatures = learned.heads, learned.o_proj_channels, learned.q_temperatures
             calibration, metrics = learned.calibration, learned.metrics
         else:
-            heads, channels, calibration = [], [], {**settings.as_record(), **prompt_format_record(proxy),
-                                                    "weights_dtype": weights_dtype(loaded.model)}
+            heads, channels, temperatures = [], [], []
+            calibration = {**settings.as_record(), **prompt_format_record(proxy),
+                           "weights_dtype": weights_dtype(loaded.model)}
             after = proxy.evaluate(loaded.model, held_out)
             metrics = {"held_out_proxy": held_out_record(proxy, after, after, len(held_out))}
     if qk:  # "before" is the unedited model, whatever the recipe did first
@@ -379,4 +385,5 @@ def run_recipe(loaded, settings, progress: bool = True, proxy=None, detect=None,
         calibration["positional"] = positional
     calibration.update(seconds)
     calibration["validated"] = unvalidated_reason(loaded.fingerprint().weights_sha256, settings) is None
-    return Coefficients(loaded.fingerprint(), heads, calibration, metrics, o_proj_channels=channels, qk_channels=qk)
+    return Coefficients(loaded.fingerprint(), heads, calibration, metrics, o_proj_channels=channels, qk_channels=qk,
+                        q_temperatures=temperatures)

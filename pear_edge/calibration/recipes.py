@@ -2,12 +2,14 @@
 
 Every recipe ends in one Coefficients file (pear_edge.edits.coefficients) that every consumer applies the same
 way (fold, hooks, patch-gguf, patch-onnx, export, verify). The recipes are data (RECIPES); the runner
-reads two facts from them:
+reads three facts from them:
 
   positional  Yu et al. (arXiv 2406.02536): detect the positional hidden channel, search a scale and a layer
               range for it on validation data (pear_edge.calibration.positional); the edit stays hooked for what follows;
   learned     o_proj input scales trained on the proxy, LLM frozen (pear_edge.calibration.train): "head" = one per head
-              (PEAR; close to SEAL-H), "channel" = one per channel of each head's output (SEAL-C), None.
+              (PEAR; close to SEAL-H), "channel" = one per channel of each head's output (SEAL-C), None;
+  temperature also train one attention temperature per selected head, jointly with the learned scales (its
+              queries times tau, folded into W_q's query rows; refused for families with a norm on the queries).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ class Recipe:
     name: str
     positional: bool = False
     learned: str | None = None   # "head" | "channel" | None
+    temperature: bool = False    # also learn one attention temperature per selected head
     help: str
     paper: str                   # where the method comes from
 
@@ -37,6 +40,11 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
     Recipe(name="positional+seal-c", positional=True, learned="channel",
            paper="https://arxiv.org/abs/2406.02536 + https://arxiv.org/abs/2501.15225",
            help="the positional edit, then channel scales trained with it in place"),
+    Recipe(name="pear+temperature", learned="head", temperature=True,
+           paper="https://arxiv.org/abs/2409.19745 + attention temperature (a per-head softmax scale on the "
+                 "queries, as in Scalable-Softmax, https://arxiv.org/abs/2501.19399)",
+           help="head scales and one attention temperature per head trained jointly: the head's query rows of W_q "
+                "times tau, its attention logits times tau (not for models with a norm on the queries: qwen3, gemma3)"),
 )}
 DEFAULT_RECIPE = "pear"
 

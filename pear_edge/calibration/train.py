@@ -1,5 +1,6 @@
 """Train one fp32 scalar per selected head (PEAR) or per channel of each selected head's output (SEAL-C)
-on a proxy loss, the LLM frozen.
+on a proxy loss, the LLM frozen; optionally, jointly, one attention temperature per selected head (its queries
+times tau, clamped to TEMPERATURE_RANGE after each step; the pull leashes it to 1 too).
 
 Constraints on the coefficients (measured on the default model, see README "Making PEAR help"):
   none  - the paper: unconstrained; coefficients can exceed 1 (amplify) or go negative;
@@ -20,10 +21,11 @@ import torch
 from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 
-from pear_edge.edits.coefficients import ChannelScales, Coefficients, HeadCoefficient
+from pear_edge.arch.registry import check_q_temperatures
+from pear_edge.edits.coefficients import MAX_TEMPERATURE, ChannelScales, Coefficients, HeadCoefficient, QTemperature
 from pear_edge.base.errors import PearError
 from pear_edge.calibration.guard import TextGuard
-from pear_edge.edits.heads import scale_heads
+from pear_edge.edits.heads import scale_heads, scale_q_temperatures
 from pear_edge.data.prompts import PROMPT_FORMAT_KEY
 from pear_edge.data.template_family import DEFAULT_FAMILY, proxy_family
 from pear_edge.data.templates import TEMPLATE_KEY, resolve_template
@@ -32,6 +34,7 @@ from pear_edge.runtime.distributed import backward_shared, parts_per_rank
 from pear_edge.runtime.precision import weights_dtype
 
 CONSTRAINTS = {"none": (-math.inf, math.inf), "le1": (-math.inf, 1.0), "unit": (0.0, 1.0)}
+TEMPERATURE_RANGE = (1 / MAX_TEMPERATURE, MAX_TEMPERATURE)  # where trained temperatures are clamped
 PROXIES = ("copy", "mdqa", "passage", "cloze")
 
 
@@ -114,10 +117,12 @@ def checkpointed_layers(layers: list[torch.nn.Module]) -> Iterator[None]:
 
 def train_coefficients(loaded, heads: list[tuple[int, int, float]], settings: TrainSettings,
                        progress: bool = True, proxy=None, per_channel: bool = False,
-                       on_first_gradient=None) -> Coefficients:
+                       on_first_gradient=None, temperatures: bool = False) -> Coefficients:
     """Return Coefficients for `heads` [(layer, head, score)], trained on the proxy task: one scale per head,
     or with `per_channel` one per channel of each head's output (head_dim each; written as o_proj channel
     scales, 1 for the unselected heads' channels). The same loop, constraints, pull and guard either way.
+    With `temperatures`, one attention temperature per selected head is trained jointly (scale_q_temperatures;
+    written as q_temperatures; families with a norm on the queries are refused before any work).
     `on_first_gradient(grad)` sees d(proxy loss)/d(scales) at scale 1 on the first step's batch (shape of the
     scales: (heads,) or (heads, head_dim); before the pull and the guard add theirs)."""
     if not heads:
@@ -125,6 +130,8 @@ def train_coefficients(loaded, heads: list[tuple[int, int, float]], settings: Tr
     if settings.constraint not in CONSTRAINTS:
         raise PearError(f"unknown constraint {settings.constraint!r}; choose one of {', '.join(CONSTRAINTS)}")
     model, adapter = loaded.model, loaded.adapter
+    if temperatures:
+        check_q_temperatures(adapter.model_type)
     proxy = proxy or make_proxy(loaded, settings)
     keys = [(l, h) for l, h, _ in heads]
     held_out = proxy.held_out(settings.eval_batches, seed=settings.seed + 10_000)
@@ -134,7 +141,10 @@ def train_coefficients(loaded, heads: list[tuple[int, int, float]], settings: Tr
     gen = torch.Generator().manual_seed(settings.seed)
     shape = (len(keys), adapter.head_dim) if per_channel else (len(keys),)
     values = torch.nn.Parameter(torch.ones(shape, dtype=torch.float32, device=model_device(model)))
-    optim = torch.optim.AdamW([values], lr=settings.lr, weight_decay=settings.weight_decay)
+    taus = torch.nn.Parameter(torch.ones(len(keys) if temperatures else 0, dtype=torch.float32,
+                                         device=model_device(model)))
+    params = [values, taus] if temperatures else [values]
+    optim = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
     low, high = CONSTRAINTS[settings.constraint]
     guard = TextGuard(loaded.tokenizer, settings.guard_batch) if settings.guard else None
     losses, guard_losses = [], []
@@ -142,7 +152,8 @@ def train_coefficients(loaded, heads: list[tuple[int, int, float]], settings: Tr
     recompute = checkpointed_layers(adapter.layers) if settings.checkpoint else contextlib.nullcontext()
     micro = parts_per_rank(settings.batch, settings.micro_batch)
     guard_micro = parts_per_rank(settings.guard_batch, settings.micro_batch)
-    with scale_heads(adapter, heads=keys, values=values), recompute, torch.enable_grad():
+    tempered = scale_q_temperatures(adapter, heads=keys if temperatures else [], values=taus)
+    with scale_heads(adapter, heads=keys, values=values), tempered, recompute, torch.enable_grad():
         bar = tqdm(range(settings.steps), desc=f"train ({proxy.name} proxy)", disable=not progress)
         for _ in bar:
             # objective = proxy loss + pull * sum((c - 1)^2) + guard * LM loss, backpropagated term by term
@@ -152,20 +163,21 @@ def train_coefficients(loaded, heads: list[tuple[int, int, float]], settings: Tr
             optim.zero_grad()
             batch = proxy.sample(gen)
             loss = backward_shared(lambda mine: backward_in_parts(lambda part: proxy.loss(model, part), mine),
-                                   proxy.parts(batch, micro), [values])
+                                   proxy.parts(batch, micro), params)
             if on_first_gradient is not None and not losses:
                 on_first_gradient(values.grad.detach().clone())
             if settings.pull:
-                (settings.pull * ((values - 1) ** 2).sum()).backward()
+                (settings.pull * sum(((p - 1) ** 2).sum() for p in params)).backward()
             if guard is not None:
                 windows = guard.sample(gen)
                 guard_losses.append(backward_shared(
                     lambda mine: backward_in_parts(lambda part: guard.loss(model, part), mine, settings.guard),
-                    guard.parts(windows, guard_micro), [values]))
+                    guard.parts(windows, guard_micro), params))
             optim.step()
             with torch.no_grad():
                 values.clamp_(low, high)
-            if not torch.isfinite(values).all():
+                taus.clamp_(*TEMPERATURE_RANGE)
+            if not (torch.isfinite(values).all() and torch.isfinite(taus).all()):
                 raise PearError("training diverged (non-finite coefficient); lower --lr")
             losses.append(loss)
             c = values.detach()
@@ -175,11 +187,13 @@ def train_coefficients(loaded, heads: list[tuple[int, int, float]], settings: Tr
     trained = values.detach().cpu().tolist()
     coeffs = [] if per_channel else [HeadCoefficient(l, h, float(c), float(s)) for (l, h, s), c in zip(heads, trained)]
     channels = channel_scales(keys, trained, adapter.num_heads, adapter.head_dim) if per_channel else []
+    tempers = [QTemperature(l, h, float(t)) for (l, h), t in zip(keys, taus.detach().cpu().tolist())]
     calibration = {**settings.__dict__, "weights_dtype": weights_dtype(model), "train_seconds": round(seconds, 1),
                    "loss_curve": [round(x, 4) for x in losses],
                    "guard_curve": [round(x, 4) for x in guard_losses], **prompt_format_record(proxy)}
     metrics = {"held_out_proxy": held_out_record(proxy, before, after, len(held_out))}
-    return Coefficients(loaded.fingerprint(), coeffs, calibration, metrics, o_proj_channels=channels)
+    return Coefficients(loaded.fingerprint(), coeffs, calibration, metrics, o_proj_channels=channels,
+                        q_temperatures=tempers)
 
 
 def prompt_format_record(proxy) -> dict:

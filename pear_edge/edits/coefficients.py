@@ -6,11 +6,14 @@ It carries every weight edit a recipe makes, each an explicit transformation of 
   o_proj_channels  W_o[:, j] *= s_j                      one scalar per o_proj input channel (SEAL-C)
   qk_channels      W_q[:, ch] *= s; W_k[:, ch] *= s      one hidden channel as an input of the queries
                                                          and keys of a layer range (Yu et al. 2024)
+  q_temperatures   W_q[rows of head h, :] *= tau          one attention temperature per head: its logits
+                   (and those rows of the bias)          q.k times tau (tau > 1 sharpens its softmax)
 
 File format (JSON, versioned): see README "Coefficients file". Version 1 holds head scales only and is
-still what head-only coefficients are written as (older readers keep working); version 2 adds the other
-two kinds. A file names the model it belongs to through a fingerprint; applying it to a model with
-another head layout is always refused, and to other weights of the same layout only when their
+still what head-only coefficients are written as (older readers keep working); version 2 adds o_proj
+channel and q/k channel scales, and is still what coefficients without temperatures are written as;
+version 3 adds the attention temperatures. A file names the model it belongs to through a fingerprint;
+applying it to a model with another head layout is always refused, and to other weights of the same layout only when their
 per-layer o_proj norms differ by more than a tolerance (the same model in another quantization
 passes, a different model does not).
 """
@@ -33,9 +36,13 @@ import numpy as np
 
 PEAR_COEFFICIENTS = "pear.coefficients"  # the GGUF metadata key that carries a patched file's coefficients JSON
 FORMAT = "pear-edge/coefficients"
-VERSION = 2          # the newest version this pear-edge writes and reads
+VERSION = 3          # the newest version this pear-edge writes and reads
 HEADS_ONLY_VERSION = 1  # head scales only: written as version 1, byte for byte what version-1 writers wrote
-VERSIONS = (1, 2)
+CHANNELS_VERSION = 2    # no temperatures: written as version 2, byte for byte what version-2 writers wrote
+VERSIONS = (1, 2, 3)
+MAX_TEMPERATURE = 10.0
+"""Largest attention temperature accepted (read or trained): a head's logits times 10 already make its softmax
+nearly one-hot. Temperatures must also be > 0 (a zero or negative one is no temperature)."""
 # Largest relative difference of any layer's o_proj Frobenius norm accepted as "same model".
 # Quantization noise barely moves a Frobenius norm; the weight sketch below is what tells models apart.
 NORM_TOLERANCE = 0.03
@@ -172,7 +179,18 @@ class QKChannelScale:
         return range(self.first_layer, self.last_layer + 1)
 
 
-EDIT_KINDS = ("heads", "o_proj_channels", "qk_channels")
+@dataclass(frozen=True)
+class QTemperature:
+    """An attention temperature: head `head` of layer `layer` has its query rows of W_q (and of its bias)
+    multiplied by tau, so its attention logits q.k are multiplied by tau (exact under RoPE, a rotation
+    applied after the projection, and under GQA, where only the queries change)."""
+
+    layer: int
+    head: int
+    tau: float
+
+
+EDIT_KINDS = ("heads", "o_proj_channels", "qk_channels", "q_temperatures")
 
 
 def qk_factor_map(edits: Iterable[QKChannelScale]) -> dict[int, dict[int, float]]:
@@ -192,6 +210,7 @@ class Coefficients:
     metrics: dict[str, Any] = field(default_factory=dict)
     o_proj_channels: list[ChannelScales] = field(default_factory=list)
     qk_channels: list[QKChannelScale] = field(default_factory=list)
+    q_temperatures: list[QTemperature] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -237,17 +256,33 @@ class Coefficients:
             if pairs & taken:
                 raise PearError(f"q/k channel {q.channel} is scaled twice in layer {min(pairs & taken)[0]}")
             taken |= pairs
+        tempered: set[tuple[int, int]] = set()
+        for t in self.q_temperatures:
+            key = (t.layer, t.head)
+            if key in tempered:
+                raise PearError(f"attention temperature of L{t.layer}H{t.head} appears twice in the coefficients")
+            tempered.add(key)
+            if not (0 <= t.layer < self.model.num_layers and 0 <= t.head < self.model.num_heads):
+                raise PearError(f"attention temperature of L{t.layer}H{t.head} is outside the model's "
+                                f"{self.model.num_layers} layers x {self.model.num_heads} heads")
+            if not (math.isfinite(t.tau) and 0 < t.tau <= MAX_TEMPERATURE):
+                raise PearError(f"attention temperature of L{t.layer}H{t.head} is {t.tau:g}; it must be above 0 and "
+                                f"at most {MAX_TEMPERATURE:g}")
 
     @property
     def version(self) -> int:
-        """The file version these coefficients are written as: 1 for head scales only, else 2."""
-        return VERSION if self.o_proj_channels or self.qk_channels else HEADS_ONLY_VERSION
+        """The file version these coefficients are written as: 1 for head scales only, 2 with o_proj or q/k
+        channel scales, 3 with attention temperatures."""
+        if self.q_temperatures:
+            return VERSION
+        return CHANNELS_VERSION if self.o_proj_channels or self.qk_channels else HEADS_ONLY_VERSION
 
     def edit_counts(self) -> dict[str, int]:
-        """How many edits of each kind (EDIT_KINDS): heads, layers with o_proj channel scales, and
-        (layer, channel) pairs with a q/k scale."""
+        """How many edits of each kind (EDIT_KINDS): heads, layers with o_proj channel scales, (layer, channel)
+        pairs with a q/k scale, and heads with an attention temperature."""
         return {"heads": len(self.heads), "o_proj_channels": len(self.o_proj_channels),
-                "qk_channels": sum(len(q.layers) for q in self.qk_channels)}
+                "qk_channels": sum(len(q.layers) for q in self.qk_channels),
+                "q_temperatures": len(self.q_temperatures)}
 
     def is_empty(self) -> bool:
         return not any(self.edit_counts().values())
@@ -273,6 +308,13 @@ class Coefficients:
         """layer -> {hidden channel: scale} of the q/k input-channel edits."""
         return qk_factor_map(self.qk_channels)
 
+    def q_factors(self) -> dict[int, dict[int, float]]:
+        """layer -> {head: tau} of the attention temperatures, layers and heads in order."""
+        out: dict[int, dict[int, float]] = {}
+        for t in sorted(self.q_temperatures, key=lambda t: (t.layer, t.head)):
+            out.setdefault(t.layer, {})[t.head] = t.tau
+        return out
+
     def describe_edits(self) -> str:
         """'8 head scales, o_proj channel scales on 2 layers, q/k channel 17 x -0.5 on layers 10..25'."""
         parts = []
@@ -283,6 +325,8 @@ class Coefficients:
                          f"{'s' * (len(self.o_proj_channels) != 1)}")
         parts += [f"q/k channel {q.channel} x {q.scale:g} on layers {q.first_layer}..{q.last_layer}"
                   for q in self.qk_channels]
+        if self.q_temperatures:
+            parts.append(f"{len(self.q_temperatures)} attention temperature{'s' * (len(self.q_temperatures) != 1)}")
         return ", ".join(parts) or "no edits"
 
     def summary(self, listed: int = 12) -> str:
@@ -295,6 +339,9 @@ class Coefficients:
                           f"{values.max():.3f} (median {float(np.median(values)):.3f})")
         others += [f"q/k channel {q.channel} x {q.scale:g} on layers {q.first_layer}..{q.last_layer}"
                    for q in self.qk_channels]
+        if self.q_temperatures:
+            taus = [t.tau for t in self.q_temperatures]
+            others.append(f"attention temperatures on {len(taus)} heads, {min(taus):.3f} .. {max(taus):.3f}")
         if not self.heads:
             return "; ".join(others) or "no edits"
         heads = sorted(self.heads, key=lambda h: -abs(h.coefficient - 1))
@@ -315,7 +362,8 @@ class Coefficients:
 
     def to_json(self) -> str:
         """Version 1 (the layout head-only files always had) or, with other edit kinds, version 2: the same
-        keys plus `o_proj_channels` and `qk_channels`, both always present."""
+        keys plus `o_proj_channels` and `qk_channels`, both always present; with attention temperatures,
+        version 3: those keys plus `q_temperatures`."""
         doc: dict[str, Any] = {
             "format": FORMAT,
             "version": self.version,
@@ -325,6 +373,8 @@ class Coefficients:
         if self.version >= 2:
             doc["o_proj_channels"] = [{"layer": c.layer, "scales": list(c.scales)} for c in self.o_proj_channels]
             doc["qk_channels"] = [asdict(q) for q in self.qk_channels]
+        if self.version >= 3:
+            doc["q_temperatures"] = [asdict(t) for t in self.q_temperatures]
         doc["calibration"] = self.calibration
         doc["metrics"] = self.metrics
         return json.dumps(doc, indent=2, allow_nan=False)
@@ -368,8 +418,10 @@ _MODEL_KEYS = {"model_type", "num_layers", "num_heads", "head_dim", "hidden_size
 _HEAD_KEYS = {"layer", "head", "coefficient", "score"}
 _CHANNEL_KEYS = {"layer", "scales"}
 _QK_KEYS = {"channel", "scale", "first_layer", "last_layer"}
+_TEMPERATURE_KEYS = {"layer", "head", "tau"}
 _TOP_KEYS = {"format", "version", "model", "heads", "calibration", "metrics"}
-_V2_KEYS = {"o_proj_channels", "qk_channels"}  # required in version 2
+_V2_KEYS = {"o_proj_channels", "qk_channels"}  # required from version 2
+_V3_KEYS = {"q_temperatures"}                  # required from version 3
 
 
 def max_coefficient() -> float:
@@ -522,6 +574,14 @@ def _parse_qk(q: Any, where: str, bound: float) -> QKChannelScale:
     return QKChannelScale(channel, scale, first, last)
 
 
+def _parse_temperature(t: Any, where: str) -> QTemperature:
+    t = _object(t, where)
+    _no_unknown_keys(t, _TEMPERATURE_KEYS, where)
+    layer = _integer(_required(t, "layer", where), f"{where}.layer", 0, MAX_DIMENSION)
+    head = _integer(_required(t, "head", where), f"{where}.head", 0, MAX_DIMENSION)
+    return QTemperature(layer, head, _number(_required(t, "tau", where), f"{where}.tau"))  # 0 < tau: validate()
+
+
 def _check_version(doc: dict, source: str) -> int:
     version = _required(doc, "version", source)
     if isinstance(version, int) and not isinstance(version, bool) and version in VERSIONS:
@@ -536,12 +596,14 @@ def _check_version(doc: dict, source: str) -> int:
 def parse_document(doc: dict, source: str) -> Coefficients:
     """Check a parsed coefficients document field by field: format, version, the model fingerprint, lists
     of distinct edits inside the model with finite, bounded values (version 1: a non-empty list of heads;
-    version 2: also `o_proj_channels` and `qk_channels`, at least one edit in all), and calibration/metrics
-    objects. Raises PearError naming the first problem."""
+    version 2: also `o_proj_channels` and `qk_channels`; version 3: also `q_temperatures`, each above 0 and at
+    most MAX_TEMPERATURE; at least one edit in all), and calibration/metrics objects. Raises PearError naming the
+    first problem."""
     if doc.get("format") != FORMAT:
         raise PearError(f"{source}: not a pear-edge coefficients file (missing format={FORMAT!r})")
     version = _check_version(doc, source)
-    _no_unknown_keys(doc, _TOP_KEYS | (_V2_KEYS if version >= 2 else set()), source)
+    _no_unknown_keys(doc, _TOP_KEYS | (_V2_KEYS if version >= 2 else set()) | (_V3_KEYS if version >= 3 else set()),
+                     source)
     model = parse_fingerprint(_required(doc, "model", source), f"{source}: model")
     heads = _list(_required(doc, "heads", source), f"{source}: heads")
     bound = max_coefficient()
@@ -552,13 +614,18 @@ def parse_document(doc: dict, source: str) -> Coefficients:
         channels = [_parse_channels(c, f"{source}: o_proj_channels[{i}]", bound)
                     for i, c in enumerate(items["o_proj_channels"])]
         qk = [_parse_qk(q, f"{source}: qk_channels[{i}]", bound) for i, q in enumerate(items["qk_channels"])]
-    if not (parsed or channels or qk):
-        what = "the heads list is empty" if version == 1 else "heads, o_proj_channels and qk_channels are all empty"
+    temperatures = []
+    if version >= 3:
+        items = _list(_required(doc, "q_temperatures", source), f"{source}: q_temperatures")
+        temperatures = [_parse_temperature(t, f"{source}: q_temperatures[{i}]") for i, t in enumerate(items)]
+    if not (parsed or channels or qk or temperatures):
+        what = {1: "the heads list is empty", 2: "heads, o_proj_channels and qk_channels are all empty"}.get(
+            version, "heads, o_proj_channels, qk_channels and q_temperatures are all empty")
         raise PearError(f"{source}: {what}; there is nothing to apply")
     calibration = _object(doc.get("calibration", {}), f"{source}: calibration")
     metrics = _object(doc.get("metrics", {}), f"{source}: metrics")
     try:
-        return Coefficients(model, parsed, calibration, metrics, channels, qk)
+        return Coefficients(model, parsed, calibration, metrics, channels, qk, temperatures)
     except PearError as exc:
         raise PearError(f"{source}: {exc}") from None
 

@@ -42,6 +42,8 @@ def describe_coefficients(coeffs) -> str:
                      f"{sum(x != 1.0 for x in c.scales)} of {len(c.scales)} != 1")
     for q in coeffs.qk_channels:
         lines.append(f"  q/k input channel {q.channel} x {q.scale:g} on layers {q.first_layer}..{q.last_layer}")
+    for t in sorted(coeffs.q_temperatures, key=lambda t: (t.layer, t.head)):
+        lines.append(f"  L{t.layer:>2}H{t.head:<2} attention temperature {t.tau:.4f}")
     summary = proxy_summary(coeffs.metrics)
     if summary:
         lines.append(summary)

@@ -4,10 +4,13 @@
                                                    (Coefficients.o_proj_factors); GPT-2 Conv1D: rows
     scale_qk_input_channel W[rows, ch] *= s        rows = the queries and keys of a q/k projection
                                                    (ArchAdapter.qk_targets), ch = a hidden channel
+    scale_q_rows           W[rows, :] *= tau,      rows = a head's queries of the query projection
+                           b[rows] *= tau          (ArchAdapter.q_head_rows): its attention temperature
 
 Each is exactly the hooked model (pear_edge.edits.heads.apply_coefficients: head outputs scaled before W_O; the
-channel's contribution to queries and keys scaled), with the same graph and the same tensors, so
-inference costs nothing extra. Biases and every other tensor stay bit-identical.
+channel's contribution to queries and keys scaled; a head's queries scaled), with the same graph and the same
+tensors, so inference costs nothing extra. Every other tensor (and every bias but the query rows' under a
+temperature) stays bit-identical.
 """
 from __future__ import annotations
 
@@ -46,10 +49,23 @@ def scale_qk_input_channel(weight: torch.Tensor, in_features_dim: int, rows: Seq
     w[index, channel] *= torch.tensor(scale, dtype=torch.float32).to(weight.dtype)
 
 
+def scale_q_rows(tensor: torch.Tensor, out_features_dim: int, rows: Sequence[int], taus: Sequence[float]) -> None:
+    """In place: output feature rows[i] of a query projection's weight or bias multiplied by taus[i].
+
+    tensor: the weight, (out, hidden) for nn.Linear (out_features_dim 0) or (hidden, out) for Conv1D
+    (out_features_dim 1), or the bias, (out,) (out_features_dim 0); rows: output features (a head's query
+    rows, ArchAdapter.q_head_rows; a fused projection's keys and values keep theirs); taus: one per row."""
+    w = tensor if out_features_dim == 0 else tensor.T
+    index = torch.as_tensor(list(rows), dtype=torch.long, device=tensor.device)
+    factor = torch.tensor(list(taus), dtype=torch.float32).to(tensor.device, tensor.dtype)
+    w[index] *= factor.view(-1, *([1] * (w.dim() - 1)))
+
+
 def weight_edits(adapter, coefficients: Coefficients) -> list[tuple[torch.Tensor, Callable[[torch.Tensor], None]]]:
-    """Every edit of `coefficients` as (the adapter's weight it edits, an in-place transformation of a tensor
-    of that weight's shape and dtype), in the order the fold applies them. The weight names the target only
-    (it may live on the meta device); the transformation runs on whatever tensor holds its values."""
+    """Every edit of `coefficients` as (the adapter's parameter it edits: a weight, or the query bias under an
+    attention temperature; an in-place transformation of a tensor of that parameter's shape and dtype), in the
+    order the fold applies them. The parameter names the target only (it may live on the meta device); the
+    transformation runs on whatever tensor holds its values."""
     dim = adapter.spec.in_features_dim
     edits = [(adapter.o_proj_weight(layer), partial(scale_o_proj_columns, in_features_dim=dim, factors=factors))
              for layer, factors in coefficients.o_proj_factors().items()]
@@ -57,6 +73,13 @@ def weight_edits(adapter, coefficients: Coefficients) -> list[tuple[torch.Tensor
         for module, rows in adapter.qk_targets(layer):
             edits += [(module.weight, partial(scale_qk_input_channel, in_features_dim=dim, rows=rows, channel=channel,
                                               scale=scale)) for channel, scale in channels.items()]
+    for layer, taus in coefficients.q_factors().items():
+        module = adapter.q_projection(layer)
+        rows = [r for head in taus for r in adapter.q_head_rows(layer, head)]
+        factors = [tau for tau in taus.values() for _ in range(adapter.head_dim)]
+        edits.append((module.weight, partial(scale_q_rows, out_features_dim=1 - dim, rows=rows, taus=factors)))
+        if getattr(module, "bias", None) is not None:
+            edits.append((module.bias, partial(scale_q_rows, out_features_dim=0, rows=rows, taus=factors)))
     return edits
 
 

@@ -1,5 +1,5 @@
 """Head interventions: context-managed forward pre-hooks on each layer's o_proj input, and forward hooks
-on the q/k projections.
+on the q/k projections (q/k channel scales, attention temperatures).
 
 The o_proj input is the concatenation of the heads' outputs (before W_O), so editing a head's slice
 there is exactly "the head's output after its W_O slice". `apply_coefficients` applies every edit of a
@@ -116,14 +116,57 @@ def scale_qk_channels(adapter: ArchAdapter, factors: Mapping[int, Mapping[int, f
 
 
 @contextlib.contextmanager
+def scale_q_temperatures(adapter: ArchAdapter, temperatures: Mapping[tuple[int, int], float] | None = None, *,
+                         heads: list[tuple[int, int]] | None = None,
+                         values: torch.Tensor | None = None) -> Iterator[None]:
+    """Multiply selected heads' queries by attention temperatures: a forward hook on each layer's query
+    projection (ArchAdapter.q_projection) multiplies head h's output rows (ArchAdapter.q_head_rows) by tau_h,
+    the same linear map as folding W_q[rows] *= tau (and the bias's rows); its attention logits are then
+    tau_h times what they were. Either a {(layer, head): tau} mapping, or `heads` + a (possibly trainable)
+    (len(heads),) `values` tensor, read afresh at every forward pass (as in `scale_heads`). Families with a
+    norm on the queries are refused (registry.check_q_temperatures)."""
+    if temperatures is not None:
+        heads = list(temperatures)
+        device = adapter.o_projs[0].weight.device
+        values = torch.tensor([temperatures[h] for h in heads], dtype=torch.float32, device=device)
+    assert heads is not None and values is not None
+    if values.shape != (len(heads),):
+        raise ValueError(f"values must be ({len(heads)},), not {tuple(values.shape)}")
+    handles = []
+
+    def make_hook(rows: torch.Tensor, pos: torch.Tensor, out_features: int):
+        def hook(module, args, output):
+            per_row = values[pos].repeat_interleave(rows.shape[1])                  # (heads here x head_dim,)
+            factor = torch.ones(out_features, dtype=values.dtype, device=values.device).index_put(
+                (rows.reshape(-1),), per_row)
+            return (output.to(factor.dtype) * factor).to(output.dtype)
+        return hook
+
+    try:
+        for layer, (idx, pos) in _layer_positions(heads).items():
+            module = adapter.q_projection(layer)
+            rows = torch.tensor([adapter.q_head_rows(layer, int(h)) for h in idx], dtype=torch.long,
+                                device=values.device)                               # (heads here, head_dim)
+            out_features = adapter.as_out_in(module.weight).shape[0]
+            handles.append(module.register_forward_hook(make_hook(rows, pos.to(values.device), out_features)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextlib.contextmanager
 def apply_coefficients(adapter: ArchAdapter, coefficients) -> Iterator[None]:
     """Every edit of a pear_edge.edits.coefficients.Coefficients, as hooks (the fold's hooked twin): o_proj input
-    columns scaled by Coefficients.o_proj_factors (head scales x channel scales) through `scale_heads`, and
-    the q/k channel scales through `scale_qk_channels`."""
+    columns scaled by Coefficients.o_proj_factors (head scales x channel scales) through `scale_heads`, the
+    q/k channel scales through `scale_qk_channels`, then the attention temperatures through
+    `scale_q_temperatures`."""
     factors = coefficients.o_proj_factors()
     device = adapter.o_projs[0].weight.device
     keys = [(layer, head) for layer in factors for head in range(adapter.num_heads)]
     stack = [torch.from_numpy(f).view(adapter.num_heads, adapter.head_dim) for f in factors.values()]
     values = torch.cat(stack).to(device) if stack else torch.ones(0, adapter.head_dim, device=device)
-    with scale_heads(adapter, heads=keys, values=values), scale_qk_channels(adapter, coefficients.qk_factors()):
+    temperatures = {(t.layer, t.head): t.tau for t in coefficients.q_temperatures}
+    with scale_heads(adapter, heads=keys, values=values), scale_qk_channels(adapter, coefficients.qk_factors()), \
+            scale_q_temperatures(adapter, temperatures):
         yield

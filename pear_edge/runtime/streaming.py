@@ -3,7 +3,7 @@
 A safetensors file is an 8-byte little-endian header length n, n bytes of JSON
 {name: {dtype, shape, data_offsets: [begin, end)}, "__metadata__": {...}}, then the tensors' bytes (offsets
 count from the end of the header). `fold_folder` writes each weight file as its header, byte for byte, then
-each tensor in file order: an edited one (o_proj, q/k) read whole, changed by pear_edge.edits.fold's
+each tensor in file order: an edited one (o_proj, q/k, a query bias) read whole, changed by pear_edge.edits.fold's
 transformations in its own dtype and written back (same dtype and shape, so the header and every offset
 stay valid); every other tensor copied in CHUNK pieces. The fingerprint hashes the tensors in CHUNK pieces
 too, so memory holds the largest edited tensor (and one o_proj in float64 for the fingerprint's sketch),
