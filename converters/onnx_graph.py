@@ -175,10 +175,7 @@ def find_qk_weights(export: OnnxExport, layers) -> dict[int, list[QKWeight]]:
             if len(tensor.dims) != 2 or tensor.dims[0] != lay.hidden_size:
                 raise PearError(f"{export.folder}: {node.name} weight has shape {tuple(tensor.dims)}, expected "
                                 f"(hidden {lay.hidden_size}, outputs)")
-            users = g.consumers.get(weight, [])
-            if len(users) != 1:
-                raise PearError(f"{export.folder}: {module} weight of layer {layer} is shared by {len(users)} nodes "
-                                f"({', '.join(users[:3])}); patching it would change the others too")
+            check_one_user(g.consumers, weight, f"{export.folder}: {module} weight of layer {layer}")
             outputs = qk_output_rows(export.spec.qkv_fused, int(tensor.dims[1]), lay.num_heads, lay.head_dim)
             found.setdefault(layer, []).append(QKWeight(layer, node.name, weight, tuple(outputs)))
     return found
@@ -201,11 +198,16 @@ def find_q_bias(export: OnnxExport, layer: int, outputs: int) -> str | None:
     if tensor.data_type not in FLOAT_TYPES or tuple(tensor.dims) != (outputs,):
         raise PearError(f"{export.folder}: {node.name} bias {name!r} has shape {tuple(tensor.dims)}, expected "
                         f"({outputs},) floats")
-    users = g.consumers.get(name, [])
-    if len(users) != 1:
-        raise PearError(f"{export.folder}: query bias of layer {layer} is shared by {len(users)} nodes "
-                        f"({', '.join(users[:3])}); patching it would change the others too")
+    check_one_user(g.consumers, name, f"{export.folder}: query bias of layer {layer}")
     return name
+
+
+def check_one_user(consumers: dict[str, list[str]], name: str, what: str) -> None:
+    """An initializer is patched in place only when one node reads it (else the others would change too)."""
+    users = consumers.get(name, [])
+    if len(users) != 1:
+        raise PearError(f"{what} is shared by {len(users)} nodes ({', '.join(users[:3])}); patching it would "
+                        "change the others too")
 
 
 def _check_o_proj(export, node, layer, inits, producers, consumers) -> None:
@@ -225,10 +227,7 @@ def _check_o_proj(export, node, layer, inits, producers, consumers) -> None:
     if tuple(tensor.dims) != (lay.num_heads * lay.head_dim, lay.hidden_size):
         raise PearError(f"{export.folder}: {node.name} weight has shape {tuple(tensor.dims)}, expected "
                         f"(heads x head_dim, hidden) = ({lay.num_heads * lay.head_dim}, {lay.hidden_size})")
-    users = consumers.get(weight, [])
-    if len(users) != 1:
-        raise PearError(f"{export.folder}: o_proj weight of layer {layer} is shared by {len(users)} nodes "
-                        f"({', '.join(users[:3])}); patching it would change the others too")
+    check_one_user(consumers, weight, f"{export.folder}: o_proj weight of layer {layer}")
 
 
 def weight_array(export: OnnxExport, name: str) -> np.ndarray:
