@@ -124,9 +124,10 @@ def cmd_train(args) -> int:
     with process_group(args.device):
         loaded = _load(args)
         scores.model.check_matches(loaded.fingerprint(), what=args.model)
+        unvalidated = None
         if is_main():
             _note_caveat(loaded)
-        unvalidated = _warn_unvalidated(loaded, settings) if is_main() else None
+            unvalidated = _warn_unvalidated(loaded, settings)
         coeffs = train_from_scores(loaded, scores, settings, progress=_progress(args))
     if not is_main():
         return 0

@@ -176,17 +176,21 @@ def runtime_versions() -> dict[str, str]:
     return versions
 
 
-def machine() -> str:
-    """'AMD EPYC 7B13, 2 cores' from /proc/cpuinfo (the platform's name elsewhere): said beside every cost."""
-    import os
-    import platform
-
-    name = platform.processor() or platform.machine()
+def cpuinfo(field: str) -> str | None:
+    """The first value of `field` ("model name", "flags") in /proc/cpuinfo; None where there is none."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
-            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+            return next((line.split(":", 1)[1].strip() for line in f if line.split(":", 1)[0].strip() == field),
+                        None)
     except OSError:
-        pass
+        return None
+
+
+def machine() -> str:
+    """'AMD EPYC 7B13, 2 cores' from /proc/cpuinfo (the platform's name elsewhere): said beside every cost."""
+    import platform
+
+    name = cpuinfo("model name") or platform.processor() or platform.machine()
     return f"{name}, {os.cpu_count()} cores"
 
 

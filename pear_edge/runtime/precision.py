@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from pear_edge.base.errors import PearError
+from pear_edge.runtime.device import cpuinfo
 from pear_edge.runtime.safetensors_layout import DTYPES as STORED, read_weight_file
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -26,17 +27,8 @@ NATIVE_CPU_BF16 = False
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags from /proc/cpuinfo (empty elsewhere)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            return set(next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []))
-    except OSError:
-        return set()
-
-
 def cpu_native_bf16() -> bool:
-    return bool(cpu_flags() & set(CPU_BF16_FLAGS))
+    return bool(set((cpuinfo("flags") or "").split()) & set(CPU_BF16_FLAGS))
 
 
 def resolve_dtype(requested: str, device: str) -> torch.dtype:
@@ -71,5 +63,7 @@ def load_dtype(folder: Path, dtype: torch.dtype) -> torch.dtype:
     """The dtype to load a checkpoint in so that its fingerprint (sha256 of the fp32 weights) is the checkpoint's
     own: `dtype` when every weight is stored in it (fp32 of those values is exact), else fp32, cast to `dtype`
     after the fingerprint is taken."""
+    if dtype == torch.float32:
+        return dtype
     stored = safetensors_dtypes(folder)
     return dtype if stored and stored <= {dtype} else torch.float32
