@@ -295,9 +295,12 @@ def cmd_eval(args) -> int:
             lambda: TorchBackend(pear_loaded, coeffs, fold=args.fold, prompt_format=fmt, threads=args.threads),
             (_side_key(args, cache, args.model, "torch", path),
              _side_key(args, cache, args.model, "torch", path, args.coefficients, mode)))
+    shared = {Path(b).name for b, _ in pairs if sum(Path(x).name == Path(b).name for x, _ in pairs) > 1}
     for base, pear in pairs:
         kind = args.backend
-        run(f"{kind or infer_kind(base)}:{Path(base).name}",
+        # one base against several PEAR files: each run is named by both, or the report cannot tell them apart
+        against = f" vs {Path(pear).name}" if Path(base).name in shared else ""
+        run(f"{kind or infer_kind(base)}:{Path(base).name}{against}",
             lambda: open_backend(base, kind, threads=args.threads, prompt_format=args.prompt_format),
             lambda: open_backend(pear, kind, threads=args.threads, prompt_format=args.prompt_format),
             tuple(_side_key(args, cache, spec, kind or infer_kind(spec), paths[spec]) for spec in (base, pear)))

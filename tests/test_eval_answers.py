@@ -260,3 +260,18 @@ def test_gguf_pairs_are_keyed_by_what_the_files_hold(tmp_path, monkeypatch):
     write_tiny_gguf(base, T.Q8_0, seed=3)
     run(pear2, "c")
     assert opened[3:] == ["base.gguf"]
+
+
+def test_one_base_against_two_pear_models_names_each_run_by_both(tmp_path, tiny):
+    first, second = tmp_path / "first", tmp_path / "second"
+    shutil.copytree(tiny["model"], first)
+    shutil.copytree(tiny["model"], second)
+    base = str(tiny["model"])
+    args = ["-q", "eval", "--task", "counterfactual", "--count", "2", "--num-docs", "4", "--max-tokens", "2",
+            "--backend", "torch", "--base", base, "--pear", str(first), "--base", base, "--pear", str(second),
+            "--answers-cache", str(tmp_path / "cache"), "-o", str(tmp_path / "out")]
+    assert main(args) == 0
+    labels = [r["label"] for r in json.loads((tmp_path / "out" / "results.json").read_text())["runs"]]
+    name = tiny["model"].name
+    assert labels == [f"torch:{name} vs first", f"torch:{name} vs second"]
+    assert f"### torch:{name} vs second" in (tmp_path / "out" / "report.md").read_text()

@@ -191,3 +191,18 @@ def test_demo_quick_examples_come_from_the_validation_half_at_first_middle_and_l
     questions = {e.prompt.splitlines()[-2] for e in examples}
     assert len(questions) == 3 and all(e.prompt.count("Document [") == 5 for e in examples)
     assert all(half_of(q.removeprefix("Question: ")) == "validation" for q in questions)
+
+
+def test_tradeoff_keeps_reports_on_other_templates_apart(tmp_path):
+    """The same examples asked in two prompt templates are two measurements: one column each."""
+    from pear_edge.eval.lab.tradeoff import read_measure
+
+    refs = []
+    for name in ("litm-short", "haystack-rag"):
+        base, pear = _results([1, 0, 0] * 4), _results([1, 1, 0] * 4)
+        for side in (base, pear):
+            side.settings = {"data": "nq.jsonl", "template": {"name": name}}
+        write_report(tmp_path / name, [Run("q", base, pear, paired_compare(base, pear, resamples=50))])
+        refs.append(str(tmp_path / name))
+    columns = [read_measure(r).column for r in refs]
+    assert columns == ["mdqa nq litm-short · ?", "mdqa nq haystack-rag · ?"]

@@ -2,9 +2,10 @@
 
 Each point is one way of calibrating (a budget, a guard, a recipe): its cost (wall seconds, optionally peak
 GiB) and the eval reports (`pear-edge eval ... -o DIR`, DIR/results.json) that measured its coefficients.
-Reports are grouped into columns by what they measured — task, data, and the base model file — so points
-measured on the same examples share a column and panel. Accuracy reports give the paired Δ in points with
-its CI and McNemar p; perplexity reports the relative change in % with its CI, drawn against the bound.
+Reports are grouped into columns by what they measured — task, data, prompt template and the base model
+file — so points measured on the same examples share a column and panel. Accuracy reports give the paired Δ in
+points with its CI and McNemar p; perplexity reports the relative change in % with its CI, drawn against the
+bound.
 
     pear-edge eval tradeoff -o OUT \\
         --point "full=810:2.62=out/full/results.json#0,out/full/results.json#1" \\
@@ -76,7 +77,10 @@ def read_measure(ref: str) -> Measure:
                         f"eval -o DIR`)") from None
     settings = base.get("settings") or {}
     data = Path(str(settings.get("data") or settings.get("split") or "")).name.removesuffix(".jsonl")
-    column = " ".join(x for x in (base.get("task", "?"), data) if x) + f" · {base['backend'].get('name', '?')}"
+    template = settings.get("template")
+    template = template.get("name") if isinstance(template, dict) else None
+    column = (" ".join(x for x in (base.get("task", "?"), data, template) if isinstance(x, str) and x)
+              + f" · {base['backend'].get('name', '?')}")
     perplexity = overall["metric"] == "perplexity"
     scale = 100.0 / overall["base"] if perplexity else 100.0  # perplexity: relative change in %; accuracy: pt
     delta, low, high = (overall[k] * scale for k in ("delta", "ci_low", "ci_high"))

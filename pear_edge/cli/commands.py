@@ -220,16 +220,17 @@ def _note_caveat(loaded) -> None:
 def _print_summary(coeffs) -> None:
     from pear_edge import results
     from pear_edge.calibration.recipes import DEFAULT_RECIPE
-    from pear_edge.edits.describe import proxy_summary
+    from pear_edge.edits.describe import proxy_summary, template_measured
 
     # a model measured without an established gain says so first; else what was measured of the recipe (on
-    # SmolLM2), else of the proxy (with head scales on SmolLM2); then the gold placement's and budget's notes
+    # SmolLM2), else of the proxy (with head scales on SmolLM2); then the template's, gold placement's and
+    # budget's notes
     model = results.model_entry(coeffs.model.weights_sha256)
     train, recipe = coeffs.calibration.get("train", {}), str(coeffs.calibration.get("recipe"))
     measured = ((results.note("model", model["name"]) if model and not model["validated"] else None)
                 or (results.note("recipe", recipe) if recipe != DEFAULT_RECIPE else None)
                 or results.note("proxy", str(train.get("proxy"))))
-    notes = (measured, results.note("gold", str(train.get("gold"))),
+    notes = (measured, template_measured(coeffs.calibration), results.note("gold", str(train.get("gold"))),
              results.note("budget", str(coeffs.calibration.get("budget"))))
     for note in filter(None, notes):
         print(f"pear-edge: note: {note}", file=sys.stderr)

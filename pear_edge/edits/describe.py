@@ -17,6 +17,18 @@ def template_note(record: dict) -> str:
     return f"template family {record['name']}{held}"
 
 
+ONE_TEMPLATE = "one template"  # the template note's key for coefficients calibrated on a single template
+
+
+def template_measured(calibration) -> str | None:
+    """What was measured of the template or family the coefficients were calibrated on (measured.json's
+    `template` notes: a family by name, any single template as ONE_TEMPLATE), or None."""
+    record = recorded_template(calibration)
+    if record is None:
+        return None
+    return results.note("template", record["name"] if "family" in record else ONE_TEMPLATE)
+
+
 def describe_coefficients(coeffs) -> str:
     """Coefficients (already validated by the strict reader) as text."""
     m = coeffs.model
