@@ -64,3 +64,15 @@ def test_a_claim_reads_as_words_from_its_numbers(monkeypatch):
         "the cloze proxy: NQ, llama.cpp Q4_1: 27.5 -> 31.7 %: +4.2 pt, 95 % CI [\u22123.3, +11.7], p=0.49, n=120, "
         "position gap 17.5 -> 22.5 pt (docs/results.md#a)")
     assert results.note("proxy", "copy") is None
+
+
+def test_calibrate_notes_what_was_measured_of_its_template_or_family():
+    from pear_edge.edits.describe import ONE_TEMPLATE, template_measured
+
+    notes = results.measured()["notes"]["template"]
+    family = {"template": {"family": "generic", "name": "generic", "excluded": [], "templates": 2}}
+    single = {"template": {"name": "my-prompt", "sha256": "0" * 64}}
+    assert template_measured(family).startswith(notes["generic"]["text"])
+    assert template_measured(single).startswith(notes[ONE_TEMPLATE]["text"])
+    assert template_measured({"template": {"family": "mine", "name": "mine"}}) is None  # nothing measured of it
+    assert template_measured({}) is None and template_measured(None) is None
