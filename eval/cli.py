@@ -8,6 +8,7 @@ import argparse
 import math
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 
 from pear_edge.base.errors import PearError
@@ -295,11 +296,11 @@ def cmd_eval(args) -> int:
             lambda: TorchBackend(pear_loaded, coeffs, fold=args.fold, prompt_format=fmt, threads=args.threads),
             (_side_key(args, cache, args.model, "torch", path),
              _side_key(args, cache, args.model, "torch", path, args.coefficients, mode)))
-    shared = {Path(b).name for b, _ in pairs if sum(Path(x).name == Path(b).name for x, _ in pairs) > 1}
+    base_names = Counter(Path(b).name for b, _ in pairs)
     for base, pear in pairs:
         kind = args.backend
         # one base against several PEAR files: each run is named by both, or the report cannot tell them apart
-        against = f" vs {Path(pear).name}" if Path(base).name in shared else ""
+        against = f" vs {Path(pear).name}" if base_names[Path(base).name] > 1 else ""
         run(f"{kind or infer_kind(base)}:{Path(base).name}{against}",
             lambda: open_backend(base, kind, threads=args.threads, prompt_format=args.prompt_format),
             lambda: open_backend(pear, kind, threads=args.threads, prompt_format=args.prompt_format),

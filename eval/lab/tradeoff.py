@@ -78,8 +78,8 @@ def read_measure(ref: str) -> Measure:
     settings = base.get("settings") or {}
     data = Path(str(settings.get("data") or settings.get("split") or "")).name.removesuffix(".jsonl")
     template = settings.get("template")
-    template = template.get("name") if isinstance(template, dict) else None
-    column = (" ".join(x for x in (base.get("task", "?"), data, template) if isinstance(x, str) and x)
+    template_name = str(template.get("name") or "") if isinstance(template, dict) else ""
+    column = (" ".join(x for x in (base.get("task", "?"), data, template_name) if x)
               + f" · {base['backend'].get('name', '?')}")
     perplexity = overall["metric"] == "perplexity"
     scale = 100.0 / overall["base"] if perplexity else 100.0  # perplexity: relative change in %; accuracy: pt
