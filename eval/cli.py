@@ -5,6 +5,7 @@ draws calibration cost against gain from saved reports."""
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -23,6 +24,7 @@ from pear_edge.eval.shards import (SHARD_FILE, SIDES, merge_shards, open_shard, 
                                    run_identity, save_shard, shard_indices)
 
 TASKS = ("mdqa", "counterfactual", "kv", "perplexity")
+DEFAULT_NUM_DOCS = 10  # generated counterfactual prompts
 
 
 def add_commands(sub) -> None:
@@ -40,7 +42,9 @@ def add_commands(sub) -> None:
     p.add_argument("--fold", action="store_true", help="torch: fold coefficients into a copy instead of hooking")
     p.add_argument("--backend", choices=("torch", "llamacpp", "onnx"),
                    help="force the backend (default: from each path: .gguf -> llamacpp, ONNX folder -> onnx)")
-    p.add_argument("--num-docs", type=int, default=10, help="documents per MDQA prompt (default: %(default)s)")
+    p.add_argument("--num-docs", type=int, help="documents per MDQA prompt; more than a record holds are topped up "
+                   "with other records' gold passages (default: as many as each record of --data holds, else "
+                   f"{DEFAULT_NUM_DOCS})")
     p.add_argument("--positions", type=int_list, help="gold positions, 0-based (default: first, middle, last)")
     p.add_argument("--distractors", choices=("own", "others"), default="own",
                    help="MDQA distractors: the record's own non-gold ctxs, or other records' gold passages")
@@ -80,6 +84,16 @@ def add_commands(sub) -> None:
     m.add_argument("shards", nargs="+", metavar="SHARD_DIR", help="the -o folders of `eval --shard I/N`")
     m.add_argument("-o", "--output", required=True, help="output folder (results.json, report.md, plot)")
     m.set_defaults(func=cmd_merge)
+
+    u = eval_sub.add_parser("publish", help="copy a report into docs/: outcomes and scores kept, answers and machine "
+                                            "paths dropped; prints each run's numbers for measured.json",
+                            description="Write REPORT_DIR's results.json with each side reduced to its scores, the "
+                                        "0/1 outcome and id of every example (perplexity: each passage's NLL) and "
+                                        "file names instead of paths, with its report.md and plot, into a new or "
+                                        "empty folder; print each run's claim numbers (n, %%, Δ, CI, p, gap) as JSON.")
+    u.add_argument("report", metavar="REPORT_DIR", help="an `eval` or `eval merge` output folder")
+    u.add_argument("-o", "--output", required=True, help="a new or empty folder, e.g. under docs/experiments/")
+    u.set_defaults(func=cmd_publish)
 
     d = eval_sub.add_parser("make-data", help="write the built-in counterfactual or KV data set, or a real-text "
                                               "NQ half with distractors, as JSONL")
@@ -198,32 +212,34 @@ def _pairs(args) -> list[tuple[str, str]]:
     return list(zip(args.base, args.pear))
 
 
-def build_examples(args):
+def build_examples(args) -> tuple[list, int]:
+    """The examples `args` ask for, and the documents per MDQA prompt: --num-docs, else as many as the records
+    of --data hold (the fewest of them), else ten."""
     from pear_edge.data import tasks
     from pear_edge.data.kv import generate_kv
-    from pear_edge.data.tasks import parse_kv
+    from pear_edge.data.tasks import default_positions, documents_per_record, parse_kv
 
+    num_docs = DEFAULT_NUM_DOCS if args.num_docs is None else args.num_docs
     if args.task == "perplexity":
-        return tasks.pydoc_passages(args.passages, seed=args.seed)
+        return tasks.pydoc_passages(args.passages, seed=args.seed), num_docs
     if args.task == "kv":
         if args.data:
             records = tasks.load_kv(args.data)
         else:
             records = [parse_kv(r) for r in generate_kv(args.count, args.num_pairs or 12, seed=args.seed)]
         slots = args.num_pairs or len(records[0].pairs)
-        return tasks.kv_examples(records, args.positions or _default_positions(slots), args.num_pairs, args.limit)
+        return tasks.kv_examples(records, args.positions or default_positions(slots), args.num_pairs,
+                                 args.limit), num_docs
     if args.data:
         records = tasks.load_mdqa(args.data)
+        if args.num_docs is None:
+            num_docs = documents_per_record(records[:args.limit] if args.limit else records)
     elif args.task == "counterfactual":
-        records = tasks.counterfactual_records(args.count, args.split, args.num_docs, args.seed)
+        records = tasks.counterfactual_records(args.count, args.split, num_docs, args.seed)
     else:
         raise PearError("--task mdqa needs --data FILE.jsonl (NQ-open / lost-in-the-middle format)")
-    return tasks.mdqa_examples(records, args.num_docs, args.positions or _default_positions(args.num_docs),
-                               args.seed, args.distractors, args.limit, template=load_template(args.template))
-
-
-def _default_positions(slots: int) -> tuple[int, ...]:
-    return tuple(dict.fromkeys((0, (slots - 1) // 2, slots - 1)))
+    return tasks.mdqa_examples(records, num_docs, args.positions or default_positions(num_docs), args.seed,
+                               args.distractors, args.limit, template=load_template(args.template)), num_docs
 
 
 def cmd_eval(args) -> int:
@@ -245,10 +261,10 @@ def cmd_eval(args) -> int:
     check_output(args.output, *inputs, kind=Kind.REPORTS)
     cache = None if args.answers_cache is None else check_output(args.answers_cache, *inputs, args.model,
                                                                   kind=Kind.REPORTS)
-    examples = build_examples(args)
+    examples, num_docs = build_examples(args)
     template = load_template(args.template)
     paths = {spec: check_backend_input(spec, args.backend) for pair in pairs for spec in pair}
-    settings = {"task": args.task, "data": args.data, "num_docs": args.num_docs, "seed": args.seed,
+    settings = {"task": args.task, "data": args.data, "num_docs": num_docs, "seed": args.seed,
                 "distractors": args.distractors, "template": template_record(template), "limit": args.limit,
                 "prompt_format": args.prompt_format, "examples": len(examples)}
     shard = _open_shard(args, settings, pairs, examples) if args.shard else None
@@ -372,6 +388,32 @@ def cmd_merge(args) -> int:
     for run in runs:
         _print_comparison(run.label, run.comparison)
     _write_runs(args.output, runs, settings)
+    return 0
+
+
+def cmd_publish(args) -> int:
+    from pear_edge.base.atomic import Kind, check_output, write_text_atomic
+    from pear_edge.eval.publish import claim_numbers, copy_companions, published
+
+    report, out = Path(args.report), Path(args.output)
+    source = report / "results.json"
+    check_output(out, report, kind=Kind.REPORTS)
+    if out.exists() and any(out.iterdir()):
+        raise PearError(f"output folder {out} is not empty; publish writes into a new or empty folder")
+    if not source.is_file():
+        raise PearError(f"{report} holds no results.json; give an `eval` or `eval merge` output folder")
+    try:
+        doc = published(json.loads(source.read_text(encoding="utf-8")))
+        claims = [{"label": run["label"], **claim_numbers(doc, j, str(out / "results.json"))}
+                  for j, run in enumerate(doc["runs"]) if run.get("comparison")]
+        text = json.dumps(doc, indent=1, allow_nan=False) + "\n"
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+        raise PearError(f"{source} is not a readable eval report ({type(exc).__name__}: {exc})") from None
+    out.mkdir(parents=True, exist_ok=True)
+    written = [write_text_atomic(out / "results.json", text), *copy_companions(report, out)]
+    for claim in claims:
+        print(json.dumps(claim))
+    print("wrote " + ", ".join(map(str, written)), file=sys.stderr)
     return 0
 
 

@@ -446,6 +446,9 @@ OTHER_CASES = [
      "Hugging Face model folders"),
     ("eval speed --device gpu", ["eval", "speed", "--device", "gpu", "--base", "{tiny.gguf}", "--pear",
                                  "{patched.gguf}", "-o", "{new}"], "invalid choice"),
+    ("eval publish a user folder", ["eval", "publish", "{keep}", "-o", "{new}"], "holds no results.json"),
+    ("eval publish into a user folder", ["eval", "publish", "{keep}", "-o", "{keep}"], "same as input"),
+    ("eval publish -o existing file", ["eval", "publish", "{keep}", "-o", "{notes.txt}"], "is a file"),
     # detect / train / calibrate: outputs and the head-scores input
     ("detect -o folder", ["detect", "--model", "{hf}", "-o", "{keep}"], "is a folder"),
     ("detect -o under a file", ["detect", "--model", "{hf}", "-o", "{notes.txt}/h.json"], "is a file, not a folder"),

@@ -116,7 +116,7 @@ def test_eval_cli_on_llamacpp_base_vs_patched(default_model, tmp_path, capsys):
     item = run["base"]["items"][0]
     args = build_parser().parse_args(["eval", "--task", "counterfactual", "--count", "1", "--num-docs", "3",
                                       "--positions", "0,2", "-o", "x"])
-    prompt = build_examples(args)[0].prompt
+    prompt = build_examples(args)[0][0].prompt
     llm = open_gguf(default_gguf_path(), n_ctx=4096, n_threads=1)
     assert chat(llm, user_messages(prompt), 10).strip() == item["output"]
 

@@ -4,12 +4,14 @@ import json
 
 import pytest
 
-from pear_edge.cli import main
+from pear_edge.cli import build_parser, main
 from pear_edge.base.errors import PearError
 from pear_edge.data.counterfactual import SPLITS, generate_counterfactual, split_of
 from pear_edge.data.jsonl import write_jsonl
 from pear_edge.data.kv import generate_kv
-from pear_edge.data.tasks import kv_examples, load_kv, load_mdqa, mdqa_examples, pydoc_passages
+from pear_edge.data.tasks import (default_positions, documents_per_record, kv_examples, load_kv, load_mdqa,
+                                  mdqa_examples, pydoc_passages)
+from pear_edge.eval.cli import build_examples
 
 
 def _write(path, lines):
@@ -111,6 +113,21 @@ def test_mdqa_others_mode_uses_other_gold_passages_seeded(tmp_path):
     # 'own' tops up a record with too few distractors from other records' gold passages
     topped = mdqa_examples(records, num_docs=4, positions=(0,))
     assert topped[0].prompt.count("Document [") == 4
+
+
+def test_eval_takes_the_document_count_from_the_data_file(tmp_path):
+    """A file made with five documents is asked with five (gold first / middle / last), not topped up to ten."""
+    path = write_jsonl(tmp_path / "five.jsonl", generate_counterfactual(6, num_distractors=4))
+    assert documents_per_record(load_mdqa(path)) == 5
+    args = build_parser().parse_args(["eval", "--task", "mdqa", "--data", str(path), "-o", "x"])
+    examples, num_docs = build_examples(args)
+    assert num_docs == 5 and {e.position for e in examples} == {0, 2, 4}
+    assert all(e.prompt.count("Document [") == 5 for e in examples)
+    args = build_parser().parse_args(["eval", "--task", "mdqa", "--data", str(path), "--num-docs", "7", "-o", "x"])
+    examples, num_docs = build_examples(args)  # asked for more: topped up with other records' gold passages
+    assert num_docs == 7 and {e.position for e in examples} == {0, 3, 6}
+    assert all(e.prompt.count("Document [") == 7 for e in examples)
+    assert default_positions(1) == (0,) and default_positions(2) == (0, 1)
 
 
 def test_kv_generation_and_placement(tmp_path):

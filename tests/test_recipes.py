@@ -423,7 +423,8 @@ def test_calibrate_and_fold_commands_carry_every_recipe(tmp_path, capsys):
 
 
 def test_positional_candidates_can_be_scored_on_a_validation_file(tmp_path):
-    """--positional-validation: the answer loss on an MDQA JSONL (gold at positions 0/4/9 of 10 documents)."""
+    """--positional-validation: the answer loss on an MDQA JSONL, the gold first / middle / last of as many
+    documents as its records hold."""
     from tiny import word_tokenizer
 
     from pear_edge.runtime.models import wrap_model
@@ -442,6 +443,12 @@ def test_positional_candidates_can_be_scored_on_a_validation_file(tmp_path):
     assert record["scored_on"]["proxy"] == "validation-file" and record["scored_on"]["examples"] == 9
     assert record["scored_on"]["metric"] == "answer_loss" and record["detection"] == {"given": 5}
     assert len(record["tried"]) == 2 * 3 and len(edits) == (record["chosen"] is not None)
+    assert record["scored_on"]["num_docs"] == 10 and record["scored_on"]["positions"] == [0, 4, 9]
+    # a file made with five documents is scored with five, the gold first / middle / last
+    data.write_text("".join(json.dumps({**r, "ctxs": r["ctxs"][:5]}) + "\n" for r in records))
+    _, record = positional_step(lm, settings, proxy=None, progress=False)
+    assert record["scored_on"]["num_docs"] == 5 and record["scored_on"]["positions"] == [0, 2, 4]
+    assert record["scored_on"]["examples"] == 9
 
 
 def test_version_2_reader_fuzz():

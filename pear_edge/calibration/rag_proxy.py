@@ -175,15 +175,20 @@ def ClozeProxy(loaded, batch: int = 4, pool: int = 2000, seed: int = 0, corpus: 
                      "templates": templates.name or templates.members[0].name}, prompt_format, templates)
 
 
-def ValidationFileProxy(loaded, path: str, batch: int = 4, num_docs: int = 10, positions: tuple[int, ...] = (0, 4, 9),
-                        limit: int = 32, prompt_format: str = AUTO, template: Template | None = None) -> RAGProxy:
+def ValidationFileProxy(loaded, path: str, batch: int = 4, num_docs: int | None = None,
+                        positions: tuple[int, ...] | None = None, limit: int = 32, prompt_format: str = AUTO,
+                        template: Template | None = None) -> RAGProxy:
     """Answer loss on a validation MDQA file (NQ-open / lost-in-the-middle JSONL, e.g. `pear-edge eval make-data
-    --half validation`), the gold at each of `positions` among `num_docs` documents: held-out data for
-    choosing between edits (`calibrate --positional-validation`), never trained on."""
-    from pear_edge.data.tasks import load_mdqa, mdqa_examples
+    --half validation`), the gold at each of `positions` (default: first, middle, last) among `num_docs` documents
+    (default: as many as the file's records hold): held-out data for choosing between edits
+    (`calibrate --positional-validation`), never trained on."""
+    from pear_edge.data.tasks import default_positions, documents_per_record, load_mdqa, mdqa_examples
 
     template = template or resolve_template(None)
-    built = mdqa_examples(load_mdqa(path), num_docs, positions, limit=limit, template=template)
+    records = load_mdqa(path)[:limit]
+    num_docs = num_docs or documents_per_record(records)
+    positions = positions or default_positions(num_docs)
+    built = mdqa_examples(records, num_docs, positions, template=template)
     examples = [(e.prompt, e.answers[0]) for e in built]
     return RAGProxy(loaded.tokenizer, {"train": examples, "validation": examples}, batch, "validation-file",
                     {"file": str(path), "examples": len(examples), "num_docs": num_docs, "positions": list(positions),

@@ -87,6 +87,19 @@ def load_mdqa(path: str | Path) -> list[MDQARecord]:
     return read_jsonl(path, parse_mdqa)
 
 
+def documents_per_record(records: Sequence[MDQARecord]) -> int:
+    """The documents a prompt can take from the records alone (gold + own distractors, the fewest over
+    `records`): the document count of a file made for one count, so that nothing is topped up unasked."""
+    if not records:
+        raise PearError("no MDQA records")
+    return min(1 + len(r.distractors) for r in records)
+
+
+def default_positions(slots: int) -> tuple[int, ...]:
+    """First, middle and last of `slots` (fewer when slots < 3)."""
+    return tuple(dict.fromkeys((0, (slots - 1) // 2, slots - 1)))
+
+
 def check_positions(positions: Sequence[int], slots: int, what: str) -> tuple[int, ...]:
     if not positions:
         raise PearError("give at least one gold position")
