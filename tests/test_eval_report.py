@@ -206,3 +206,16 @@ def test_tradeoff_keeps_reports_on_other_templates_apart(tmp_path):
         refs.append(str(tmp_path / name))
     columns = [read_measure(r).column for r in refs]
     assert columns == ["mdqa nq litm-short · ?", "mdqa nq haystack-rag · ?"]
+
+
+def test_tradeoff_plot_wraps_many_columns_into_rows(tmp_path):
+    """Six measurements: two rows of four panels (the last two hidden), not one strip six panels wide."""
+    import struct
+
+    from pear_edge.eval.lab.tradeoff import PANELS_PER_ROW, Measure, Point, plot
+
+    measures = tuple(Measure(f"mdqa nq-test{n} template-{n} · model.gguf", "accuracy", 60, 2.0, -5.0, 9.0, 0.5)
+                     for n in range(6))
+    png = plot([Point("generic", 410.0, None, measures, ())], 2.0, tmp_path / "t.png").read_bytes()
+    width, height = struct.unpack(">II", png[16:24])
+    assert PANELS_PER_ROW == 4 and width / height == pytest.approx((4.2 * 4) / (3.8 * 2), rel=0.05)

@@ -18,11 +18,15 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pear_edge.base.atomic import report_folder, write_text_atomic
 from pear_edge.base.errors import PearError
+
+
+PANELS_PER_ROW = 4
 
 
 @dataclass(frozen=True)
@@ -146,9 +150,13 @@ def plot(points: list[Point], bound: float, path: Path, time_target: float | Non
 
     columns = columns_of(points)
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(columns), figsize=(4.2 * len(columns), 3.8), squeeze=False)
+    wide = min(len(columns), PANELS_PER_ROW)
+    rows = math.ceil(len(columns) / wide)
+    fig, axes = plt.subplots(rows, wide, figsize=(4.2 * wide, 3.8 * rows), squeeze=False)
+    for ax in axes.flat[len(columns):]:
+        ax.set_visible(False)
     dodge = 0.006 * max(p.seconds for p in points)
-    for ax, column in zip(axes[0], columns):
+    for ax, column in zip(axes.flat, columns):
         metric = "accuracy"
         for i, point in enumerate(points):
             m = next((m for m in point.measures if m.column == column), None)
@@ -165,7 +173,7 @@ def plot(points: list[Point], bound: float, path: Path, time_target: float | Non
             ax.axhline(bound, color="red", ls="--", lw=0.8, label=f"bound +{bound:g} %")
         ax.set_xlabel("calibration wall time (s)")
         ax.set_ylabel("perplexity change (%)" if metric == "perplexity" else "accuracy Δ (pt), 95 % CI")
-        ax.set_title(column, fontsize=8)
+        ax.set_title(textwrap.fill(column, 48), fontsize=8)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
