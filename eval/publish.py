@@ -14,8 +14,8 @@ from typing import Any
 
 from pear_edge.base.atomic import atomic_file
 from pear_edge.base.errors import PearError
+from pear_edge.eval.report import REPORT_FORMAT
 
-REPORT_FORMAT = "pear-edge/eval"
 SIDE_KEYS = ("task", "backend", "settings", "metric", "score", "by_position")
 PATH_KEYS = ("data", "source", "coefficients", "file")  # settings and backend values that name a file
 COPIED = ("report.md", "accuracy_by_position.png")

@@ -11,6 +11,8 @@ from pear_edge.base.atomic import report_folder, write_text_atomic
 from pear_edge.eval.harness import Comparison, EvalResults, PairedResult
 from pear_edge.eval.metrics import bootstrap_ci
 
+REPORT_FORMAT = "pear-edge/eval"  # results.json's format field
+
 
 @dataclass
 class Run:
@@ -155,7 +157,7 @@ def write_report(outdir: str | Path, runs: Sequence[Run], extra: dict[str, Any] 
     """results.json + report.md + accuracy_by_position.png (when there are positions)."""
     out = report_folder(outdir)
     kept = [asdict(k) for k in gains_kept(runs)]
-    doc = {"format": "pear-edge/eval", "version": 1, **(extra or {}), "runs": [r.as_dict() for r in runs],
+    doc = {"format": REPORT_FORMAT, "version": 1, **(extra or {}), "runs": [r.as_dict() for r in runs],
            **({"gain_kept": kept} if kept else {})}
     written = [write_text_atomic(out / "results.json", json.dumps(doc, indent=2, allow_nan=False) + "\n"),
                write_text_atomic(out / "report.md", markdown(runs))]
