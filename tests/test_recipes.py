@@ -449,6 +449,9 @@ def test_positional_candidates_can_be_scored_on_a_validation_file(tmp_path):
     _, record = positional_step(lm, settings, proxy=None, progress=False)
     assert record["scored_on"]["num_docs"] == 5 and record["scored_on"]["positions"] == [0, 2, 4]
     assert record["scored_on"]["examples"] == 9
+    from pear_edge.calibration.rag_proxy import ValidationFileProxy
+    with pytest.raises(PearError, match="--num-docs must be at least 1"):
+        ValidationFileProxy(lm, str(data), num_docs=0)
 
 
 def test_version_2_reader_fuzz():

@@ -24,9 +24,13 @@ import torch
 import torch.nn.functional as F
 
 from pear_edge.base.errors import PearError
+from pear_edge.data.corpora import corpus_passages, embed_passages
+from pear_edge.data.counterfactual import generate_counterfactual
 from pear_edge.data.prompts import AUTO, answer_ids, mdqa_prompt, prompt_ids, tokenizer_format
+from pear_edge.data.tasks import default_positions, documents_per_record, load_mdqa, mdqa_examples, parse_mdqa
 from pear_edge.data.template_family import DEFAULT_FAMILY, Family, family_record, load_family, single
 from pear_edge.data.templates import Template, resolve_template
+from pear_edge.data.textqa import qa_records, split_of
 from pear_edge.calibration.proxy import tail_logits
 
 
@@ -126,9 +130,6 @@ def MDQAProxy(loaded, batch: int = 4, num_docs: int = 10, pool: int = 400, seed:
     """Counterfactual MDQA. target="answer": the answer span; target="passage": the gold passage itself
     (what a small model quoting its source should copy, and the style SmolLM2-135M answers in).
     `template`: the prompt layout (default: the default preset)."""
-    from pear_edge.data.counterfactual import generate_counterfactual
-    from pear_edge.data.tasks import mdqa_examples, parse_mdqa
-
     template = template or resolve_template(None)
     if target not in ("answer", "passage"):
         raise PearError(f"mdqa proxy target must be 'answer' or 'passage', not {target!r}")
@@ -152,9 +153,6 @@ def ClozeProxy(loaded, batch: int = 4, pool: int = 2000, seed: int = 0, corpus: 
     """Generated questions over real text (`corpus`: None/'builtin', a folder, or a rag index), the answer
     span as target. Held-out batches use passages whose title hashes to the held-out share. Each prompt's
     template is drawn from `templates` (default: the DEFAULT_FAMILY)."""
-    from pear_edge.data.corpora import corpus_passages, embed_passages
-    from pear_edge.data.textqa import qa_records, split_of
-
     templates = templates or load_family(DEFAULT_FAMILY)
     passages = corpus_passages(corpus, seed)
     vectors = embed_passages(passages)
@@ -182,11 +180,12 @@ def ValidationFileProxy(loaded, path: str, batch: int = 4, num_docs: int | None 
     --half validation`), the gold at each of `positions` (default: first, middle, last) among `num_docs` documents
     (default: as many as the file's records hold): held-out data for choosing between edits
     (`calibrate --positional-validation`), never trained on."""
-    from pear_edge.data.tasks import default_positions, documents_per_record, load_mdqa, mdqa_examples
-
     template = template or resolve_template(None)
     records = load_mdqa(path)[:limit]
-    num_docs = num_docs or documents_per_record(records)
+    if num_docs is None:
+        num_docs = documents_per_record(records)
+    elif num_docs < 1:
+        raise PearError(f"--num-docs must be at least 1, got {num_docs}")
     positions = positions or default_positions(num_docs)
     built = mdqa_examples(records, num_docs, positions, template=template)
     examples = [(e.prompt, e.answers[0]) for e in built]
