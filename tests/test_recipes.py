@@ -429,6 +429,7 @@ def test_positional_candidates_can_be_scored_on_a_validation_file(tmp_path):
 
     from pear_edge.runtime.models import wrap_model
     from pear_edge.calibration.calibrate import positional_step
+    from pear_edge.calibration.rag_proxy import ValidationFileProxy
 
     words = lambda i, n: " ".join(f"w{3 + (i * 7 + j) % 90}" for j in range(n))  # noqa: E731
     records = [{"question": words(i, 4), "answers": [words(i + 50, 2)],
@@ -449,7 +450,6 @@ def test_positional_candidates_can_be_scored_on_a_validation_file(tmp_path):
     _, record = positional_step(lm, settings, proxy=None, progress=False)
     assert record["scored_on"]["num_docs"] == 5 and record["scored_on"]["positions"] == [0, 2, 4]
     assert record["scored_on"]["examples"] == 9
-    from pear_edge.calibration.rag_proxy import ValidationFileProxy
     with pytest.raises(PearError, match="--num-docs must be at least 1"):
         ValidationFileProxy(lm, str(data), num_docs=0)
 

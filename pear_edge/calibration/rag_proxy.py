@@ -182,10 +182,7 @@ def ValidationFileProxy(loaded, path: str, batch: int = 4, num_docs: int | None 
     (`calibrate --positional-validation`), never trained on."""
     template = template or resolve_template(None)
     records = load_mdqa(path)[:limit]
-    if num_docs is None:
-        num_docs = documents_per_record(records)
-    elif num_docs < 1:
-        raise PearError(f"--num-docs must be at least 1, got {num_docs}")
+    num_docs = documents_per_record(records) if num_docs is None else num_docs  # 0 is refused by mdqa_examples
     positions = positions or default_positions(num_docs)
     built = mdqa_examples(records, num_docs, positions, template=template)
     examples = [(e.prompt, e.answers[0]) for e in built]
