@@ -12,7 +12,7 @@ from pear_edge.base.chatter import release_stderr
 from pear_edge.base.errors import PearError
 from pear_edge.calibration.options import add_options
 from pear_edge.cli.commands import (ArgumentParser, Interrupted, _add_model, add_calibrate_options, add_force_option,
-                                    cmd_fold, cmd_info, cmd_profiles, cmd_detect, cmd_train,
+                                    cmd_average, cmd_fold, cmd_info, cmd_profiles, cmd_detect, cmd_train,
                                     ignore_interrupt_signals, signals_as_interrupts)
 from pear_edge.converters import cli as converters_cli
 from pear_edge.eval import cli as eval_cli
@@ -57,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output folder (safetensors + tokenizer + coefficients)")
     add_force_option(p)
     p.set_defaults(func=cmd_fold)
+
+    p = sub.add_parser("average", help="the mean of coefficient files for one model (e.g. calibrations with other "
+                                       "seeds) -> coeffs.json: each edit averaged, a missing one counting as 1")
+    p.add_argument("files", nargs="+", metavar="COEFFS", help="coefficients JSON files, or shipped names (default, ...)")
+    p.add_argument("-o", "--output", required=True, help="coefficients JSON")
+    p.set_defaults(func=cmd_average)
 
     p = sub.add_parser("profiles", help="show the calibration settings used by default for each model")
     p.set_defaults(func=cmd_profiles)

@@ -390,15 +390,26 @@ class Coefficients:
 
     @classmethod
     def load(cls, path: str | Path) -> "Coefficients":
-        """A coefficients file, or a shipped one by name (`default`, `gemma3-270m`, `smollm2-135m-seal-c`, …:
-        pear_edge.results) when no file of that name exists."""
-        shipped = None if Path(path).exists() else results.shipped_coefficients(str(path))
-        path = shipped or path
-        return cls.from_json(read_text(path, "coefficients file"), source=str(path))
+        """A coefficients file, or a shipped one by name (see `coefficients_path`)."""
+        return cls.read(path)[0]
+
+    @classmethod
+    def read(cls, path: str | Path) -> tuple["Coefficients", str]:
+        """`load`, also returning the file's text (what its sha256 is taken of)."""
+        path = coefficients_path(path)
+        text = read_text(path, "coefficients file")
+        return cls.from_json(text, source=str(path)), text
 
     @classmethod
     def identity(cls, model: ModelFingerprint, heads: Iterable[tuple[int, int]]) -> "Coefficients":
         return cls(model, [HeadCoefficient(l, h, 1.0) for l, h in heads])
+
+
+def coefficients_path(spec: str | Path) -> Path:
+    """A coefficients file's path, or a shipped file's by name (`default`, `gemma3-270m`, `smollm2-135m-seal-c`,
+    …: pear_edge.results) when no file of that name exists."""
+    shipped = None if Path(spec).exists() else results.shipped_coefficients(str(spec))
+    return Path(shipped or spec)
 
 
 def _fingerprint_dict(model: ModelFingerprint) -> dict[str, Any]:
