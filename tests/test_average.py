@@ -53,7 +53,8 @@ def test_a_file_averaged_with_itself_is_unchanged():
 
 def test_the_record_keeps_what_the_files_share_and_names_each_file():
     a, b = coeffs([(0, 0, 0.8)]), coeffs([(0, 0, 1.0)], seed=7)
-    mean = average_coefficients([a, b], ["a.json", "b.json"], ["text a", "text b"])
+    mean = average_coefficients([a, b], ["a.json", "b.json"],
+                                [hashlib.sha256(b"text a").hexdigest(), hashlib.sha256(b"text b").hexdigest()])
     assert mean.calibration["template"] == {"family": "generic"}  # the template warning still applies
     assert mean.calibration["train"] == {"steps": 30} and "seed" not in mean.calibration
     assert mean.calibration["averaged"] == [

@@ -290,16 +290,17 @@ def cmd_fold(args) -> int:
 
 def cmd_average(args) -> int:
     from pear_edge.base.atomic import check_output_path
+    from pear_edge.base.inputs import file_sha256
     from pear_edge.edits.average import average_coefficients
     from pear_edge.edits.coefficients import Coefficients, coefficients_path
 
     paths = [coefficients_path(f) for f in args.files]
     out = check_output_path(args.output, *paths)
-    read = [Coefficients.read(p) for p in paths]
-    coeffs = average_coefficients([c for c, _ in read], [str(f) for f in args.files], [t for _, t in read])
+    files = [Coefficients.load(p) for p in paths]
+    coeffs = average_coefficients(files, [str(f) for f in args.files], [file_sha256(p) for p in paths])
     coeffs.save(out)
     print(coeffs.summary())
-    print(f"wrote {out}: the mean of {len(read)} files ({coeffs.describe_edits()})")
+    print(f"wrote {out}: the mean of {len(files)} files ({coeffs.describe_edits()})")
     return 0
 
 

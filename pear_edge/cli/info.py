@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pear_edge import results
+from pear_edge.edits.coefficients import coefficients_path
 from pear_edge.base.errors import PearError
 from pear_edge.base.inputs import check_regular_file
 from pear_edge.edits.describe import describe_coefficients
@@ -57,11 +57,9 @@ def describe_folder(path: Path) -> str:
 
 
 def describe(path: Path) -> str:
+    path = coefficients_path(path)
     if not path.exists():
-        shipped = results.shipped_coefficients(str(path))
-        if shipped is None:
-            raise PearError(f"{path} not found")
-        path = shipped
+        raise PearError(f"{path} not found")
     if path.is_dir():
         return describe_folder(path)
     check_regular_file(path, "input")

@@ -5,7 +5,6 @@ averages fine-tuned weights; here the averaged parameters are the per-head scala
 """
 from __future__ import annotations
 
-import hashlib
 from typing import Any, Sequence
 
 import numpy as np
@@ -33,61 +32,56 @@ def common_record(records: Sequence[dict]) -> dict:
     return out
 
 
+def _means(per_file: Sequence[dict], one: Any) -> dict:
+    """{key: value} of each file -> {key: mean over the files}, keys in order; a key a file lacks counts as `one`."""
+    keys = sorted({key for values in per_file for key in values})
+    return {key: np.mean([values.get(key, one) for values in per_file], axis=0) for key in keys}
+
+
 def _mean_heads(files: Sequence[Coefficients]) -> list[HeadCoefficient]:
-    keys = sorted({(h.layer, h.head) for f in files for h in f.heads})
-    maps = [{(h.layer, h.head): h for h in f.heads} for f in files]
+    """Head scales averaged; a head's score averaged only where every file scored it."""
+    coefficients = _means([{(h.layer, h.head): h.coefficient for h in f.heads} for f in files], 1.0)
+    scores = [{(h.layer, h.head): h.score for h in f.heads} for f in files]
     out = []
-    for key in keys:
-        present = [m[key] for m in maps if key in m]
-        coefficient = float(np.mean([m[key].coefficient if key in m else 1.0 for m in maps]))
-        scores = [h.score for h in present]
-        score = (float(np.mean(scores)) if len(present) == len(maps) and all(s is not None for s in scores)
-                 else None)
-        out.append(HeadCoefficient(key[0], key[1], coefficient, score))
+    for (layer, head), c in coefficients.items():
+        each = [s.get((layer, head)) for s in scores]
+        score = None if any(x is None for x in each) else float(np.mean(each))
+        out.append(HeadCoefficient(layer, head, float(c), score))
     return out
 
 
 def _mean_channels(files: Sequence[Coefficients], width: int) -> list[ChannelScales]:
-    layers = sorted({c.layer for f in files for c in f.o_proj_channels})
-    out = []
-    for layer in layers:
-        rows = [next((np.asarray(c.scales, dtype=np.float64) for c in f.o_proj_channels if c.layer == layer),
-                     np.ones(width)) for f in files]
-        out.append(ChannelScales(layer, tuple(float(x) for x in np.mean(rows, axis=0))))
-    return out
+    means = _means([{c.layer: np.asarray(c.scales, dtype=np.float64) for c in f.o_proj_channels} for f in files],
+                   np.ones(width))
+    return [ChannelScales(layer, tuple(float(x) for x in scales)) for layer, scales in means.items()]
 
 
 def _mean_temperatures(files: Sequence[Coefficients]) -> list[QTemperature]:
-    keys = sorted({(t.layer, t.head) for f in files for t in f.q_temperatures})
-    maps = [{(t.layer, t.head): t.tau for t in f.q_temperatures} for f in files]
-    return [QTemperature(layer, head, float(np.mean([m.get((layer, head), 1.0) for m in maps])))
-            for layer, head in keys]
+    means = _means([{(t.layer, t.head): t.tau for t in f.q_temperatures} for f in files], 1.0)
+    return [QTemperature(layer, head, float(tau)) for (layer, head), tau in means.items()]
 
 
 def average_coefficients(files: Sequence[Coefficients], names: Sequence[str],
-                         texts: Sequence[str] | None = None) -> Coefficients:
+                         sha256s: Sequence[str] | None = None) -> Coefficients:
     """[Coefficients] of one model (n >= 2) -> one Coefficients: head scales c = mean_i c_i, o_proj channel
     scales (num_heads * head_dim per layer) and attention temperatures tau averaged the same way, a missing edit
     counting as 1; q/k channel edits (a discrete choice of channel and layers) must be the same in every file and
     are kept. The calibration record holds what every file's record shares (so the template and prompt format
-    warnings still apply) and, under `averaged`, each file's name, seed and sha256 (of `texts`, the files as read).
+    warnings still apply) and, under `averaged`, each file's name, seed and `sha256s` entry (the files' sha256, if given).
     """
     if len(files) < 2:
         raise PearError(f"average needs at least two coefficient files, got {len(files)}")
-    if len(names) != len(files) or (texts is not None and len(texts) != len(files)):
-        raise PearError("average: one name (and text) per coefficients file")
+    if len(names) != len(files) or (sha256s is not None and len(sha256s) != len(files)):
+        raise PearError("average: one name (and sha256) per coefficients file")
     first = files[0]
     for f, name in zip(files[1:], names[1:]):
         first.model.check_matches(f.model, what=f"{name}'s model")
-        if sorted(map(repr, f.qk_channels)) != sorted(map(repr, first.qk_channels)):
+        if set(f.qk_channels) != set(first.qk_channels):
             raise PearError(f"{name} has other q/k channel edits than {names[0]}; only files with the same q/k "
                             f"channel edits can be averaged")
-    sources = []
-    for i, (f, name) in enumerate(zip(files, names)):
-        entry: dict[str, Any] = {"file": name, "seed": f.calibration.get("seed")}
-        if texts is not None:
-            entry["sha256"] = hashlib.sha256(texts[i].encode()).hexdigest()
-        sources.append(entry)
+    sources = [{"file": name, "seed": f.calibration.get("seed")} for f, name in zip(files, names)]
+    for entry, sha256 in zip(sources, sha256s or ()):
+        entry["sha256"] = sha256
     calibration = {**common_record([f.calibration for f in files]), SOURCES_KEY: sources}
     width = first.model.num_heads * first.model.head_dim
     return Coefficients(first.model, _mean_heads(files), calibration=calibration, metrics={},

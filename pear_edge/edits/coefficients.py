@@ -391,14 +391,8 @@ class Coefficients:
     @classmethod
     def load(cls, path: str | Path) -> "Coefficients":
         """A coefficients file, or a shipped one by name (see `coefficients_path`)."""
-        return cls.read(path)[0]
-
-    @classmethod
-    def read(cls, path: str | Path) -> tuple["Coefficients", str]:
-        """`load`, also returning the file's text (what its sha256 is taken of)."""
         path = coefficients_path(path)
-        text = read_text(path, "coefficients file")
-        return cls.from_json(text, source=str(path)), text
+        return cls.from_json(read_text(path, "coefficients file"), source=str(path))
 
     @classmethod
     def identity(cls, model: ModelFingerprint, heads: Iterable[tuple[int, int]]) -> "Coefficients":
