@@ -10,7 +10,7 @@ import pytest
 from pear_edge.arch.layout import HeadLayout
 from pear_edge.base.errors import PearError
 from pear_edge.cli import main
-from pear_edge.edits.average import average_coefficients, common_record
+from pear_edge.edits.average import average_coefficients, common_record, describe_agreement, head_agreement
 from pear_edge.edits.coefficients import (ChannelScales, Coefficients, HeadCoefficient, ModelFingerprint,
                                           QKChannelScale, QTemperature)
 
@@ -83,6 +83,7 @@ def test_cli_writes_the_mean_and_refuses_to_overwrite_an_input(tmp_path, capsys)
     coeffs([(0, 1, 0.8)], seed=1).save(pb)
     assert main(["average", str(pa), str(pb), "-o", str(out)]) == 0
     assert Coefficients.load(out).as_dict() == {(0, 1): pytest.approx(0.6)}
+    assert f"{pb} vs {pa}: correlation of (c - 1) undefined" in capsys.readouterr().out  # one head each
     assert json.loads(out.read_text())["calibration"]["averaged"][1]["sha256"] == \
         hashlib.sha256(pb.read_bytes()).hexdigest()
     before = pa.read_bytes()
@@ -106,3 +107,24 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, content)
     assert len(err) == 1 and err[0].startswith("pear-edge: error:")
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["a.json"] + (["bad.json"] if content is not None else []))
+
+
+def test_agreement_correlates_the_moves_from_one_and_counts_same_direction_heads():
+    a = coeffs([(0, 0, 0.5, 0.0), (0, 1, 1.2, 0.0), (1, 2, 0.9, 0.0)])
+    b = coeffs([(0, 0, 0.7, 0.0), (0, 1, 0.8, 0.0)], seed=1)  # (1, 2) missing: 1
+    (pair,) = head_agreement([a, b], ["a", "b"])
+    x, y = np.array([-0.5, 0.2, -0.1]), np.array([-0.3, -0.2, 0.0])
+    assert (pair.a, pair.b) == ("b", "a")
+    assert pair.correlation == pytest.approx(float(np.corrcoef(x, y)[0, 1]))
+    assert (pair.moved, pair.same_direction) == (2, 1)  # (0, 0) both down; (0, 1) opposite; (1, 2) b unmoved
+    assert pair.largest_gap == (0, 1, pytest.approx(0.4))
+    assert "L0H1 by 0.400" in describe_agreement(pair)
+
+
+def test_agreement_of_three_files_is_every_pair_and_undefined_without_spread():
+    flat = coeffs([(0, 0, 0.8, 0.0), (0, 1, 0.8, 0.0)])
+    pairs = head_agreement([flat, coeffs([(0, 0, 0.9, 0.0)], seed=1), coeffs([(0, 1, 1.1, 0.0)], seed=2)],
+                           ["s0", "s1", "s2"])
+    assert [(p.a, p.b) for p in pairs] == [("s1", "s0"), ("s2", "s0"), ("s2", "s1")]
+    assert pairs[0].correlation is None and "undefined" in describe_agreement(pairs[0])
+    assert pairs[2].correlation == pytest.approx(1.0)  # s1 lowers (0, 0), s2 raises (0, 1): both rise along the heads

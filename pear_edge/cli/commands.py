@@ -291,7 +291,7 @@ def cmd_fold(args) -> int:
 def cmd_average(args) -> int:
     from pear_edge.base.atomic import check_output_path
     from pear_edge.base.inputs import file_sha256
-    from pear_edge.edits.average import average_coefficients
+    from pear_edge.edits.average import average_coefficients, describe_agreement, head_agreement
     from pear_edge.edits.coefficients import Coefficients, coefficients_path
 
     paths = [coefficients_path(f) for f in args.files]
@@ -299,6 +299,8 @@ def cmd_average(args) -> int:
     files = [Coefficients.load(p) for p in paths]
     coeffs = average_coefficients(files, [str(f) for f in args.files], [file_sha256(p) for p in paths])
     coeffs.save(out)
+    for agreement in head_agreement(files, [str(f) for f in args.files]):
+        print(describe_agreement(agreement))
     print(coeffs.summary())
     print(f"wrote {out}: the mean of {len(files)} files ({coeffs.describe_edits()})")
     return 0

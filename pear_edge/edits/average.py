@@ -5,6 +5,7 @@ averages fine-tuned weights; here the averaged parameters are the per-head scala
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -59,6 +60,47 @@ def _mean_channels(files: Sequence[Coefficients], width: int) -> list[ChannelSca
 def _mean_temperatures(files: Sequence[Coefficients]) -> list[QTemperature]:
     means = _means([{(t.layer, t.head): t.tau for t in f.q_temperatures} for f in files], 1.0)
     return [QTemperature(layer, head, float(tau)) for (layer, head), tau in means.items()]
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How two coefficient files agree on their head scales, over the heads either one scales (1 where missing).
+    correlation: Pearson's r of (c - 1), None where either file leaves every head at one value; moved: heads both
+    files move by more than MOVED from 1; same_direction: how many of those they move the same way."""
+    a: str
+    b: str
+    correlation: float | None
+    moved: int
+    same_direction: int
+    largest_gap: tuple[int, int, float]  # (layer, head, |c_a - c_b|) of the head where they differ most
+
+
+MOVED = 0.05  # a head scale this far from 1 or further counts as moved, for Agreement.same_direction
+
+
+def head_agreement(files: Sequence[Coefficients], names: Sequence[str]) -> list[Agreement]:
+    """Every pair of `files` (file i against each earlier file j) -> its Agreement on head scales."""
+    per_file = [{(h.layer, h.head): h.coefficient for h in f.heads} for f in files]
+    keys = sorted({key for values in per_file for key in values})
+    moves = [np.array([values.get(key, 1.0) - 1.0 for key in keys]) for values in per_file]
+    out = []
+    for i in range(1, len(files)):
+        for j in range(i):
+            x, y = moves[i], moves[j]
+            both = (np.abs(x) > MOVED) & (np.abs(y) > MOVED)
+            gap = np.abs(x - y)
+            worst = int(np.argmax(gap)) if len(keys) else None
+            r = float(np.corrcoef(x, y)[0, 1]) if len(keys) > 1 and x.std() > 0 and y.std() > 0 else None
+            out.append(Agreement(names[i], names[j], r, int(both.sum()), int((both & (x * y > 0)).sum()),
+                                 (*keys[worst], float(gap[worst])) if worst is not None else (0, 0, 0.0)))
+    return out
+
+
+def describe_agreement(a: Agreement) -> str:
+    r = "undefined (one file scales every head alike)" if a.correlation is None else f"{a.correlation:.3f}"
+    layer, head, gap = a.largest_gap
+    return (f"{a.a} vs {a.b}: correlation of (c - 1) {r}; of the {a.moved} heads both move by more than {MOVED}, "
+            f"{a.same_direction} the same way; furthest apart L{layer}H{head} by {gap:.3f}")
 
 
 def average_coefficients(files: Sequence[Coefficients], names: Sequence[str],
