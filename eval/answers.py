@@ -10,9 +10,11 @@ afresh against each example's gold answers, as in an uncached run; timing is not
 the cache has none).
 
 A run reads its sides' files, answers only what they lack, and merges what it answered into them once a side is
-done (re-read just before the atomic write: runs filling one side at once, like parallel shards, keep each
-other's answers but for a rare race, which costs answering again). A file that cannot be read as its side's is
-ignored with one warning line and rewritten.
+done, every KEEP_EVERY_S seconds while it answers, and on the way out of an interrupted run (re-read just before
+the atomic write: runs filling one side at once, like parallel shards, keep each other's answers but for a rare
+race, which costs answering again). So a run stopped half way, by a signal or a killed job, is answered again only
+from its last kept answer on. A file that cannot be read as its side's is ignored with one warning line and
+rewritten.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import hashlib
 import json
 import math
 import sys
+import time
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -33,6 +36,8 @@ from pear_edge.eval.shards import read_document, write_document
 FORMAT = "pear-edge/eval-answers"
 VERSION = 1
 """Bumped whenever the way an answer is produced changes (prompt rendering, stops, decoding): older files miss."""
+KEEP_EVERY_S = 60.0
+"""While a side answers, its new answers are merged into its file at most this often (seconds)."""
 
 RUNTIMES = {"llamacpp": ("llama-cpp-python",), "onnx": ("onnxruntime", "onnxruntime-gpu", "optimum", "transformers"),
             "torch": ("torch", "transformers")}
@@ -157,13 +162,25 @@ def save_side(folder: str | Path, side: Side) -> Path:
 class CachedBackend(Backend):
     """A side's backend that answers from `side` where it can and opens the real one (`opener()`) for the rest,
     on the first question it lacks: a side whose answers are all cached is never loaded. What the real backend
-    answers goes into `side` (save_side writes it); `reused` and `answered` count the two kinds of answer."""
+    answers goes into `side` (save_side writes it); `reused` and `answered` count the two kinds of answer.
+    `keep(side)`, if given, is called after a new answer when `keep_every_s` seconds have passed since the last
+    call (or since this backend was made; default KEEP_EVERY_S), to write what the side has so far."""
 
-    def __init__(self, opener: Callable[[], Backend], side: Side):
+    def __init__(self, opener: Callable[[], Backend], side: Side, keep: Callable[[Side], None] | None = None,
+                 keep_every_s: float | None = None):
         self._opener, self.side = opener, side
         self._real: Backend | None = None
         self.last_timing = None
         self.reused = self.answered = 0
+        self._keep, self._kept_at = keep, time.monotonic()
+        self._keep_every_s = KEEP_EVERY_S if keep_every_s is None else keep_every_s
+
+    def _answered(self, count: int) -> None:
+        self.answered += count
+        now = time.monotonic()
+        if self._keep is not None and now - self._kept_at >= self._keep_every_s:
+            self._keep(self.side)
+            self._kept_at = now
 
     def _backend(self) -> Backend:
         if self._real is None:
@@ -198,7 +215,7 @@ class CachedBackend(Backend):
         real = self._backend()
         self.side.answers[key] = value = answer(real)
         self.last_timing = real.last_timing
-        self.answered += 1
+        self._answered(1)
         return value
 
     def generate(self, prompt: str, max_tokens: int = 32) -> str:
@@ -229,10 +246,12 @@ class CachedBatchingBackend(CachedBackend):
             outputs = self._backend().generate_batch([prompts[i] for i in missing], max_tokens, batch)
             self.side.answers.update((keys[i], {"output": o}) for i, o in zip(missing, outputs))
         self.reused += len(prompts) - len(missing)
-        self.answered += len(missing)
+        if missing:
+            self._answered(len(missing))
         return [self.side.answers[k]["output"] for k in keys]
 
 
-def cached_backend(kind: str, opener: Callable[[], Backend], side: Side) -> CachedBackend:
+def cached_backend(kind: str, opener: Callable[[], Backend], side: Side,
+                   keep: Callable[[Side], None] | None = None) -> CachedBackend:
     """The cached side of a `kind` backend (torch batches: the harness batches a backend with generate_batch)."""
-    return (CachedBatchingBackend if kind == "torch" else CachedBackend)(opener, side)
+    return (CachedBatchingBackend if kind == "torch" else CachedBackend)(opener, side, keep)

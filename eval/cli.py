@@ -276,11 +276,12 @@ def cmd_eval(args) -> int:
     def run(label, open_base, open_pear, keys):
         """Base vs PEAR; `keys`: each side's answers-cache key (None without --answers-cache)."""
         j = len(runs)
-        opened = {}
+        opened, kept = {}, set()
 
         def opener(side, open_real):
             def open_side():
-                backend = opened[side] = cached_backend(keys[side]["kind"], open_real, load_side(cache, keys[side]))
+                backend = opened[side] = cached_backend(keys[side]["kind"], open_real, load_side(cache, keys[side]),
+                                                        keep=_keeper(cache, f"{label} {SIDES[side]}"))
                 return warn_format(backend, template)
             return open_side if cache else lambda: warn_format(open_real(), template)
 
@@ -290,11 +291,18 @@ def cmd_eval(args) -> int:
                 save_shard(args.output, shard)
             if cache:
                 _keep_answers(cache, f"{label} {SIDES[side]}", opened[side])
+                kept.add(side)
 
-        base, pear, comparison = paired_run(opener(0, open_base), opener(1, open_pear), examples, args.task,
-                                            args.max_tokens, progress, settings, batch=args.batch, seed=args.seed,
-                                            done=shard.cached(j, label) if shard else (None, None),
-                                            on_result=record if shard or cache else None)
+        try:
+            base, pear, comparison = paired_run(opener(0, open_base), opener(1, open_pear), examples, args.task,
+                                                args.max_tokens, progress, settings, batch=args.batch,
+                                                seed=args.seed, done=shard.cached(j, label) if shard else (None, None),
+                                                on_result=record if shard or cache else None)
+        except KeyboardInterrupt:  # Ctrl-C or a signal: what was answered is whole, keep it for the next run
+            for side, backend in opened.items():
+                if backend.answered and side not in kept:
+                    _keep_answers(cache, f"{label} {SIDES[side]}", backend)
+            raise
         runs.append(Run(label, base, pear, comparison))
         if not shard:
             _print_comparison(label, comparison)
@@ -336,6 +344,23 @@ def _side_key(args, cache: Path | None, spec: str, kind: str, path: Path, coeffi
         return None
     return side_key(kind, spec, content_sha256(path), args.prompt_format, thread_setting(args.threads, os.cpu_count()),
                     runtime_versions(kind), content_sha256(coefficients) if coefficients else None, mode)
+
+
+def _keeper(folder: Path, side: str):
+    """keep(answers) for a side while it answers: merged into `folder`, or, if that fails, one warning and no
+    further tries (the side is saved once more when done, which warns again if it still cannot)."""
+    failed = False
+
+    def keep(answers) -> None:
+        nonlocal failed
+        if failed:
+            return
+        try:
+            save_side(folder, answers)
+        except PearError as exc:
+            failed = True
+            print(f"pear-edge: warning: {exc}; {side}'s answers are kept only once it is done", file=sys.stderr)
+    return keep
 
 
 def _keep_answers(folder: Path, side: str, backend) -> None:

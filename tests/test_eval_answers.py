@@ -18,6 +18,7 @@ from pear_edge.base.atomic import MARKER
 from pear_edge.base.inputs import content_sha256
 from pear_edge.cli import main
 from pear_edge.edits.coefficients import HeadCoefficient
+from pear_edge.eval import answers
 from pear_edge.eval.answers import (CachedBackend, Side, ask_key, load_side, parse_side, save_side, side_key,
                                     side_path, thread_setting)
 from pear_edge.eval.backends import Backend, TorchBackend
@@ -142,6 +143,58 @@ def test_shards_use_and_fill_the_cache(tmp_path, tiny, calls, monkeypatch):
     assert main([*args, *cache, "--shard", "1/3", "-o", str(tmp_path / "s1of3")]) == 0
     assert main(["eval", "merge", str(tmp_path / "s1"), str(tmp_path / "s2"), "-o", str(tmp_path / "merged")]) == 0
     assert results(tmp_path / "whole") == results(tmp_path / "merged")
+
+
+@pytest.mark.parametrize("answered", [4, 11])  # stopped in the base side; in the PEAR side, base done
+def test_an_interrupted_run_keeps_what_it_answered(tmp_path, tiny, calls, monkeypatch, capsys, answered):
+    args, cache = [*eval_args(tiny["model"], tiny["c"]), "--answers-cache", str(tmp_path / "cache")], tmp_path / "cache"
+    generate = TorchBackend.generate
+
+    def stopped(self, prompt, max_tokens=32):
+        if len(calls) == answered:
+            raise KeyboardInterrupt  # what a signal raises in pear-edge (Interrupted)
+        return generate(self, prompt, max_tokens)
+
+    monkeypatch.setattr(TorchBackend, "generate", stopped)
+    assert main([*args, "-o", str(tmp_path / "a")]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted (SIGINT)" in err and not (tmp_path / "a").exists()
+    notes = [line.rsplit(": ", 1)[-1] for line in err.splitlines() if "answers cache" in line]
+    assert notes == (["0 answer(s) reused, 4 new"] if answered == 4 else
+                     ["0 answer(s) reused, 9 new", "0 answer(s) reused, 2 new"])  # the finished base said once
+    assert sorted(len(json.loads(f.read_text())["answers"]) for f in cache_files(cache)) == \
+        ([4] if answered == 4 else [2, 9])
+    monkeypatch.setattr(TorchBackend, "generate", generate)
+    calls.clear()
+    assert main([*args, "-o", str(tmp_path / "b")]) == 0
+    assert len(calls) == 18 - answered  # only what the first run did not answer
+    assert main([*eval_args(tiny["model"], tiny["c"]), "-o", str(tmp_path / "uncached")]) == 0
+    assert results(tmp_path / "b") == results(tmp_path / "uncached")
+
+
+def test_a_side_keeps_its_answers_while_it_answers(tmp_path, tiny, calls, monkeypatch):
+    """What a killed process (no clean-up) leaves: the answers kept up to the last KEEP_EVERY_S."""
+    monkeypatch.setattr(answers, "KEEP_EVERY_S", 0.0)
+    cache, seen = tmp_path / "cache", []
+    generate = TorchBackend.generate
+
+    def snapshot(self, prompt, max_tokens=32):
+        seen.append({f.name: len(json.loads(f.read_text())["answers"]) for f in cache_files(cache)})
+        return generate(self, prompt, max_tokens)
+
+    monkeypatch.setattr(TorchBackend, "generate", snapshot)
+    assert main([*eval_args(tiny["model"], tiny["c"]), "--answers-cache", str(cache), "-o", str(tmp_path / "a")]) == 0
+    assert [sum(s.values()) for s in seen] == list(range(18))  # every answer on disk before the next is asked
+
+
+def test_a_cached_backend_keeps_only_after_new_answers():
+    kept: list[int] = []
+    backend = CachedBackend(Echo, Side(key()), keep=lambda side: kept.append(len(side.answers)), keep_every_s=0)
+    backend.generate("abc", 8), backend.generate("abc", 8), backend.nll("xy")
+    assert kept == [1, 2] and (backend.reused, backend.answered) == (1, 2)
+    slow = CachedBackend(Echo, Side(key()), keep=lambda side: kept.append(-1), keep_every_s=3600)
+    slow.generate("abc", 8)
+    assert kept == [1, 2]
 
 
 @pytest.mark.parametrize("what", ["file", "foreign folder"])
