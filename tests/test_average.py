@@ -127,4 +127,7 @@ def test_agreement_of_three_files_is_every_pair_and_undefined_without_spread():
                            ["s0", "s1", "s2"])
     assert [(p.a, p.b) for p in pairs] == [("s1", "s0"), ("s2", "s0"), ("s2", "s1")]
     assert pairs[0].correlation is None and "undefined" in describe_agreement(pairs[0])
-    assert pairs[2].correlation == pytest.approx(1.0)  # s1 lowers (0, 0), s2 raises (0, 1): both rise along the heads
+    assert pairs[2].correlation == pytest.approx(1.0)
+    width = LAYOUT.num_heads * LAYOUT.head_dim
+    channels_only = [coeffs([], o_proj_channels=[ChannelScales(0, tuple([v] * width))]) for v in (0.5, 0.9)]
+    assert head_agreement(channels_only, ["c0", "c1"]) == []  # no head scales: nothing to compare  # s1 lowers (0, 0), s2 raises (0, 1): both rise along the heads

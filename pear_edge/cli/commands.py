@@ -296,11 +296,11 @@ def cmd_average(args) -> int:
 
     paths = [coefficients_path(f) for f in args.files]
     out = check_output_path(args.output, *paths)
-    files = [Coefficients.load(p) for p in paths]
-    coeffs = average_coefficients(files, [str(f) for f in args.files], [file_sha256(p) for p in paths])
-    coeffs.save(out)
-    for agreement in head_agreement(files, [str(f) for f in args.files]):
+    files, names = [Coefficients.load(p) for p in paths], [str(f) for f in args.files]
+    coeffs = average_coefficients(files, names, [file_sha256(p) for p in paths])
+    for agreement in head_agreement(files, names):
         print(describe_agreement(agreement))
+    coeffs.save(out)
     print(coeffs.summary())
     print(f"wrote {out}: the mean of {len(files)} files ({coeffs.describe_edits()})")
     return 0

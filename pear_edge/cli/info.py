@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pear_edge.edits.coefficients import coefficients_path
 from pear_edge.base.errors import PearError
 from pear_edge.base.inputs import check_regular_file
+from pear_edge.edits.coefficients import coefficients_path
 from pear_edge.edits.describe import describe_coefficients
 
 

@@ -39,9 +39,13 @@ def _means(per_file: Sequence[dict], one: Any) -> dict:
     return {key: np.mean([values.get(key, one) for values in per_file], axis=0) for key in keys}
 
 
+def _head_scales(f: Coefficients) -> dict[tuple[int, int], float]:
+    return {(h.layer, h.head): h.coefficient for h in f.heads}
+
+
 def _mean_heads(files: Sequence[Coefficients]) -> list[HeadCoefficient]:
     """Head scales averaged; a head's score averaged only where every file scored it."""
-    coefficients = _means([{(h.layer, h.head): h.coefficient for h in f.heads} for f in files], 1.0)
+    coefficients = _means([_head_scales(f) for f in files], 1.0)
     scores = [{(h.layer, h.head): h.score for h in f.heads} for f in files]
     out = []
     for (layer, head), c in coefficients.items():
@@ -79,20 +83,21 @@ MOVED = 0.05  # a head scale this far from 1 or further counts as moved, for Agr
 
 
 def head_agreement(files: Sequence[Coefficients], names: Sequence[str]) -> list[Agreement]:
-    """Every pair of `files` (file i against each earlier file j) -> its Agreement on head scales."""
-    per_file = [{(h.layer, h.head): h.coefficient for h in f.heads} for f in files]
+    """Every pair of `files` (file i against each earlier file j) -> its Agreement on head scales; none when no
+    file scales a head (channel or temperature edits only)."""
+    per_file = [_head_scales(f) for f in files]
     keys = sorted({key for values in per_file for key in values})
     moves = [np.array([values.get(key, 1.0) - 1.0 for key in keys]) for values in per_file]
     out = []
-    for i in range(1, len(files)):
+    for i in range(1, len(files) if keys else 0):
         for j in range(i):
             x, y = moves[i], moves[j]
             both = (np.abs(x) > MOVED) & (np.abs(y) > MOVED)
             gap = np.abs(x - y)
-            worst = int(np.argmax(gap)) if len(keys) else None
+            worst = int(np.argmax(gap))
             r = float(np.corrcoef(x, y)[0, 1]) if len(keys) > 1 and x.std() > 0 and y.std() > 0 else None
             out.append(Agreement(names[i], names[j], r, int(both.sum()), int((both & (x * y > 0)).sum()),
-                                 (*keys[worst], float(gap[worst])) if worst is not None else (0, 0, 0.0)))
+                                 (*keys[worst], float(gap[worst]))))
     return out
 
 
